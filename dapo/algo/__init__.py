@@ -1,1 +1,75 @@
-"""dapo.algo"""
+"""Pure torch math of PPO, GRPO and DAPO: tensors in, tensors out.
+
+No config objects, no I/O, no `.item()`, no torch.distributed. Each formula carries its equation number from
+the DAPO paper (arXiv:2503.14476) in its docstring and a hand-computed test in tests/algo.
+"""
+
+from dapo.algo.advantages import (
+    broadcast_to_tokens,
+    drgrpo_advantages,
+    gae_advantages,
+    group_relative_advantages,
+    grpo_advantages,
+    masked_whiten,
+    rloo_advantages,
+    token_level_rewards,
+)
+from dapo.algo.aggregate import (
+    AGGREGATION_MODES,
+    group_token_mean,
+    loss_row_weights,
+    masked_mean,
+    seq_mean_token_mean,
+    seq_mean_token_sum,
+    seq_mean_token_sum_norm,
+    token_mean,
+    weighted_token_sum,
+)
+from dapo.algo.kl import KL_ESTIMATORS, adaptive_kl_coef, kl_estimate, kl_penalized_token_rewards
+from dapo.algo.logits import entropy_from_logits, token_logprobs
+from dapo.algo.policy_loss import PolicyLossStats, clipped_policy_loss, clipped_value_loss, explained_variance
+from dapo.algo.shaping import informative_groups, overlong_filter_mask, overlong_penalty
+
+# Outcome-reward advantage estimators with one signature: (rewards (P, G), eps) -> (P, G).
+# GAE needs values and per-token rewards, so the PPO path calls `gae_advantages` explicitly.
+GROUP_ADVANTAGES = {
+    "grpo": grpo_advantages,
+    "drgrpo": drgrpo_advantages,
+    "rloo": rloo_advantages,
+}
+ADVANTAGE_ESTIMATORS = (*GROUP_ADVANTAGES, "gae")
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATION_MODES",
+    "GROUP_ADVANTAGES",
+    "KL_ESTIMATORS",
+    "PolicyLossStats",
+    "adaptive_kl_coef",
+    "broadcast_to_tokens",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "drgrpo_advantages",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae_advantages",
+    "group_relative_advantages",
+    "group_token_mean",
+    "grpo_advantages",
+    "informative_groups",
+    "kl_estimate",
+    "kl_penalized_token_rewards",
+    "loss_row_weights",
+    "masked_mean",
+    "masked_whiten",
+    "overlong_filter_mask",
+    "overlong_penalty",
+    "rloo_advantages",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum",
+    "seq_mean_token_sum_norm",
+    "token_level_rewards",
+    "token_logprobs",
+    "token_mean",
+    "weighted_token_sum",
+]

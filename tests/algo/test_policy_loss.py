@@ -1,0 +1,127 @@
+"""Clipped surrogate (Clip-Higher, dual clip) and value loss: golden values, zero-gradient properties."""
+
+import math
+
+import pytest
+import torch
+
+from dapo.algo import clipped_policy_loss, clipped_value_loss, explained_variance
+
+
+def test_decoupled_clip_values_and_grads():
+    # ε_low = 0.2, ε_high = 0.28
+    # tok0: Â=+1, r=1.5 -> clipped at 1.28 -> ℓ=−1.28, dℓ/dlogπ = 0
+    # tok1: Â=−1, r=0.5 -> clipped at 0.80 -> ℓ=+0.80, dℓ/dlogπ = 0
+    # tok2: Â=+1, r=1.1 -> inside           -> ℓ=−1.10, dℓ/dlogπ = −r·Â = −1.1
+    # tok3: Â=−1, r=1.5 -> inside (min picks the unclipped, larger loss) -> ℓ=+1.5, dℓ/dlogπ = +1.5
+    # tok4: Â=+1, r=0.5 -> inside for a positive advantage -> ℓ=−0.5, dℓ/dlogπ = −0.5
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.1, 1.5, 0.5])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+    loss, stats = clipped_policy_loss(logp, torch.zeros(5), adv, 0.2, 0.28)
+    torch.testing.assert_close(loss, torch.tensor([-1.28, 0.80, -1.10, 1.5, -0.5]))
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([0.0, 0.0, -1.1, 1.5, -0.5]))
+    assert stats.clipped_high.tolist() == [True, False, False, False, False]
+    assert stats.clipped_low.tolist() == [False, True, False, False, False]
+    assert not stats.dual_clipped.any()
+    torch.testing.assert_close(stats.approx_kl, -torch.log(torch.tensor([1.5, 0.5, 1.1, 1.5, 0.5])))
+
+
+def test_clip_higher_lets_low_probability_tokens_rise_further():
+    # DAPO §3.1: r = 1.25 is clipped by PPO's symmetric ε = 0.2 but not by ε_high = 0.28.
+    logp = torch.tensor([math.log(1.25)])
+    _, ppo = clipped_policy_loss(logp, torch.zeros(1), torch.ones(1), 0.2, 0.2)
+    _, dapo = clipped_policy_loss(logp, torch.zeros(1), torch.ones(1), 0.2, 0.28)
+    assert ppo.clipped_high.item() and not dapo.clipped_high.item()
+
+
+def test_dual_clip_bounds_negative_advantage_loss():
+    # c = 10, Â = −1: r = 20 -> max(20, 1.28·... ) = 20 > c -> ℓ = 10, zero grad, dual-clipped
+    #                 r = 5  -> ℓ = 5 (< c), grad = r = 5
+    # Â = +1, r = 20 -> upper clip: ℓ = −1.28, the dual clip never applies to positive advantages
+    logp = torch.log(torch.tensor([20.0, 5.0, 20.0])).requires_grad_()
+    adv = torch.tensor([-1.0, -1.0, 1.0])
+    loss, stats = clipped_policy_loss(logp, torch.zeros(3), adv, 0.2, 0.28, dual_clip_c=10.0)
+    torch.testing.assert_close(loss, torch.tensor([10.0, 5.0, -1.28]))
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([0.0, 5.0, 0.0]))
+    assert stats.dual_clipped.tolist() == [True, False, False]
+
+
+def test_dual_clip_must_exceed_one():
+    with pytest.raises(ValueError, match="dual_clip_c"):
+        clipped_policy_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), 0.2, 0.2, dual_clip_c=1.0)
+
+
+def test_log_ratio_clamp_keeps_loss_finite():
+    loss, stats = clipped_policy_loss(
+        torch.tensor([200.0]), torch.zeros(1), -torch.ones(1), 0.2, 0.28, log_ratio_clamp=20.0
+    )
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(stats.ratio, torch.tensor([math.exp(20.0)]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clipped_tokens_get_exactly_zero_gradient_and_others_the_unclipped_one(seed):
+    gen = torch.Generator().manual_seed(seed)
+    old = torch.randn(64, generator=gen, dtype=torch.float64)
+    logp = (old + 0.4 * torch.randn(64, generator=gen, dtype=torch.float64)).requires_grad_()
+    adv = torch.randn(64, generator=gen, dtype=torch.float64)
+    loss, stats = clipped_policy_loss(logp, old, adv, 0.2, 0.28, dual_clip_c=3.0)
+    loss.sum().backward()
+    ratio = torch.exp(logp.detach() - old)
+    clipped = stats.clipped_high | stats.clipped_low | stats.dual_clipped
+    assert clipped.any() and (~clipped).any()
+    assert torch.equal(logp.grad[clipped], torch.zeros(int(clipped.sum()), dtype=torch.float64))
+    # inside: ℓ = −Â r, so dℓ/dlogπ = −Â r
+    torch.testing.assert_close(logp.grad[~clipped], (-adv * ratio)[~clipped])
+
+
+def test_on_policy_gradient_is_vanilla_policy_gradient():
+    # r = 1 and any ε: dℓ/dlogπ = −Â (REINFORCE with the advantage as weight)
+    adv = torch.tensor([0.5, -2.0, 1.5])
+    logp = torch.tensor([-1.0, -0.3, -2.0], requires_grad=True)
+    loss, _ = clipped_policy_loss(logp, logp.detach(), adv, 0.2, 0.28)
+    loss.sum().backward()
+    torch.testing.assert_close(logp.grad, -adv)
+
+
+def test_policy_loss_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(11)
+    old = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    # keep ratios strictly away from the clip kinks so finite differences are well defined
+    offsets = torch.tensor([0.05, -0.05, 0.5, -0.5, 0.1], dtype=torch.float64).repeat(3, 1)
+    adv = torch.randn(3, 1, generator=gen, dtype=torch.float64)
+
+    def f(logp):
+        return clipped_policy_loss(logp, old, adv, 0.2, 0.28, dual_clip_c=3.0)[0]
+
+    assert torch.autograd.gradcheck(f, ((old + offsets).requires_grad_(),))
+
+
+def test_clipped_value_loss_hand_computed():
+    # V_old = 1.0, R = 2.0, clip 0.2
+    # V = 1.5: unclipped (1.5−2)² = 0.25, V_clip = 1.2 -> (1.2−2)² = 0.64 -> ℓ = ½·0.64 = 0.32, clipped, grad 0
+    # V = 1.1: V_clip = 1.1 -> both 0.81 -> ℓ = 0.405, not clipped, grad = V − R = −0.9
+    values = torch.tensor([1.5, 1.1], requires_grad=True)
+    loss, clipped = clipped_value_loss(values, torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]), 0.2)
+    torch.testing.assert_close(loss, torch.tensor([0.32, 0.405]))
+    assert clipped.tolist() == [True, False]
+    loss.sum().backward()
+    torch.testing.assert_close(values.grad, torch.tensor([0.0, -0.9]))
+
+
+def test_unclipped_value_loss():
+    loss, clipped = clipped_value_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([3.0]), None)
+    torch.testing.assert_close(loss, torch.tensor([2.0]))
+    assert not clipped.any()
+
+
+def test_explained_variance_hand_computed():
+    # R = [1, 2, 3], V = [1, 2, 2]: residual [0, 0, 1], Var_pop = 2/9; Var_pop(R) = 2/3 -> EV = 1 − 1/3 = 2/3
+    mask = torch.tensor([1, 1, 1, 0])
+    ev = explained_variance(torch.tensor([1.0, 2.0, 2.0, 99.0]), torch.tensor([1.0, 2.0, 3.0, -5.0]), mask)
+    torch.testing.assert_close(ev, torch.tensor(2 / 3))
+    returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(explained_variance(returns, returns, torch.ones(4)), torch.tensor(1.0))
+    torch.testing.assert_close(explained_variance(torch.full((4,), 2.5), returns, torch.ones(4)), torch.tensor(0.0))
