@@ -1,0 +1,119 @@
+"""The typed training batch and how it is cut into mini- and micro-batches.
+
+Rows are responses; a row's tokens are its left-padded prompt followed by its right-padded response, so
+every response starts at column `prompt_width` and the logits that predict response token t sit at column
+`prompt_width - 1 + t`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """B responses (P groups of G) ready for the policy/critic workers. All tensors on the CPU.
+
+    Shapes: Tp = prompt width (left-padded), T = response width (right-padded).
+    """
+
+    input_ids: Tensor
+    """(B, Tp + T) long: prompt then response, pad elsewhere"""
+    attention_mask: Tensor
+    """(B, Tp + T) bool: True on real prompt and response tokens"""
+    response_mask: Tensor
+    """(B, T) float: 1 on response tokens that count in the loss (overlong filtering already applied)"""
+    prompt_width: int
+    """Tp: column where every response starts"""
+    group_index: Tensor
+    """(B,) long: which group (prompt) each row belongs to; rows of a group are contiguous"""
+    advantages: Tensor | None = None
+    """(B, T) float"""
+    old_logprobs: Tensor | None = None
+    """(B, T) float: log π_old of the response tokens (None = exactly on-policy, use the current ones)"""
+    ref_logprobs: Tensor | None = None
+    """(B, T) float: log π_ref (only when a KL term is on)"""
+    old_values: Tensor | None = None
+    """(B, T) float: critic values when the rollout was scored (PPO)"""
+    returns: Tensor | None = None
+    """(B, T) float: value targets (PPO)"""
+
+    @property
+    def num_rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_ids(self) -> Tensor:
+        return self.input_ids[:, self.prompt_width :]
+
+    def replace(self, **changes) -> TrainBatch:
+        return dataclasses.replace(self, **changes)
+
+    def select(self, rows: Tensor) -> TrainBatch:
+        """The sub-batch of the given row indices, with all-padding columns trimmed (they cost compute)."""
+        picked = {
+            f.name: (value[rows] if isinstance(value, Tensor) else value)
+            for f in dataclasses.fields(self)
+            if (value := getattr(self, f.name)) is not None
+        }
+        sub = TrainBatch(**picked)
+        return sub._trimmed()
+
+    def _trimmed(self) -> TrainBatch:
+        real = self.attention_mask.any(dim=0)
+        prompt_real = real[: self.prompt_width]
+        first = int(prompt_real.float().argmax()) if prompt_real.any() else self.prompt_width - 1
+        first = min(first, self.prompt_width - 1)  # keep at least one prompt column: it predicts token 0
+        response_real = real[self.prompt_width :]
+        width = int(response_real.nonzero().max()) + 1 if response_real.any() else 1
+        changes = {
+            "input_ids": self.input_ids[:, first : self.prompt_width + width],
+            "attention_mask": self.attention_mask[:, first : self.prompt_width + width],
+            "prompt_width": self.prompt_width - first,
+        }
+        for name in ("response_mask", "advantages", "old_logprobs", "ref_logprobs", "old_values", "returns"):
+            value = getattr(self, name)
+            if value is not None:
+                changes[name] = value[:, :width]
+        return self.replace(**changes)
+
+
+def mini_batches(batch: TrainBatch, groups_per_mini_batch: int, generator: torch.Generator | None) -> Iterator[Tensor]:
+    """Row indices of each mini-batch: whole groups, `groups_per_mini_batch` at a time (shuffled if a generator)."""
+    num_groups = int(batch.group_index.max()) + 1
+    order = torch.randperm(num_groups, generator=generator) if generator is not None else torch.arange(num_groups)
+    for start in range(0, num_groups, groups_per_mini_batch):
+        chosen = order[start : start + groups_per_mini_batch]
+        yield torch.nonzero(torch.isin(batch.group_index, chosen)).squeeze(-1)
+
+
+def micro_batches(lengths: Sequence[int], rows: Tensor, max_tokens: int) -> list[Tensor]:
+    """Split `rows` into consecutive micro-batches whose padded size (rows × longest) stays within max_tokens.
+
+    `lengths[i]` is the real length (prompt + response tokens) of row i. Rows are sorted by length first so
+    that padding inside a micro-batch is small (verl's dynamic batch size does the same with a token budget).
+    """
+    ordered = sorted(rows.tolist(), key=lambda r: lengths[r])
+    parts: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for row in ordered:
+        new_longest = max(longest, lengths[row])
+        if current and new_longest * (len(current) + 1) > max_tokens:
+            parts.append(current)
+            current, new_longest = [], lengths[row]
+        current.append(row)
+        longest = new_longest
+    if current:
+        parts.append(current)
+    return [torch.tensor(p, dtype=torch.long) for p in parts]
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding: 0 at the first real token of every row."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)

@@ -1,0 +1,312 @@
+"""Workers that hold a model for training, in the trainer's own process (CPU default, or one GPU).
+
+The policy worker computes log-probs and runs the mini-batch updates; the critic worker does the same
+for a value model. They are the only code that knows about micro-batches, gradient accumulation and
+gradient clipping. The loss of a micro-batch comes from the pure functions in `dapo.algo`; the row weights
+that make the token-mean (or any other aggregation) exact across micro-batches are computed once per
+mini-batch with `loss_row_weights`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dapo import algo
+from dapo.workers.batch import TrainBatch, micro_batches, mini_batches, position_ids
+
+
+@dataclass(frozen=True)
+class PolicyLossParams:
+    """The scalars of the policy loss, copied from the config so the math never sees a config object."""
+
+    clip_eps_low: float
+    clip_eps_high: float
+    dual_clip_c: float | None
+    log_ratio_clamp: float | None
+    loss_agg_mode: str
+    loss_norm_length: float | None
+    kl_loss_coef: float
+    kl_loss_type: str | None
+    entropy_coeff: float
+
+
+@dataclass(frozen=True)
+class OptimParams:
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    grad_clip: float
+    warmup_steps: int
+    schedule: str
+    total_steps: int
+    min_lr_ratio: float
+
+
+def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier at training step `step` (0-based, one scheduler step per training step).
+
+    Linear warm-up: (step + 1) / warmup_steps for the first warmup_steps steps (so step 0 already trains;
+    verl's factor min(1, step / warmup) gives 0 at step 0, i.e. a wasted step). Then constant (verl/DAPO),
+    or a cosine from 1 down to min_lr_ratio at total_steps.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant" or total_steps <= warmup_steps:
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params, optim: OptimParams) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, optim.warmup_steps, optim.schedule, optim.total_steps, optim.min_lr_ratio),
+    )
+    return optimizer, scheduler
+
+
+def _row_lengths(batch: TrainBatch) -> list[int]:
+    return batch.attention_mask.sum(dim=1).tolist()
+
+
+def _response_logits(model: nn.Module, micro: TrainBatch) -> Tensor:
+    """Logits that predict each response token: (b, T, V)."""
+    out = model(
+        input_ids=micro.input_ids,
+        attention_mask=micro.attention_mask.long(),
+        position_ids=position_ids(micro.attention_mask),
+        use_cache=False,
+    )
+    width = micro.response_ids.shape[1]
+    return out.logits[:, micro.prompt_width - 1 : micro.prompt_width - 1 + width]
+
+
+class _Accumulator:
+    """Token-weighted sums of per-token diagnostics across micro-batches (exact masked means at the end)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, float] = defaultdict(float)
+
+    def add_masked(self, name: str, values: Tensor, mask: Tensor) -> None:
+        mask = mask.bool()
+        self.sums[name] += float(torch.where(mask, values.float(), 0.0).sum())
+        self.counts[name] += float(mask.sum())
+
+    def add_scalar(self, name: str, value: float) -> None:
+        self.sums[name] += value
+        self.counts[name] += 1.0
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+
+
+def _clip_and_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, stats: _Accumulator, prefix: str
+) -> None:
+    """Clip the global grad norm; skip the step (and count it) when the norm is not finite."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+        stats.add_scalar(f"{prefix}/grad_norm", float(grad_norm))
+        stats.sums[f"{prefix}/num_skipped_steps"] += 0.0
+    else:
+        stats.sums[f"{prefix}/num_skipped_steps"] += 1.0
+    stats.counts[f"{prefix}/num_skipped_steps"] = 1.0
+    optimizer.zero_grad(set_to_none=True)
+
+
+class PolicyWorker:
+    """Holds the trained policy, its optimiser and scheduler, and an optional frozen reference copy."""
+
+    def __init__(self, model: nn.Module, optim: OptimParams, *, with_reference: bool, micro_batch_max_tokens: int):
+        self.model = model
+        self.optim = optim
+        self.micro_batch_max_tokens = micro_batch_max_tokens
+        self.optimizer, self.scheduler = make_optimizer(model.parameters(), optim)
+        self.reference = None
+        if with_reference:
+            # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode.
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> tuple[Tensor, Tensor]:
+        """(log-probs, entropies) of the response tokens, each (B, T), under the policy or the reference."""
+        model = self.reference if reference else self.model
+        assert model is not None, "no reference model: enable a KL term to create one"
+        was_training = model.training
+        model.eval()
+        logprobs = torch.zeros(batch.response_mask.shape)
+        entropy = torch.zeros(batch.response_mask.shape)
+        lengths = _row_lengths(batch)
+        for rows in micro_batches(lengths, torch.arange(batch.num_rows), self.micro_batch_max_tokens):
+            micro = batch.select(rows)
+            logits = _response_logits(model, micro)
+            width = logits.shape[1]
+            logprobs[rows, :width] = algo.token_logprobs(logits, micro.response_ids)
+            entropy[rows, :width] = algo.entropy_from_logits(logits)
+        model.train(was_training)
+        mask = batch.response_mask.bool()
+        return torch.where(mask, logprobs, 0.0), torch.where(mask, entropy, 0.0)
+
+    def update(
+        self,
+        batch: TrainBatch,
+        loss: PolicyLossParams,
+        groups_per_mini_batch: int,
+        epochs: int,
+        shuffle_seed: int | None,
+    ) -> dict[str, float]:
+        """PPO-style updates: `epochs` passes of mini-batch optimiser steps; one scheduler step at the end."""
+        self.model.train()
+        stats = _Accumulator()
+        lengths = _row_lengths(batch)
+        generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+        for _ in range(epochs):
+            for rows in mini_batches(batch, groups_per_mini_batch, generator):
+                self._mini_batch_step(batch, rows, lengths, loss, stats)
+        stats.add_scalar("actor/lr", self.optimizer.param_groups[0]["lr"])
+        self.scheduler.step()
+        self.model.eval()
+        return stats.means()
+
+    def _mini_batch_step(
+        self, batch: TrainBatch, rows: Tensor, lengths: list[int], params: PolicyLossParams, stats: _Accumulator
+    ) -> None:
+        mini_mask = batch.response_mask[rows]
+        # Weights over the WHOLE mini-batch: summing micro-batch losses gives exactly the mini-batch aggregate.
+        weights = torch.zeros(batch.num_rows, dtype=torch.float64)
+        weights[rows] = algo.loss_row_weights(
+            mini_mask, params.loss_agg_mode, group_index=batch.group_index[rows], norm_length=params.loss_norm_length
+        )
+        mini_loss = 0.0
+        for micro_rows in micro_batches(lengths, rows, self.micro_batch_max_tokens):
+            micro = batch.select(micro_rows)
+            micro_weights = weights[micro_rows]
+            logits = _response_logits(self.model, micro)
+            logprobs = algo.token_logprobs(logits, micro.response_ids)
+            # Exactly on-policy (one mini-batch, one epoch): π_old = π_θ, detached.
+            old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+            pg_loss, pg_stats = algo.clipped_policy_loss(
+                logprobs, old, micro.advantages, params.clip_eps_low, params.clip_eps_high,
+                params.dual_clip_c, params.log_ratio_clamp,
+            )  # fmt: skip
+            total = algo.weighted_token_sum(pg_loss, micro.response_mask, micro_weights)
+            mask = micro.response_mask
+            stats.add_masked("actor/pg_clipfrac", pg_stats.clipped_high | pg_stats.clipped_low, mask)
+            stats.add_masked("actor/pg_clipfrac_higher", pg_stats.clipped_high, mask)
+            stats.add_masked("actor/pg_clipfrac_low", pg_stats.clipped_low, mask)
+            stats.add_masked("actor/pg_clipfrac_lower", pg_stats.dual_clipped, mask)
+            stats.add_masked("actor/ppo_kl", pg_stats.approx_kl, mask)
+            stats.add_masked("actor/ratio_mean", pg_stats.ratio, mask)
+            if params.kl_loss_coef > 0 and micro.ref_logprobs is not None:
+                kl = algo.kl_estimate(logprobs, micro.ref_logprobs, params.kl_loss_type or "k3")
+                total = total + params.kl_loss_coef * algo.weighted_token_sum(kl, mask, micro_weights)
+                stats.add_masked("actor/kl_loss", kl.detach(), mask)
+            if params.entropy_coeff > 0:
+                entropy = algo.entropy_from_logits(logits)
+                total = total - params.entropy_coeff * algo.weighted_token_sum(entropy, mask, micro_weights)
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"non-finite policy loss in a micro-batch of rows {micro_rows.tolist()[:8]}...; "
+                    "nothing was applied to the weights"
+                )
+            total.backward()
+            mini_loss += float(total.detach())
+        stats.add_scalar("actor/pg_loss", mini_loss)
+        _clip_and_step(self.model, self.optimizer, self.optim.grad_clip, stats, "actor")
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class ValueModel(nn.Module):
+    """A critic: the policy's transformer body (a copy) with a scalar head on every position."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.body = copy.deepcopy(policy.get_decoder())
+        hidden = policy.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return self.head(hidden).squeeze(-1)
+
+
+class CriticWorker:
+    """Holds the value model of PPO and its own optimiser."""
+
+    def __init__(self, policy: nn.Module, optim: OptimParams, value_clip: float | None, micro_batch_max_tokens: int):
+        self.model = ValueModel(policy)
+        self.optim = optim
+        self.value_clip = value_clip
+        self.micro_batch_max_tokens = micro_batch_max_tokens
+        self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim)
+
+    def _values(self, micro: TrainBatch) -> Tensor:
+        # V(s_t) for response token t is read at the position that predicts it (the state before emitting it).
+        values = self.model(micro.input_ids, micro.attention_mask.long(), position_ids(micro.attention_mask))
+        width = micro.response_ids.shape[1]
+        return values[:, micro.prompt_width - 1 : micro.prompt_width - 1 + width]
+
+    @torch.no_grad()
+    def compute_values(self, batch: TrainBatch) -> Tensor:
+        self.model.eval()
+        values = torch.zeros(batch.response_mask.shape)
+        for rows in micro_batches(_row_lengths(batch), torch.arange(batch.num_rows), self.micro_batch_max_tokens):
+            micro = batch.select(rows)
+            v = self._values(micro)
+            values[rows, : v.shape[1]] = v
+        return values * batch.response_mask
+
+    def update(self, batch: TrainBatch, groups_per_mini_batch: int, epochs: int) -> dict[str, float]:
+        self.model.train()
+        stats = _Accumulator()
+        lengths = _row_lengths(batch)
+        for _ in range(epochs):
+            for rows in mini_batches(batch, groups_per_mini_batch, None):
+                weights = torch.zeros(batch.num_rows, dtype=torch.float64)
+                weights[rows] = algo.loss_row_weights(batch.response_mask[rows], "token-mean")
+                mini_loss = 0.0
+                for micro_rows in micro_batches(lengths, rows, self.micro_batch_max_tokens):
+                    micro = batch.select(micro_rows)
+                    values = self._values(micro)
+                    loss, clipped = algo.clipped_value_loss(values, micro.old_values, micro.returns, self.value_clip)
+                    total = algo.weighted_token_sum(loss, micro.response_mask, weights[micro_rows])
+                    total.backward()
+                    mini_loss += float(total.detach())
+                    stats.add_masked("critic/vf_clipfrac", clipped, micro.response_mask)
+                stats.add_scalar("critic/vf_loss", mini_loss)
+                _clip_and_step(self.model, self.optimizer, self.optim.grad_clip, stats, "critic")
+        stats.add_scalar("critic/lr", self.optimizer.param_groups[0]["lr"])
+        self.scheduler.step()
+        self.model.eval()
+        return stats.means()
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

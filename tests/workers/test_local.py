@@ -1,0 +1,132 @@
+"""Local workers on a real (tiny) Hugging Face model: micro-batching changes nothing, updates move weights."""
+
+import copy
+
+import pytest
+import torch
+
+from dapo import algo
+from dapo.models import build_char_tokenizer, build_tiny_model
+from dapo.workers.batch import TrainBatch, micro_batches, position_ids
+from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker, lr_factor
+
+
+@pytest.fixture(scope="module")
+def model():
+    tok = build_char_tokenizer()
+    return build_tiny_model(tok, "1m", seed=0)
+
+
+def _batch(vocab: int, seed: int = 0) -> TrainBatch:
+    gen = torch.Generator().manual_seed(seed)
+    groups, group_size, tp, t = 3, 4, 5, 7
+    rows = groups * group_size
+    prompt_lengths = torch.randint(2, tp + 1, (groups,), generator=gen).repeat_interleave(group_size)
+    response_lengths = torch.randint(1, t + 1, (rows,), generator=gen)
+    ids = torch.randint(3, vocab, (rows, tp + t), generator=gen)
+    cols = torch.arange(tp + t)
+    prompt_part = (cols < tp) & (cols >= tp - prompt_lengths.unsqueeze(1))
+    response_part = (cols >= tp) & (cols < tp + response_lengths.unsqueeze(1))
+    attention = prompt_part | response_part
+    ids = torch.where(attention, ids, 0)
+    response_mask = response_part[:, tp:].float()
+    rewards = torch.randint(0, 2, (groups, group_size), generator=gen).float()
+    adv = algo.broadcast_to_tokens(algo.grpo_advantages(rewards).reshape(-1), response_mask)
+    return TrainBatch(
+        input_ids=ids, attention_mask=attention, response_mask=response_mask, prompt_width=tp,
+        group_index=torch.arange(groups).repeat_interleave(group_size), advantages=adv,
+    )  # fmt: skip
+
+
+LOSS = PolicyLossParams(0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.0)
+OPTIM = OptimParams(1e-3, (0.9, 0.999), 0.0, 1e9, 0, "constant", 10, 0.0)
+
+
+def test_logprobs_match_a_plain_forward_and_ignore_padding(model):
+    batch = _batch(model.config.vocab_size)
+    worker = PolicyWorker(model, OPTIM, with_reference=False, micro_batch_max_tokens=24)
+    logprobs, entropy = worker.compute_logprobs(batch)
+    for row in range(batch.num_rows):  # one row at a time, no padding at all
+        real = batch.attention_mask[row]
+        ids = batch.input_ids[row][real].unsqueeze(0)
+        logits = model(input_ids=ids).logits[0]
+        n_prompt = int(real[: batch.prompt_width].sum())
+        n_resp = int(batch.response_mask[row].sum())
+        expected = algo.token_logprobs(logits[n_prompt - 1 : n_prompt - 1 + n_resp], ids[0, n_prompt:])
+        torch.testing.assert_close(logprobs[row, :n_resp], expected, atol=1e-5, rtol=1e-5)
+        assert (logprobs[row, n_resp:] == 0).all() and (entropy[row, n_resp:] == 0).all()
+
+
+@pytest.mark.parametrize("mode", algo.AGGREGATION_MODES)
+def test_micro_batch_split_gives_the_same_update(model, mode):
+    batch = _batch(model.config.vocab_size, seed=1)
+    params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, 7.0, 0.0, None, 0.0)
+    results = []
+    for budget in (10_000, 13):  # one micro-batch per mini-batch vs one row at a time
+        m = copy.deepcopy(model)
+        worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=budget)
+        # plain SGD with lr 1: the parameter change IS the (summed) gradient; Adam would amplify noise in
+        # near-zero gradients to ±lr and hide what we are testing.
+        worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
+        old, _ = worker.compute_logprobs(batch)
+        stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
+        results.append((m.state_dict(), stats))
+    (a, sa), (b, sb) = results
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+    assert sa["actor/pg_loss"] == pytest.approx(sb["actor/pg_loss"], rel=1e-5)
+    assert sa["actor/pg_clipfrac"] == pytest.approx(sb["actor/pg_clipfrac"])
+
+
+def test_update_changes_every_trainable_parameter(model):
+    m = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in m.named_parameters()}
+    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=64)
+    stats = worker.update(_batch(m.config.vocab_size, seed=2), LOSS, 3, 1, None)
+    unchanged = [k for k, v in m.named_parameters() if torch.equal(v, before[k])]
+    assert not unchanged, unchanged
+    assert stats["actor/grad_norm"] > 0 and stats["actor/lr"] == pytest.approx(1e-3)
+
+
+def test_non_finite_gradient_skips_the_step(model):
+    m = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=64)
+    batch = _batch(m.config.vocab_size, seed=3)
+    bad = batch.advantages.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match="non-finite policy loss"):
+        worker.update(batch.replace(advantages=bad), LOSS, 3, 1, None)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_critic_learns_a_constant_return(model):
+    batch = _batch(model.config.vocab_size, seed=4)
+    critic = CriticWorker(model, OptimParams(3e-3, (0.9, 0.999), 0.0, 1.0, 0, "constant", 10, 0.0), None, 256)
+    returns = batch.response_mask * 0.7
+    errors = []
+    for _ in range(30):
+        values = critic.compute_values(batch)
+        errors.append(float(((values - returns) ** 2 * batch.response_mask).sum()))
+        critic.update(batch.replace(old_values=values, returns=returns), 3, 1)
+    assert errors[-1] < 0.1 * errors[0]
+
+
+def test_lr_schedule():
+    assert [lr_factor(s, 2, "constant", 10, 0.0) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(10, 0, "cosine", 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(5, 0, "cosine", 10, 0.0) == pytest.approx(0.5)
+
+
+def test_micro_batches_respect_the_token_budget():
+    lengths = [5, 9, 3, 7, 2]
+    parts = micro_batches(lengths, torch.arange(5), 10)
+    assert sorted(torch.cat(parts).tolist()) == [0, 1, 2, 3, 4]
+    for p in parts:
+        assert len(p) == 1 or max(lengths[i] for i in p.tolist()) * len(p) <= 10
+
+
+def test_position_ids_skip_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
