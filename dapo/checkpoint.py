@@ -19,6 +19,8 @@ Why it is safe to kill the process at any instant:
 2. Only then the pointer file is replaced atomically (tmp file + fsync + ``os.replace`` + fsync of the
    root). Until that moment the pointer names the previous checkpoint, which is untouched.
 3. Old checkpoints are deleted only after the pointer names the new one.
+   They are renamed out of the ``global_step_*`` namespace first, so a kill during deletion never
+   leaves a half-deleted directory that still looks committed.
 4. ``load`` checks size and sha256 of every file against the manifest before deserialising anything,
    so a truncated or bit-flipped file is reported by name instead of being half-loaded.
 
@@ -69,7 +71,7 @@ POINTER_FILE = "latest_checkpointed_iteration.txt"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^global_step_(\d+)$")
-_TMP_DIR = re.compile(r"^\.(tmp|trash)-global_step_(\d+)-(\d+)$")
+_TMP_DIR = re.compile(r"^\.(tmp|trash|del)-global_step_(\d+)-(\d+)$")
 _KEY = re.compile(r"^[A-Za-z0-9_]+$")
 # Modules whose classes may be allow-listed for weights_only loading without asking the caller:
 # our own package (records kept in the buffer) and numpy's array reconstruction.
@@ -374,7 +376,12 @@ class CheckpointManager:
             # os.replace cannot replace a non-empty directory: move the old one aside first.
             trash = self.root / f".trash-global_step_{step}-{os.getpid()}"
             os.replace(final, trash)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if trash is not None:
+                os.replace(trash, final)  # put the old copy back before reporting the failure
+            raise
         _fsync_dir(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
@@ -391,7 +398,10 @@ class CheckpointManager:
         older = [s for s in committed if s < step]
         newer = [s for s in committed if s > step]
         for s in older[: max(0, len(older) - (self.keep_last - 1))]:
-            shutil.rmtree(self.step_dir(s), ignore_errors=True)
+            # Rename first: a kill during rmtree must not leave a half-deleted dir that still looks committed.
+            doomed = self.root / f".del-global_step_{s}-{os.getpid()}"
+            os.replace(self.step_dir(s), doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
         if newer:
             # A run resumed from an earlier checkpoint: the newer ones belong to the abandoned run.
             warnings.warn(

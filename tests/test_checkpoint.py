@@ -165,11 +165,24 @@ def test_keep_last_k_and_steps(tmp_path):
     assert mgr.load(30)[1]["counters"] == {"step": 30}
 
 
-def test_resaving_same_step_replaces_it(tmp_path):
+def test_resaving_same_step_replaces_it(tmp_path, monkeypatch):
     mgr = CheckpointManager(tmp_path)
     mgr.save(5, {"counters": {"v": 1}})
     mgr.save(5, {"counters": {"v": 2}})
     assert mgr.steps() == [5] and mgr.load()[1]["counters"] == {"v": 2}
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src).name.startswith(".tmp-"):
+            raise OSError("rename failed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        mgr.save(5, {"counters": {"v": 3}})
+    monkeypatch.undo()
+    assert mgr.load()[1]["counters"] == {"v": 2}  # the old copy is back in place
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_save_after_resume_from_older_step_points_to_it_and_keeps_newer(tmp_path):
@@ -286,6 +299,24 @@ def test_stale_tmp_dir_of_a_live_process_is_left_alone(tmp_path):
         other.wait()
     CheckpointManager(tmp_path)
     assert not live.exists()
+
+
+def test_retention_killed_mid_delete_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    mgr = CheckpointManager(tmp_path, keep_last=1)
+    mgr.save(1, make_state(seed=1))
+
+    def killed_rmtree(path, ignore_errors=False):  # dies after deleting one file of the old checkpoint
+        next(Path(path).glob("*.pt")).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        mgr.save(2, make_state(seed=2))
+    monkeypatch.undo()
+    assert mgr.steps() == [2]  # the half-deleted step 1 is not listed as a checkpoint
+    mgr = CheckpointManager(tmp_path, keep_last=1)  # restart removes the debris
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_2", POINTER_FILE]
+    assert mgr.load()[1]["config"]["seed"] == 2
 
 
 def test_dead_process_trash_dir_is_restored(tmp_path):
