@@ -32,6 +32,7 @@ _REMOVE = (
     "\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ", "$", "^\\circ", "^{\\circ}",
     "\\circ", "\\%", "%", "\\$", "\\mathrm{th}",
 )  # fmt: skip
+_BASE_NUMERAL = re.compile(r"[0-9A-Za-z]+_\{?\d+\}?")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 
 
@@ -95,6 +96,11 @@ def check_math_answer(response: str | bytes, ground_truth: str) -> MathCheck:
     if pred is None:
         return MathCheck(verdict(False, None), None, gt)
     p, g = normalize_latex(pred), normalize_latex(gt)
+    if _BASE_NUMERAL.fullmatch(g) or _BASE_NUMERAL.fullmatch(p):
+        # "52_8" (52 in base 8): math-verify drops the subscript and would accept "52_9"; compare exactly.
+        return MathCheck(
+            verdict(p.replace("{", "").replace("}", "") == g.replace("{", "").replace("}", ""), pred), pred, gt
+        )
     if p == g or numbers_equal(p, g):
         return MathCheck(verdict(True, pred), pred, gt)
     if parse_number(p) is not None and parse_number(g) is not None:

@@ -14,7 +14,7 @@ from fractions import Fraction
 
 # Control characters other than tab and newline carry no meaning in an answer and can confuse regexes
 # and terminals; carriage returns become newlines so that "Answer: 5\r\n" is one line.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"\x1b\[[0-9;?]{0,32}[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 # Longest answer (inside \boxed{...} or after "Answer:") a scorer looks at. The longest MATH-500 answer
 # has 159 characters; anything beyond this bound is treated as no answer rather than parsed.
@@ -30,7 +30,7 @@ def sanitize(text: str | bytes) -> str:
 
     bytes are decoded as UTF-8 with U+FFFD for invalid sequences; lone surrogates (what
     `errors="surrogateescape"` produces from invalid UTF-8) are replaced the same way; "\\r\\n" and "\\r"
-    become "\\n"; other C0/C1 control characters except tab are removed.
+    become "\\n"; ANSI escape sequences and other C0/C1 control characters except tab are removed.
 
     >>> sanitize(b"Answer: 5\\xff\\r\\n")
     'Answer: 5\\ufffd\\n'
