@@ -1,0 +1,130 @@
+"""Readers, writer, templates, dedup and bad-row handling."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from dapo.data import (
+    DAPO_PREFIX,
+    DatasetRowError,
+    has_dapo_template,
+    read_dataset,
+    render_prompt,
+    write_verl_parquet,
+)
+
+
+def test_verl_parquet_round_trip(tmp_path, data_file):
+    src = data_file("aime-2024.parquet")
+    first = read_dataset(src, dedup=False)
+    assert len(first) == 960 and first[0].uid == str(first[0].extra["index"])
+    out = write_verl_parquet(first.records, tmp_path / "out.parquet")
+    second = read_dataset(out, dedup=False)
+    assert second.records == first.records
+    # Same columns and values as the original (minus pandas' index column).
+    original = pq.read_table(src).drop_columns(["__index_level_0__"]).to_pylist()
+    assert pq.read_table(out).to_pylist() == original
+
+
+def test_jsonl_sets_map_to_records(data_file):
+    amc = read_dataset(data_file("amc-2023.jsonl"))
+    assert amc[0].ground_truth == "27" and amc[0].uid == "0" and amc[0].data_source == "amc"
+    math500 = read_dataset(data_file("math-500.jsonl"))
+    assert math500[0].uid == "test/precalculus/807.json" and math500[0].extra["subject"] == "Precalculus"
+    gsm = read_dataset(data_file("gsm8k-test.jsonl"))
+    assert gsm[0].ground_truth == "18" and gsm[0].extra["solution"].endswith("#### 18")
+    aime25 = read_dataset(data_file("aime-2025.jsonl"), data_source="aime2025")
+    assert len(aime25) == 30 and aime25[0].data_source == "aime2025"
+
+
+def test_jsonl_written_as_verl_parquet_reads_back(tmp_path, data_file):
+    records = read_dataset(data_file("math-500.jsonl"), apply_template="dapo").records
+    back = read_dataset(write_verl_parquet(records, tmp_path / "m.parquet"))
+    assert [(r.uid, r.messages, r.ground_truth, r.data_source) for r in back] == [
+        (r.uid, r.messages, r.ground_truth, r.data_source) for r in records
+    ]
+
+
+def test_dedup_reports_counts(data_file):
+    aime = read_dataset(data_file("aime-2024.parquet"))
+    assert (len(aime), aime.num_rows, aime.num_duplicates_dropped) == (30, 960, 930)
+    dapo = read_dataset(data_file("dapo-math-17k.parquet"))
+    assert len(dapo) + dapo.num_duplicates_dropped == dapo.num_rows == 17917
+    assert len(dapo) == len({r.messages for r in dapo})
+
+
+def test_dapo_template_is_never_applied_twice(data_file):
+    aime = read_dataset(data_file("aime-2024.parquet"), apply_template="dapo")
+    assert all(r.messages[0].content.count(DAPO_PREFIX) == 1 for r in aime)
+    raw = read_dataset(data_file("aime-2025.jsonl"), apply_template="dapo", limit=3)
+    text = raw[0].messages[0].content
+    assert has_dapo_template(text) and text.count(DAPO_PREFIX) == 1
+    assert text.endswith('\n\nRemember to put your answer on its own line after "Answer:".')
+    # Same text layout as the DAPO authors' file: prefix, blank line, problem, blank line, suffix.
+    authors = read_dataset(data_file("aime-2024.parquet"))[0]
+    assert (
+        authors.messages[0].content == DAPO_PREFIX + "\n\n" + authors.extra["raw_problem"] + text[text.rindex("\n\n") :]
+    )
+
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+BAD_ROWS = [
+    ({"answer": "1"}, "prompt"),
+    ({"question": "q"}, "answer"),
+    ({"question": "", "answer": "1"}, "question"),
+    ({"question": "q", "answer": None}, "answer"),
+    ({"question": "q", "answer": [1]}, "answer"),
+    ({"prompt": [{"role": "user"}], "answer": "1"}, "prompt"),
+    ({"prompt": [{"role": "user", "content": "q"}], "reward_model": {}}, "reward_model.ground_truth"),
+    ("{not json", "<line>"),
+]
+
+
+@pytest.mark.parametrize(("row", "field"), BAD_ROWS)
+def test_bad_row_names_file_row_and_field(tmp_path, row, field):
+    path = _write_jsonl(tmp_path / "x.jsonl", [{"question": "ok", "answer": "1"}, row])
+    with pytest.raises(DatasetRowError) as info:
+        read_dataset(path, data_source="gsm8k")
+    assert (info.value.row, info.value.field_name) == (1, field)
+    assert str(path) in str(info.value) and "row 1" in str(info.value)
+
+
+def test_skip_bad_rows_counts_them(tmp_path):
+    rows = [{"question": "a", "answer": "1"}, *[r for r, _ in BAD_ROWS], {"question": "a", "answer": "1"}]
+    loaded = read_dataset(_write_jsonl(tmp_path / "x.jsonl", rows), data_source="gsm8k", skip_bad_rows=True)
+    assert len(loaded) == 1 and loaded.num_bad_rows_skipped == len(BAD_ROWS) and loaded.num_duplicates_dropped == 1
+    assert loaded.num_rows == len(rows) and all("x.jsonl: row" in line for line in loaded.bad_rows)
+
+
+def test_missing_data_source_is_an_error(tmp_path):
+    with pytest.raises(DatasetRowError, match="data_source"):
+        read_dataset(_write_jsonl(tmp_path / "plain.jsonl", [{"question": "q", "answer": "1"}]))
+
+
+def test_conflicting_duplicates_are_counted(tmp_path):
+    rows = [{"question": "q", "answer": "1"}, {"question": "q", "answer": "2"}, {"question": "q", "answer": "1"}]
+    loaded = read_dataset(_write_jsonl(tmp_path / "c.jsonl", rows), data_source="gsm8k")
+    assert (len(loaded), loaded.num_duplicates_dropped, loaded.num_conflicting_duplicates) == (1, 2, 1)
+
+
+class _Tok:
+    chat_template = "x"
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        assert add_generation_prompt and not tokenize
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+def test_render_prompt_uses_chat_template_or_plain_fallback(data_file):
+    record = read_dataset(data_file("aime-2025.jsonl"), limit=1)[0]
+    assert render_prompt(record) == record.messages[0].content
+    assert render_prompt(record, _Tok()) == f"<user>{record.messages[0].content}<assistant>"
+    no_template = type("T", (), {"chat_template": None})()
+    assert render_prompt(record, no_template) == record.messages[0].content

@@ -1,0 +1,103 @@
+"""Prompt-length budget, the resumable sampler and the arith task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dapo.data import (
+    ARITH_CHARSET,
+    LEVELS,
+    PromptSampler,
+    arith_solution,
+    filter_by_prompt_length,
+    make_arith_records,
+    tokenize_prompt,
+)
+from dapo.rewards import score_dapo
+
+
+class _CharTok:
+    """One token per character; no chat template (plain rendering)."""
+
+    chat_template = None
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+
+def test_filter_by_prompt_length_drop_and_left_truncate():
+    records = make_arith_records("train", 50, seed=0, level=(1, 5))
+    lengths = [len(r.messages[0].content) for r in records]
+    budget = sorted(lengths)[25]
+    kept, report = filter_by_prompt_length(records, _CharTok(), budget, mode="drop")
+    over = sum(n > budget for n in lengths)
+    assert (report.num_kept, report.num_dropped, report.num_truncated) == (50 - over, over, 0)
+    assert all(len(r.messages[0].content) <= budget for r in kept)
+    kept, report = filter_by_prompt_length(records, _CharTok(), budget, mode="left_truncate")
+    assert (len(kept), report.num_dropped, report.num_truncated) == (50, 0, over)
+    longest = max(records, key=lambda r: len(r.messages[0].content))
+    ids = tokenize_prompt(longest, _CharTok(), budget)
+    assert ids == [ord(c) for c in longest.messages[0].content[-budget:]]
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        tokenize_prompt(longest, _CharTok(), budget, truncation="error")
+
+
+def test_sampler_resume_reproduces_future_batches():
+    records = make_arith_records("train", 10, seed=1, level=3)
+    a = PromptSampler(records, seed=7, batch_size=4)
+    for _ in range(3):  # 12 draws: crosses the first epoch boundary
+        a.next_batch()
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [[r.uid for r in a.next_batch()] for _ in range(6)]
+    b = PromptSampler(records, seed=0, batch_size=1)
+    b.load_state_dict(state)
+    assert [[r.uid for r in b.next_batch()] for _ in range(6)] == expected
+
+
+def test_sampler_epochs_cover_everything_and_reshuffle():
+    records = make_arith_records("train", 12, seed=2, level=4)
+    s = PromptSampler(records, seed=3, batch_size=6)
+    epoch0 = [r.uid for r in s.next_batch() + s.next_batch()]
+    epoch1 = [r.uid for r in s.next_batch() + s.next_batch()]
+    assert sorted(epoch0) == sorted(epoch1) == sorted(r.uid for r in records)
+    assert epoch0 != epoch1
+    assert [r.uid for r in PromptSampler(records, seed=3, batch_size=12).next_batch()] == epoch0
+
+
+def test_sampler_rejects_state_of_another_data_set():
+    s = PromptSampler(make_arith_records("train", 5, seed=0, level=2), seed=0, batch_size=2)
+    other = PromptSampler(make_arith_records("train", 5, seed=1, level=2), seed=0, batch_size=2)
+    with pytest.raises(ValueError, match="different data set"):
+        other.load_state_dict(s.state_dict())
+
+
+def test_arith_solution_and_answer():
+    record = make_arith_records("train", 1, seed=0, level=2)[0]
+    solution = arith_solution(record)
+    assert solution.splitlines()[-1] == f"Answer: {record.ground_truth}"
+    assert score_dapo(solution, record.ground_truth).acc
+    assert eval(record.extra["expression"]) == int(record.ground_truth)  # trusted, generated text only
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_arith_splits_are_disjoint_deterministic_and_short(level):
+    train = make_arith_records("train", 300, seed=0, level=level)
+    test = make_arith_records("test", 40, seed=5, level=level)
+    assert {r.messages[0].content for r in train}.isdisjoint({r.messages[0].content for r in test})
+    assert make_arith_records("train", 300, seed=0, level=level) == train
+    for r in train + test:
+        assert len(r.messages[0].content) < 40
+        assert set(r.messages[0].content + arith_solution(r)) <= set(ARITH_CHARSET)
+        assert all(len(line) <= 24 for line in arith_solution(r).splitlines())
+        assert int(r.ground_truth) == eval(r.extra["expression"])  # trusted, generated text only
+
+
+def test_arith_level_mix_and_errors():
+    mixed = make_arith_records("train", 200, seed=0, level=(1, 5))
+    assert {r.extra["level"] for r in mixed} == {1, 5}
+    with pytest.raises(ValueError, match="split"):
+        make_arith_records("val", 1, seed=0)
+    with pytest.raises(ValueError, match="level"):
+        make_arith_records("train", 1, seed=0, level=9)
