@@ -42,12 +42,17 @@ def _length(rng: random.Random) -> int:
     return int(math.exp(rng.uniform(math.log(200), math.log(16_000))))
 
 
+def _body(rng: random.Random) -> str:
+    n = _length(rng)
+    return (FILLER * (n // len(FILLER) + 1))[:n]
+
+
 def dapo_samples(n: int, rng: random.Random) -> list[RewardSample]:
     records = read_dataset(DATA / "dapo-math-17k.parquet", limit=n).records
     out = []
     for k, r in enumerate(records):
         answer = r.ground_truth if k % 2 == 0 else str(int(r.ground_truth) + 1)
-        body = (FILLER * (_length(rng) // len(FILLER) + 1))[: _length(rng)]
+        body = _body(rng)
         out.append(RewardSample("", f"{body}\nAnswer: {answer}", 500, False, r.ground_truth, "math_dapo", {}))
     return out
 
@@ -64,7 +69,7 @@ def math_samples(n: int, rng: random.Random) -> list[RewardSample]:
             answer = r.ground_truth
         else:
             answer = f"{r.ground_truth} + 1"
-        body = (FILLER * (_length(rng) // len(FILLER) + 1))[: _length(rng)]
+        body = _body(rng)
         out.append(
             RewardSample(
                 "", f"{body}\nSo the answer is $\\boxed{{{answer}}}$.", 500, False, r.ground_truth, "math500", {}
@@ -116,13 +121,18 @@ def main() -> None:
     for name, r in results.items():
         r["ratio_to_serial"] = r["responses_per_s"] / (base_dapo if name.startswith("dapo") else base_math)
     mean_chars = statistics.mean(len(s.response) for s in dapo)
+    mean_chars_math = statistics.mean(len(s.response) for s in math_set)
     report = {
         "machine": {
             "cpus": __import__("os").cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
-        "workload": {"mean_response_chars_dapo": mean_chars, "repeats": args.repeats},
+        "workload": {
+            "mean_response_chars_dapo": mean_chars,
+            "mean_response_chars_math": mean_chars_math,
+            "repeats": args.repeats,
+        },
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
