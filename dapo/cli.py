@@ -1,27 +1,150 @@
-"""The `dapo` command: thin wrappers that parse a config and call the library."""
+"""The `dapo` command: thin wrappers that resolve a config and call the library.
+
+dapo train  [--preset NAME] [--config FILE.yaml] [section.field=value ...]
+dapo eval   [--preset NAME] [--config FILE.yaml] [--checkpoint DIR] [section.field=value ...]
+dapo sft    [--size 5m] [--level 2] [--steps 300] [--out DIR]
+dapo config [--preset NAME] [--config FILE.yaml] [--fields] [section.field=value ...]
+dapo presets
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from dapo.config import PRESETS, ConfigError, field_docs, load_config
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="cpu_dapo", help=f"named preset: {', '.join(PRESETS)} (default cpu_dapo)")
+    parser.add_argument("--config", default=None, help="YAML file applied on top of the preset")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides applied last, e.g. algo.clip_eps_high=0.28")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dapo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dapo",
+        description="DAPO / GRPO / PPO for LLM reinforcement learning with verifiable rewards.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="`dapo config --fields` lists every config field with its meaning and default.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="run RL training (DAPO by default)")
-    train.add_argument("--preset", default="cpu_dapo", help="named preset from dapo.config.PRESETS")
-    train.add_argument("--config", default=None, help="YAML file applied on top of the preset")
-    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.clip_eps_high=0.28")
+    train = sub.add_parser("train", help="run RL training (DAPO on the built-in CPU task by default)")
+    _add_config_arguments(train)
+    train.add_argument("--no-plot", action="store_true", help="do not write the curves PNG at the end")
+    evaluate = sub.add_parser("eval", help="evaluate a policy: avg@k, pass@k, maj@k per data source")
+    _add_config_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", default=None, help="global_step_N directory to load the policy from")
+    sft = sub.add_parser("sft", help="build the tiny model and warm-start it on the built-in task")
+    sft.add_argument("--size", default="5m", choices=["1m", "5m", "20m"])
+    sft.add_argument("--level", type=int, default=2, help="difficulty of the arithmetic task")
+    sft.add_argument("--steps", type=int, default=300)
+    sft.add_argument("--out", default=None, help="output directory (default runs/base/tiny-<size>-arith-level<L>)")
+    config = sub.add_parser("config", help="print the resolved config (or, with --fields, every field's meaning)")
+    _add_config_arguments(config)
+    config.add_argument("--fields", action="store_true", help="list every field, its default and its meaning")
+    sub.add_parser("presets", help="list the presets")
     return parser
+
+
+def _train(args) -> int:
+    from dapo.report import plot_training_curves
+    from dapo.trainer import Trainer
+
+    config = load_config(args.preset, args.config, args.overrides)
+    trainer = Trainer(config)
+    print(f"[dapo] run directory: {trainer.run_dir}")
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    summary = _summary(trainer.run_dir, trainer.counters.history)
+    if not args.no_plot:
+        png = plot_training_curves(
+            trainer.run_dir / "metrics.jsonl", trainer.run_dir / "curves.png", title=config.trainer.run_name
+        )
+        summary.append(f"curves:      {png}")
+    export_dir = trainer.export(trainer.run_dir / "policy")
+    summary.append(f"policy:      {export_dir} (a Hugging Face model directory)")
+    summary.append(f"metrics:     {trainer.run_dir / 'metrics.jsonl'} (TensorBoard: {trainer.run_dir / 'tensorboard'})")
+    print("\n".join(summary))
+    return 0
+
+
+def _summary(run_dir: Path, history: list[dict]) -> list[str]:
+    from dapo.metrics import read_jsonl_metrics
+
+    rows = read_jsonl_metrics(run_dir / "metrics.jsonl")
+    val_rows = [r for r in rows if any(k.startswith("val-core/") for k in r)]
+    lines = ["", "=" * 72, "DAPO run finished"]
+    if val_rows:
+        first, last = val_rows[0], val_rows[-1]
+        for key in sorted(k for k in last if k.startswith("val-core/")):
+            before, after = first.get(key), last[key]
+            if before is not None:
+                lines.append(
+                    f"held-out {key.removeprefix('val-core/')}: {100 * before:.1f}% (step {first['step']}) -> "
+                    f"{100 * after:.1f}% (step {last['step']})  [{100 * (after - before):+.1f} points]"
+                )
+    train_rows = [r for r in rows if "train/acc/mean" in r]
+    if train_rows:
+        k = max(1, len(train_rows) // 5)
+        head = sum(r["train/acc/mean"] for r in train_rows[:k]) / k
+        tail = sum(r["train/acc/mean"] for r in train_rows[-k:]) / k
+        lines.append(f"training accuracy (first {k} vs last {k} steps): {100 * head:.1f}% -> {100 * tail:.1f}%")
+    lines.append(f"run:         {run_dir}")
+    return lines
+
+
+def _evaluate(args) -> int:
+    from dapo.evaluation import format_eval
+    from dapo.trainer import Trainer
+
+    overrides = [*args.overrides, "trainer.resume=" + (args.checkpoint or "disable"), "trainer.tensorboard=false"]
+    config = load_config(args.preset, args.config, overrides)
+    trainer = Trainer(config)
+    try:
+        metrics = trainer._evaluate(trainer.counters.step)
+    finally:
+        trainer.close()
+    print(format_eval(metrics))
+    for key, value in sorted(metrics.items()):
+        print(f"{key}: {value:.4f}")
+    return 0
+
+
+def _sft(args) -> int:
+    from dapo.sft import SftSettings, build_base_model
+
+    out = Path(args.out or f"runs/base/tiny-{args.size}-arith-level{args.level}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build_base_model(args.size, args.level, out, SftSettings(steps=args.steps))
+    print(f"[sft] saved {out}; train on it with `dapo train model.path={out}`")
+    return 0
+
+
+def _config(args) -> int:
+    if args.fields:
+        for name, default, doc in field_docs():
+            print(f"{name} = {default}\n    {doc}")
+        return 0
+    print(load_config(args.preset, args.config, args.overrides).to_yaml(), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        print("dapo train: the trainer is not built yet (see the open issues).")
-        return 0
-    return 2
+    try:
+        if args.command == "presets":
+            for name, fn in PRESETS.items():
+                print(f"{name:30s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+            return 0
+        handler = {"train": _train, "eval": _evaluate, "sft": _sft, "config": _config}[args.command]
+        return handler(args)
+    except ConfigError as error:
+        print(f"dapo: invalid config: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -497,6 +497,9 @@ def _ablation(*steps: Callable[[Config], None]) -> Callable[[], Config]:
             step(c)
         return c
 
+    preset.__doc__ = "Paper ablation rung: naive GRPO + " + ", ".join(
+        s.__name__.strip("_").replace("_", " ") for s in steps
+    )
     return preset
 
 
@@ -570,6 +573,9 @@ def _cpu_scale(paper: Callable[[], Config], run_name: str) -> Callable[[], Confi
         c.trainer.run_name = run_name
         return c
 
+    preset.__doc__ = (
+        f"CPU-sized (tiny model, arith task) {paper.__name__}: " + (paper.__doc__ or "").strip().splitlines()[0]
+    )
     return preset
 
 

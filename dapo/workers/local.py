@@ -206,6 +206,8 @@ class PolicyWorker:
             stats.add_masked("actor/pg_clipfrac_lower", pg_stats.dual_clipped, mask)
             stats.add_masked("actor/ppo_kl", pg_stats.approx_kl, mask)
             stats.add_masked("actor/ratio_mean", pg_stats.ratio, mask)
+            with torch.no_grad():
+                stats.add_masked("actor/entropy", algo.entropy_from_logits(logits.detach()), mask)
             if params.kl_loss_coef > 0 and micro.ref_logprobs is not None:
                 kl = algo.kl_estimate(logprobs, micro.ref_logprobs, params.kl_loss_type or "k3")
                 total = total + params.kl_loss_coef * algo.weighted_token_sum(kl, mask, micro_weights)

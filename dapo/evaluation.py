@@ -1,0 +1,124 @@
+"""Evaluation: avg@k, pass@k (unbiased) and maj@k of a policy on any prompt set, per data source.
+
+`pass_at_k` and `majority_correct` are pure; `evaluate` generates and scores (side effects).
+Metric names follow verl: `val-core/<source>/acc/mean@k` for the headline number, everything else under
+`val-aux/<source>/...`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from dapo.data import PromptRecord
+from dapo.rewards import RewardFunction, RewardSample
+from dapo.rollout import RolloutEngine, SamplingParams
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased pass@k estimator (Chen et al. 2021, arXiv:2107.03374, Eq. 1), for one problem.
+
+        pass@k = 1 − C(n − c, k) / C(n, k)
+
+    the probability that at least one of k samples drawn without replacement from the n generated
+    ones is correct. Computed as a running product, which stays exact for large n.
+    """
+    if not 1 <= k <= num_samples:
+        raise ValueError(f"need 1 ≤ k ≤ n, got k={k}, n={num_samples}")
+    if num_samples - num_correct < k:
+        return 1.0
+    fail = 1.0
+    for i in range(num_samples - num_correct + 1, num_samples + 1):
+        fail *= 1.0 - k / i
+    return 1.0 - fail
+
+
+def majority_correct(preds: Sequence[str | None], acc: Sequence[bool]) -> bool:
+    """maj@k for one problem: is the most frequent extracted answer a correct one?
+
+    Responses with no answer do not vote. Ties go to the answer seen first, so the result is
+    deterministic. No answer at all counts as wrong.
+    """
+    votes = Counter(p for p in preds if p is not None)
+    if not votes:
+        return False
+    winner = max(votes, key=lambda p: (votes[p], -preds.index(p)))
+    return any(a for p, a in zip(preds, acc, strict=True) if p == winner)
+
+
+def evaluate(
+    engine: RolloutEngine,
+    prompts: Sequence[Sequence[int]],
+    prompt_texts: Sequence[str],
+    records: Sequence[PromptRecord],
+    reward_fn: RewardFunction,
+    sampling: SamplingParams,
+    n: int,
+    seed: int,
+    decode,
+) -> dict[str, float]:
+    """Generate n responses per prompt, score them, and return val-core / val-aux metrics per data source.
+
+    `decode(token_ids) -> str` turns a response into text (special tokens skipped).
+    """
+    rollout = engine.generate(prompts, n, sampling, seed)
+    lengths = rollout.response_lengths.tolist()
+    samples = []
+    for row in range(rollout.response_ids.shape[0]):
+        record = records[row // n]
+        samples.append(
+            RewardSample(
+                prompt=prompt_texts[row // n],
+                response=decode(rollout.response_ids[row, : lengths[row]].tolist()),
+                response_length=lengths[row],
+                truncated=rollout.finish_reasons[row] == "length",
+                ground_truth=record.ground_truth,
+                data_source=record.data_source,
+                extra=record.extra,
+            )
+        )
+    scored = reward_fn(samples)
+    per_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p, record in enumerate(records):
+        rows = range(p * n, p * n + n)
+        per_source[record.data_source].append(
+            {
+                "acc": [bool(scored.acc[r]) for r in rows],
+                "score": [float(scored.scores[r]) for r in rows],
+                "preds": [scored.preds[r] for r in rows],
+                "length": [lengths[r] for r in rows],
+            }
+        )
+    metrics: dict[str, float] = {}
+    for source, problems in per_source.items():
+        count = len(problems)
+        acc_mean = sum(sum(p["acc"]) / n for p in problems) / count
+        metrics[f"val-core/{source}/acc/mean@{n}"] = acc_mean
+        metrics[f"val-aux/{source}/score/mean@{n}"] = sum(sum(p["score"]) / n for p in problems) / count
+        metrics[f"val-aux/{source}/response_length/mean@{n}"] = sum(sum(p["length"]) / n for p in problems) / count
+        metrics[f"val-aux/{source}/acc/pass@{n}"] = sum(pass_at_k(n, sum(p["acc"]), n) for p in problems) / count
+        if n > 1:
+            metrics[f"val-aux/{source}/acc/pass@1"] = acc_mean
+            metrics[f"val-aux/{source}/acc/maj@{n}"] = (
+                sum(majority_correct(p["preds"], p["acc"]) for p in problems) / count
+            )
+        metrics[f"val-aux/{source}/num_problems"] = float(count)
+    return metrics
+
+
+def format_eval(metrics: dict[str, float]) -> str:
+    """One line per data source: 'arith: acc@4 41.2% | pass@4 70.0% | maj@4 45.0%'."""
+    lines = []
+    for key, value in sorted(metrics.items()):
+        if key.startswith("val-core/") and "/acc/mean@" in key:
+            source = key.split("/")[1]
+            k = key.rsplit("@", 1)[1]
+            parts = [f"{source}: avg@{k} {100 * value:.1f}%"]
+            for name in (f"pass@{k}", f"maj@{k}"):
+                aux = metrics.get(f"val-aux/{source}/acc/{name}")
+                if aux is not None and not math.isnan(aux):
+                    parts.append(f"{name} {100 * aux:.1f}%")
+            lines.append(" | ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Scored response groups: what dynamic sampling keeps, buffers and turns into a training batch.
+
+A `ScoredGroup` holds the G responses of one prompt as plain token lists and numbers, so that groups
+from different generation rounds (different padded widths) can be pooled, carried over to the next step
+and checkpointed, then padded once into a `TrainBatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dapo.data import PromptRecord
+from dapo.rewards import RewardBatch
+from dapo.rollout import RolloutBatch
+from dapo.workers.batch import TrainBatch
+
+
+@dataclass(frozen=True)
+class ScoredGroup:
+    """One prompt and its G scored responses (the unit that dynamic sampling keeps or drops)."""
+
+    record: PromptRecord
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[tuple[int, ...], ...]
+    """G responses, each with its EOS/stop token when it had one"""
+    finish_reasons: tuple[str, ...]
+    scores: tuple[float, ...]
+    """rule score per response (+1/−1 for DAPO)"""
+    rewards: tuple[float, ...]
+    """score + overlong penalty: what the advantages use"""
+    acc: tuple[bool, ...]
+    preds: tuple[str | None, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.response_ids)
+
+    def metric(self, name: str) -> tuple[float, ...]:
+        """The per-response metric dynamic sampling filters on: acc | score | reward."""
+        if name == "acc":
+            return tuple(float(a) for a in self.acc)
+        return self.scores if name == "score" else self.rewards
+
+    @property
+    def truncated(self) -> tuple[bool, ...]:
+        return tuple(reason == "length" for reason in self.finish_reasons)
+
+
+def groups_from_rollout(
+    records: Sequence[PromptRecord], prompts: Sequence[Sequence[int]], rollout: RolloutBatch, rewards: RewardBatch
+) -> list[ScoredGroup]:
+    """Cut a generation round (P prompts × n responses, contiguous per prompt) into P scored groups."""
+    n = rollout.n
+    lengths = rollout.response_lengths.tolist()
+    groups = []
+    for p, record in enumerate(records):
+        rows = range(p * n, p * n + n)
+        groups.append(
+            ScoredGroup(
+                record=record,
+                prompt_ids=tuple(int(t) for t in prompts[p]),
+                response_ids=tuple(tuple(rollout.response_ids[r, : lengths[r]].tolist()) for r in rows),
+                finish_reasons=tuple(rollout.finish_reasons[r] for r in rows),
+                scores=tuple(float(rewards.scores[r]) for r in rows),
+                rewards=tuple(float(rewards.rewards[r]) for r in rows),
+                acc=tuple(bool(rewards.acc[r]) for r in rows),
+                preds=tuple(rewards.preds[r] for r in rows),
+            )
+        )
+    return groups
+
+
+def build_train_batch(groups: Sequence[ScoredGroup], pad_id: int, mask_truncated: bool) -> TrainBatch:
+    """Pad the groups' prompts on the left and responses on the right into one TrainBatch (no advantages yet).
+
+    With `mask_truncated` (overlong filtering, DAPO §3.4) truncated responses get an all-zero loss mask.
+    """
+    prompts = [g.prompt_ids for g in groups for _ in range(g.size)]
+    responses = [r for g in groups for r in g.response_ids]
+    truncated = [t for g in groups for t in g.truncated]
+    tp = max(len(p) for p in prompts)
+    t = max(1, max(len(r) for r in responses))
+    rows = len(prompts)
+    input_ids = torch.full((rows, tp + t), pad_id, dtype=torch.long)
+    attention = torch.zeros((rows, tp + t), dtype=torch.bool)
+    response_mask = torch.zeros((rows, t))
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        input_ids[i, tp - len(p) : tp] = torch.tensor(p, dtype=torch.long)
+        attention[i, tp - len(p) : tp] = True
+        if r:
+            input_ids[i, tp : tp + len(r)] = torch.tensor(r, dtype=torch.long)
+            attention[i, tp : tp + len(r)] = True
+            response_mask[i, : len(r)] = 0.0 if (mask_truncated and truncated[i]) else 1.0
+    group_index = torch.arange(len(groups)).repeat_interleave(torch.tensor([g.size for g in groups]))
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        response_mask=response_mask,
+        prompt_width=tp,
+        group_index=group_index,
+    )
+
+
+def sequence_mask(groups: Sequence[ScoredGroup]) -> torch.Tensor:
+    """(B, T) float mask of every generated token, truncated or not (for length statistics and GAE)."""
+    responses = [r for g in groups for r in g.response_ids]
+    t = max(1, max(len(r) for r in responses))
+    lengths = torch.tensor([len(r) for r in responses])
+    return (torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)).float()

@@ -1,0 +1,136 @@
+"""Turning a config into live objects: the policy model, the prompt sets and the sampler.
+
+Side effects (files, tokenisation) live here so that the trainer's step stays about the algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from dapo.config import Config, ConfigError
+from dapo.data import PromptRecord, PromptSampler, make_arith_records, read_dataset, render_prompt
+from dapo.models import load_model_and_tokenizer
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class RunData:
+    """Prompt sets of a run, tokenised once. Records are keyed by `uid`, unique across train and val."""
+
+    train_records: list[PromptRecord]
+    val_records: list[PromptRecord]
+    prompt_ids: dict[str, list[int]]
+    prompt_text: dict[str, str]
+    sampler: PromptSampler
+
+
+def load_policy(config: Config, say: Say = print):
+    """The model to train and its tokenizer, through the real `from_pretrained` path.
+
+    `builtin:tiny-<size>` is built and warm-started on the built-in task the first time (see `dapo.sft`)
+    and reused afterwards.
+    """
+    path, gguf_file = config.model.path, config.model.gguf_file
+    if path.startswith("builtin:"):
+        from dapo.sft import ensure_builtin_base
+
+        path = str(ensure_builtin_base(config, say=say))
+    dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
+    model, tokenizer = load_model_and_tokenizer(path, dtype=dtype, gguf_file=gguf_file)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(config.trainer.device).eval(), tokenizer
+
+
+def _unique_uids(records: Sequence[PromptRecord], prefix: str) -> list[PromptRecord]:
+    seen: dict[str, int] = {}
+    out = []
+    for record in records:
+        count = seen.get(record.uid, 0)
+        seen[record.uid] = count + 1
+        uid = f"{prefix}{record.uid}" if count == 0 else f"{prefix}{record.uid}#{count}"
+        out.append(dataclasses.replace(record, uid=uid))
+    return out
+
+
+def _read_files(paths: Sequence[str], config: Config, say: Say) -> list[PromptRecord]:
+    records: list[PromptRecord] = []
+    for path in paths:
+        loaded = read_dataset(
+            path,
+            apply_template=config.data.prompt_template,
+            dedup=config.data.dedup,
+            skip_bad_rows=config.data.skip_bad_rows,
+        )
+        say(
+            f"[data] {path}: {len(loaded.records)} prompts "
+            f"({loaded.num_duplicates_dropped} duplicates dropped, {loaded.num_bad_rows_skipped} bad rows skipped)"
+        )
+        records.extend(loaded.records)
+    return records
+
+
+def _tokenise(records, tokenizer, config: Config, run: RunData, say: Say, label: str) -> list[PromptRecord]:
+    kept, dropped, truncated = [], 0, 0
+    budget = config.data.max_prompt_length
+    for record in records:
+        text = render_prompt(record, tokenizer)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > budget:
+            if config.data.truncation == "error":
+                raise ConfigError(
+                    f"data.max_prompt_length = {budget}: prompt {record.uid!r} has {len(ids)} tokens "
+                    "(set data.truncation=left or drop)"
+                )
+            if config.data.truncation == "drop":
+                dropped += 1
+                continue
+            ids, truncated = ids[-budget:], truncated + 1
+        run.prompt_ids[record.uid] = ids
+        run.prompt_text[record.uid] = text
+        kept.append(record)
+    if dropped or truncated:
+        say(f"[data] {label}: {dropped} prompts over {budget} tokens dropped, {truncated} left-truncated")
+    if not kept:
+        raise ConfigError(f"{label}: no prompt fits data.max_prompt_length = {budget}")
+    return kept
+
+
+def load_run_data(config: Config, tokenizer, say: Say = print) -> RunData:
+    d = config.data
+    if d.train_files:
+        train = _read_files(d.train_files, config, say)
+        val = _read_files(d.val_files, config, say) if d.val_files else []
+    elif d.task == "arith":
+        train = make_arith_records("train", 20_000, seed=d.seed, level=d.task_level)
+        val = make_arith_records("test", d.val_size, seed=d.seed, level=d.task_level)
+    else:
+        raise ConfigError("data.train_files is empty and data.task is not a built-in task (arith)")
+    run = RunData([], [], {}, {}, sampler=None)  # type: ignore[arg-type]
+    run.train_records = _tokenise(_unique_uids(train, "train:"), tokenizer, config, run, say, "train")
+    run.val_records = _tokenise(_unique_uids(val, "val:"), tokenizer, config, run, say, "val") if val else []
+    run.sampler = PromptSampler(run.train_records, seed=d.seed, batch_size=d.gen_batch_size)
+    return run
+
+
+def measure_matmul_peak(num_threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """Achievable fp32 matmul FLOP/s on this machine now (the MFU denominator), median of a few runs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    gen = torch.Generator().manual_seed(0)  # a private generator: the run's RNG stream stays untouched
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    torch.set_num_threads(previous)
+    return 2.0 * size**3 / statistics.median(times)

@@ -1,0 +1,476 @@
+"""The single controller: one readable training step that follows DAPO's Algorithm 1.
+
+    for each step:
+        1. draw prompts, sample G responses each, score them (rule reward + overlong shaping)
+        2. dynamic sampling: keep informative groups, draw again until the batch is full (or the cap hits)
+        3. old log-probs (skipped when exactly on-policy), reference log-probs if a KL term is on, values if PPO
+        4. advantages
+        5. mini-batch updates of the actor (and the critic)
+        6. new weights reach the rollout engine
+        7. evaluate / checkpoint / log on their schedules
+
+Side effects (generation, optimisation, files) are orchestrated here; the math is in `dapo.algo`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dapo import algo
+from dapo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from dapo.config import Config, config_diff
+from dapo.evaluation import evaluate, format_eval
+from dapo.groups import ScoredGroup, build_train_batch, groups_from_rollout, sequence_mask
+from dapo.metrics import MetricsLogger, ProgressView, stats_dict
+from dapo.rewards import RewardSample, build_reward_function
+from dapo.rollout import SamplingParams, build_engine
+from dapo.runtime import RunData, load_policy, load_run_data, measure_matmul_peak
+from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker
+
+
+class DynamicSamplingError(RuntimeError):
+    """The generation-round cap was reached before the batch had enough informative groups."""
+
+
+class ResumeConfigError(RuntimeError):
+    """Resuming with a config that differs from the checkpoint's, without accepting the differences."""
+
+
+@dataclass
+class Counters:
+    """What a checkpoint must restore besides weights and RNG for a resumed run to continue exactly."""
+
+    step: int = 0
+    kl_reward_coef: float = 0.0
+    total_gen_batches: int = 0
+    history: list = field(default_factory=list)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, config: Config, *, log_to_console: bool = True):
+        self.cfg = config.validate()
+        torch.set_num_threads(config.trainer.num_threads)
+        seed_everything(config.trainer.seed)
+        self.run_dir = Path(config.trainer.output_dir) / config.trainer.run_name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.say = print if log_to_console else (lambda *_: None)
+
+        self.model, self.tokenizer = load_policy(config, say=self.say)
+        self.data: RunData = load_run_data(config, self.tokenizer, say=self.say)
+        self.reward_fn = build_reward_function(
+            overlong_enable=config.algo.overlong.enable,
+            max_response_length=config.rollout.max_response_length,
+            overlong_buffer_length=config.algo.overlong.buffer_length,
+            overlong_penalty_factor=config.algo.overlong.penalty_factor,
+        )
+        self.engine = build_engine(config.rollout.engine, self.model, self.tokenizer)
+        self.policy = PolicyWorker(
+            self.model,
+            self._optim_params(config.actor.lr, config.actor.weight_decay, config.actor.grad_clip),
+            with_reference=config.uses_reference,
+            micro_batch_max_tokens=config.actor.micro_batch_max_tokens,
+        )
+        self.critic = None
+        if config.uses_critic:
+            critic_optim = self._optim_params(config.critic.lr, config.critic.weight_decay, config.critic.grad_clip)
+            self.critic = CriticWorker(
+                self.model, critic_optim, config.critic.value_clip, config.actor.micro_batch_max_tokens
+            )
+        self.counters = Counters(kl_reward_coef=config.algo.kl_reward_coef)
+        self.buffer: list[ScoredGroup] = []
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=config.trainer.keep_last)
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.peak_flops = measure_matmul_peak(config.trainer.num_threads)
+        resumed_step = self._maybe_resume()
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=config.trainer.tensorboard,
+            wandb_project=config.trainer.wandb_project,
+            wandb_run_name=config.trainer.run_name,
+            config=config.to_dict(),
+            resume_step=resumed_step,
+        )
+        (self.run_dir / "config.yaml").write_text(config.to_yaml())
+
+    def _optim_params(self, lr: float, weight_decay: float, grad_clip: float) -> OptimParams:
+        a = self.cfg.actor
+        return OptimParams(
+            lr, a.betas, weight_decay, grad_clip, a.lr_warmup_steps, a.lr_schedule, self.cfg.trainer.total_steps,
+            a.min_lr_ratio,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, float]:
+        cfg = self.cfg.trainer
+        progress = ProgressView(cfg.total_steps, initial_step=self.counters.step, disable=not cfg.progress)
+        last: dict[str, float] = {}
+        try:
+            if self.counters.step == 0 and cfg.val_before_train and self.data.val_records:
+                last = self._evaluate_and_log(0, progress)
+            while self.counters.step < cfg.total_steps:
+                step = self.counters.step + 1
+                metrics = self.train_step(step)
+                self.counters.step = step
+                final = step == cfg.total_steps
+                if self.data.val_records and cfg.test_freq > 0 and (step % cfg.test_freq == 0 or final):
+                    metrics.update(self._evaluate(step))
+                self.logger.log(step, metrics)
+                self.counters.history.append({k: v for k, v in metrics.items() if not k.startswith("timing")})
+                progress.update(step, metrics)
+                if final or (cfg.save_freq > 0 and step % cfg.save_freq == 0):
+                    self.save_checkpoint()
+                last = metrics
+        finally:
+            progress.close()
+            self.logger.close()
+        return last
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, timer = self.cfg, Timer()
+        metrics: dict[str, float] = {}
+        with timer("step"):
+            # 1-2. Sample, score, and keep informative groups until the batch is full (DAPO Alg. 1, lines 3-7).
+            groups = self._collect_groups(step, timer, metrics)
+            batch = build_train_batch(groups, self.tokenizer.pad_token_id, cfg.algo.overlong.filter)
+            all_tokens = sequence_mask(groups)  # (B, T) every generated token, truncated ones included
+
+            # 3. Old log-probs: skipped when the update is exactly on-policy (one mini-batch, one epoch), where
+            #    π_old = π_θ and the worker uses its own detached log-probs (the in-reward KL still needs them).
+            on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.mini_batch_size == cfg.data.train_batch_size
+            old_logprobs = None
+            if not on_policy or cfg.algo.use_kl_in_reward:
+                with timer("old_log_prob"):
+                    old_logprobs, _ = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
+            if not on_policy:
+                batch = batch.replace(old_logprobs=old_logprobs)
+            if self.policy.reference is not None:
+                with timer("ref"):
+                    ref_logprobs, _ = self.policy.compute_logprobs(
+                        batch.replace(response_mask=all_tokens), reference=True
+                    )
+                batch = batch.replace(ref_logprobs=ref_logprobs)
+
+            # 4. Advantages (DAPO Eq. 9 for the group estimators; Eqs. 2-3 for GAE).
+            with timer("adv"):
+                batch = self._with_advantages(batch, groups, all_tokens, old_logprobs, timer, metrics)
+
+            # 5. Policy (and critic) updates: mini-batches of whole groups, exact loss aggregation.
+            if self.critic is not None:
+                with timer("update_critic"):
+                    metrics.update(self.critic.update(batch, cfg.actor.mini_batch_size, cfg.actor.ppo_epochs))
+            if self.critic is None or step > cfg.critic.warmup_steps:
+                with timer("update_actor"):
+                    shuffle_seed = cfg.trainer.seed * 7919 + step if cfg.actor.shuffle else None
+                    metrics.update(
+                        self.policy.update(
+                            batch, self._loss_params(), cfg.actor.mini_batch_size, cfg.actor.ppo_epochs, shuffle_seed
+                        )
+                    )
+
+            # 6. New weights reach the rollout engine (free when it shares the trainer's module).
+            with timer("update_weights"):
+                self.engine.update_weights(self.model)
+        metrics.update(self._data_metrics(groups, batch, all_tokens))
+        metrics.update({f"timing_s/{k}": v for k, v in timer.seconds.items()})
+        metrics.update(self._perf_metrics(batch, timer))
+        return metrics
+
+    # ------------------------------------------------------------------------------ 1-2. dynamic sampling
+
+    def _collect_groups(self, step: int, timer: Timer, metrics: dict[str, float]) -> list[ScoredGroup]:
+        cfg = self.cfg
+        ds = cfg.algo.dynamic_sampling
+        needed = cfg.data.train_batch_size
+        ready: list[ScoredGroup] = list(self.buffer) if ds.enable else []
+        from_buffer = len(ready)
+        self.buffer = []
+        seen = informative = all_correct = all_wrong = 0
+        rounds = 0
+        while len(ready) < needed:
+            if ds.enable and ds.max_gen_batches > 0 and rounds >= ds.max_gen_batches:
+                raise DynamicSamplingError(
+                    f"step {step}: after {rounds} generation rounds of {cfg.data.gen_batch_size} prompts only "
+                    f"{len(ready)} of {needed} groups were informative (accuracy neither all 0 nor all 1). "
+                    "The task is too easy or too hard for the model. Set "
+                    "algo.dynamic_sampling.max_gen_batches=0 for unlimited rounds, raise data.gen_batch_size, "
+                    "or use easier/harder data."
+                )
+            rounds += 1
+            records = self.data.sampler.next_batch()
+            prompts = [self.data.prompt_ids[r.uid] for r in records]
+            with timer("gen"):
+                rollout = self.engine.generate(
+                    prompts, cfg.rollout.group_size, self._train_sampling(), self._seed(step, rounds)
+                )
+            with timer("reward"):
+                scored = self.reward_fn(self._reward_samples(records, rollout))
+            new_groups = groups_from_rollout(records, prompts, rollout, scored)
+            seen += len(new_groups)
+            for group in new_groups:
+                acc = sum(group.acc)
+                all_correct += acc == group.size
+                all_wrong += acc == 0
+            if ds.enable:
+                metric = torch.tensor([g.metric(ds.metric) for g in new_groups])
+                keep = algo.informative_groups(metric).tolist()
+                new_groups = [g for g, k in zip(new_groups, keep, strict=True) if k]
+            informative += len(new_groups)
+            ready.extend(new_groups)
+        surplus = ready[needed:]
+        if ds.enable and ds.keep_surplus:
+            self.buffer = surplus  # Algorithm 1's buffer: used first by the next step
+        self.counters.total_gen_batches += rounds
+        metrics.update(
+            {
+                "train/num_gen_batches": float(rounds),
+                "train/informative_group_frac": informative / max(1, seen),
+                "train/all_correct_group_frac": all_correct / max(1, seen),
+                "train/all_wrong_group_frac": all_wrong / max(1, seen),
+                "train/groups_from_buffer": float(from_buffer),
+                "train/groups_carried_over": float(len(self.buffer)),
+                "train/groups_discarded": float(0 if ds.keep_surplus else len(surplus)),
+            }
+        )
+        return ready[:needed]
+
+    def _reward_samples(self, records, rollout) -> list[RewardSample]:
+        n, lengths = rollout.n, rollout.response_lengths.tolist()
+        samples = []
+        for row in range(rollout.response_ids.shape[0]):
+            record = records[row // n]
+            samples.append(
+                RewardSample(
+                    prompt=self.data.prompt_text[record.uid],
+                    response=self.tokenizer.decode(rollout.response_ids[row, : lengths[row]], skip_special_tokens=True),
+                    response_length=lengths[row],
+                    truncated=rollout.finish_reasons[row] == "length",
+                    ground_truth=record.ground_truth,
+                    data_source=record.data_source,
+                    extra=record.extra,
+                )
+            )
+        return samples
+
+    # ------------------------------------------------------------------------------------ 4. advantages
+
+    def _with_advantages(self, batch, groups, all_tokens, old_logprobs, timer, metrics):
+        cfg = self.cfg.algo
+        rewards = torch.tensor([g.rewards for g in groups])  # (P, G) shaped rewards
+        if cfg.use_kl_in_reward and self.policy.reference is not None:
+            token_kl = algo.kl_estimate(old_logprobs, batch.ref_logprobs, cfg.kl_reward_type) * all_tokens
+            kl_per_seq = token_kl.sum(dim=1)
+            rewards = rewards - self.counters.kl_reward_coef * kl_per_seq.reshape(rewards.shape)
+            observed = float(algo.masked_mean(token_kl, all_tokens))
+            metrics["actor/reward_kl_penalty"] = observed
+            metrics["actor/reward_kl_penalty_coeff"] = self.counters.kl_reward_coef
+            if cfg.kl_ctrl == "adaptive":
+                self.counters.kl_reward_coef = algo.adaptive_kl_coef(
+                    self.counters.kl_reward_coef, observed, cfg.kl_target, cfg.kl_horizon, all_tokens.shape[0]
+                )
+        metrics.update(stats_dict("critic/rewards", rewards.reshape(-1)))
+        if cfg.adv_estimator == "gae":
+            with timer("values"):
+                values = self.critic.compute_values(batch.replace(response_mask=all_tokens))
+            token_rewards = algo.token_level_rewards(rewards.reshape(-1), all_tokens)
+            advantages, returns = algo.gae_advantages(token_rewards, values, all_tokens, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = algo.masked_whiten(advantages, all_tokens)
+            metrics.update(stats_dict("critic/values", values, all_tokens.bool()))
+            metrics.update(stats_dict("critic/returns", returns, all_tokens.bool()))
+            metrics["critic/vf_explained_var"] = float(algo.explained_variance(values, returns, all_tokens))
+            batch = batch.replace(old_values=values, returns=returns)
+        else:
+            estimator = algo.GROUP_ADVANTAGES[cfg.adv_estimator]
+            per_response = estimator(rewards, cfg.adv_eps).reshape(-1)
+            advantages = algo.broadcast_to_tokens(per_response, all_tokens)
+        metrics.update(stats_dict("critic/advantages", advantages, all_tokens.bool()))
+        return batch.replace(advantages=advantages)
+
+    def _loss_params(self) -> PolicyLossParams:
+        a, r = self.cfg.algo, self.cfg.rollout
+        return PolicyLossParams(
+            clip_eps_low=a.clip_eps_low,
+            clip_eps_high=a.clip_eps_high,
+            dual_clip_c=a.dual_clip_c,
+            log_ratio_clamp=a.log_ratio_clamp,
+            loss_agg_mode=a.loss_agg_mode,
+            loss_norm_length=float(a.loss_norm_length or r.max_response_length),
+            kl_loss_coef=a.kl_loss_coef if a.use_kl_loss else 0.0,
+            kl_loss_type=a.kl_loss_type,
+            entropy_coeff=a.entropy_coeff,
+        )
+
+    # ---------------------------------------------------------------------------------------- metrics
+
+    def _data_metrics(self, groups, batch, all_tokens) -> dict[str, float]:
+        lengths = all_tokens.sum(dim=1)
+        prompt_lengths = torch.tensor([float(len(g.prompt_ids)) for g in groups for _ in range(g.size)])
+        scores = torch.tensor([s for g in groups for s in g.scores])
+        shaped = torch.tensor([s for g in groups for s in g.rewards])
+        acc = torch.tensor([float(a) for g in groups for a in g.acc])
+        truncated = torch.tensor([float(t) for g in groups for t in g.truncated])
+        out = {
+            **stats_dict("critic/score", shaped),
+            **stats_dict("reward/rule_score", scores),
+            "train/acc/mean": float(acc.mean()),
+            **stats_dict("response_length", lengths),
+            "response_length/clip_ratio": float(truncated.mean()),
+            **stats_dict("prompt_length", prompt_lengths),
+            "train/loss_tokens": float(batch.response_mask.sum()),
+        }
+        return out
+
+    def _perf_metrics(self, batch, timer: Timer) -> dict[str, float]:
+        tokens = float(batch.attention_mask.sum())
+        step_s = timer.seconds.get("step", float("nan"))
+        update_s = timer.seconds.get("update_actor", 0.0)
+        # Training costs ~6N FLOPs per token (forward + backward), per epoch.
+        update_flops = 6.0 * self.num_params * tokens * self.cfg.actor.ppo_epochs
+        return {
+            "perf/total_num_tokens": tokens,
+            "perf/time_per_step": step_s,
+            "perf/throughput": tokens / step_s if step_s > 0 else float("nan"),
+            "perf/mfu/actor": (update_flops / update_s / self.peak_flops) if update_s > 0 else float("nan"),
+        }
+
+    # ------------------------------------------------------------------------------------- sampling, seeds
+
+    def _train_sampling(self) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(
+            temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_response_length
+        )
+
+    def _val_sampling(self) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(temperature=r.val_temperature, top_p=r.val_top_p, max_new_tokens=r.max_response_length)
+
+    def _seed(self, step: int, round_index: int) -> int:
+        # A distinct, reproducible seed per (run seed, step, generation round): resume needs no RNG state for it.
+        return (self.cfg.trainer.seed * 1_000_003 + step * 1009 + round_index) % 2**31
+
+    # ------------------------------------------------------------------------------------ 7. evaluation
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        start = time.perf_counter()
+        records = self.data.val_records
+        metrics = evaluate(
+            self.engine,
+            [self.data.prompt_ids[r.uid] for r in records],
+            [self.data.prompt_text[r.uid] for r in records],
+            records,
+            self.reward_fn,
+            self._val_sampling(),
+            self.cfg.rollout.val_n,
+            seed=(self.cfg.trainer.seed * 7_777_777 + step) % 2**31,
+            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+        )
+        metrics["timing_s/testing"] = time.perf_counter() - start
+        return metrics
+
+    def _evaluate_and_log(self, step: int, progress: ProgressView) -> dict[str, float]:
+        metrics = self._evaluate(step)
+        self.logger.log(step, metrics)
+        progress.write(f"[eval @ step {step}] {format_eval(metrics)}")
+        return metrics
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.policy.optimizer.state_dict(),
+            "scheduler": self.policy.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "sampler": self.data.sampler.state_dict(),
+            "buffer": self.buffer,
+            "counters": {
+                "step": self.counters.step,
+                "kl_reward_coef": self.counters.kl_reward_coef,
+                "total_gen_batches": self.counters.total_gen_batches,
+            },
+            "config": self.cfg.to_dict(),
+        }
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+        return self.checkpoints.save(self.counters.step, state)
+
+    def _maybe_resume(self) -> int | None:
+        mode = self.cfg.trainer.resume
+        if mode == "disable":
+            return None
+        if mode == "auto":
+            if self.checkpoints.latest_step() is None:
+                return None
+            step, state = self.checkpoints.load()
+        else:
+            path = Path(mode)
+            manager = CheckpointManager(path.parent, keep_last=self.cfg.trainer.keep_last)
+            step, state = manager.load(int(path.name.rsplit("_", 1)[-1]))
+        differences = config_diff(state["config"], self.cfg.to_dict())
+        differences = [d for d in differences if not d.startswith(("trainer.total_steps", "trainer.resume"))]
+        if differences and not self.cfg.trainer.accept_config_changes:
+            raise ResumeConfigError(
+                "the checkpoint was written with a different config:\n  "
+                + "\n  ".join(differences)
+                + "\nSet trainer.accept_config_changes=true to resume anyway, or trainer.resume=disable to start over."
+            )
+        self.model.load_state_dict(state["model"])
+        self.policy.optimizer.load_state_dict(state["optimizer"])
+        self.policy.scheduler.load_state_dict(state["scheduler"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+        self.data.sampler.load_state_dict(state["sampler"])
+        self.buffer = list(state["buffer"])
+        counters = state["counters"]
+        self.counters.step = counters["step"]
+        self.counters.kl_reward_coef = counters["kl_reward_coef"]
+        self.counters.total_gen_batches = counters["total_gen_batches"]
+        restore_rng_state(state["rng"])
+        self.engine.update_weights(self.model)
+        self.say(f"resumed from step {step} ({self.checkpoints.step_dir(step)})")
+        return step
+
+    def export(self, path: str | Path) -> Path:
+        """Write the trained policy as a Hugging Face model directory (model + tokenizer + run config)."""
+        path = Path(path)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        (path / "dapo_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+        return path
+
+    def close(self) -> None:
+        self.engine.close()
+        self.reward_fn.close()
+
+
+def is_finite_metrics(metrics: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for k, v in metrics.items() if not k.startswith(("timing", "perf")))
