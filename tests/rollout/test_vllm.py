@@ -1,0 +1,110 @@
+"""VLLMEngine (optional extra). Skipped unless vllm imports; run them with
+
+    .venv-vllm/bin/python -m pytest -m vllm tests/rollout/test_vllm.py
+
+One in-process vLLM instance is built for the module (~10-25 s with the import)."""
+
+import os
+
+import pytest
+import torch
+
+from dapo.models import build_tiny_model
+from dapo.rollout import BuiltinEngine, RolloutEngine, SamplingParams, build_engine
+
+pytestmark = pytest.mark.vllm
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # in-process vLLM pins threads; see vllm_engine.py
+pytest.importorskip("vllm", reason="vllm is not installed (optional extra)")
+
+PROMPTS_TEXT = ("12+30=", "what is 7*6?", "a")
+
+
+def _greedy_builtin(model, tok, prompts, k=16):
+    engine = BuiltinEngine(model, tok, eos_token_ids=())
+    return engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=k), seed=0).response_ids
+
+
+@pytest.fixture(scope="module")
+def setup(tok, sharp_model):
+    prompts = [tok(t)["input_ids"] for t in PROMPTS_TEXT]
+    free = _greedy_builtin(sharp_model, tok, prompts)[0].tolist()
+    # an id that the greedy continuation of prompt 0 first reaches mid-way: "eos" is testable
+    eos_id = free[next(j for j in range(3, 16) if free[j] not in free[:j])]
+    engine = build_engine("vllm", sharp_model, tok, eos_token_ids=(eos_id,), max_model_len=128)
+    yield engine, prompts, free, eos_id
+    engine.close()
+
+
+def test_logprobs_equal_forward_pass(setup, sharp_model, forward_logprobs):
+    engine, prompts, _, eos_id = setup
+    assert isinstance(engine, RolloutEngine)
+    sp = SamplingParams(temperature=0.9, top_k=30, max_new_tokens=20)
+    batch = engine.generate(prompts, 4, sp, seed=0)
+    assert batch.group_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    for r in range(batch.response_ids.shape[0]):
+        L = int(batch.response_lengths[r])
+        prompt = prompts[int(batch.group_index[r])]
+        response = batch.response_ids[r, :L].tolist()
+        want, _ = forward_logprobs(sharp_model, prompt, response)
+        torch.testing.assert_close(batch.logprobs[r, :L], want, atol=1e-5, rtol=0)
+        assert batch.finish_reasons[r] == ("eos" if response[-1] == eos_id else "length")
+        assert (batch.response_ids[r, L:] == engine.pad_token_id).all() and (batch.logprobs[r, L:] == 0).all()
+
+
+def test_greedy_matches_builtin_and_finish_reasons(setup, sharp_model, tok):
+    engine, prompts, free, eos_id = setup
+    k = free.index(eos_id) + 1
+    out = engine.generate([prompts[0]], 1, SamplingParams(greedy=True, max_new_tokens=16), seed=0)
+    assert (out.finish_reasons[0], int(out.response_lengths[0])) == ("eos", k)
+    assert out.response_ids[0, :k].tolist() == free[:k]
+    out = engine.generate([prompts[0]], 1, SamplingParams(greedy=True, max_new_tokens=min(3, k - 1)), seed=0)
+    assert out.finish_reasons == ("length",) and out.response_ids[0].tolist() == free[: min(3, k - 1)]
+    text = tok.decode(free)  # one character per token
+    needle = text[k - 2 : k]
+    end = text.index(needle) + 2
+    sp = SamplingParams(greedy=True, max_new_tokens=16, stop_strings=(needle,))
+    out = engine.generate([prompts[0]], 1, sp, seed=0)
+    assert (out.finish_reasons[0], int(out.response_lengths[0])) == ("stop", end)
+    sp = SamplingParams(greedy=True, max_new_tokens=16, stop_token_ids=(free[1],))
+    out = engine.generate([prompts[0]], 1, sp, seed=0)
+    first = free.index(free[1]) + 1
+    assert (out.finish_reasons[0], int(out.response_lengths[0])) == (
+        "eos" if free[first - 1] == eos_id else "stop",
+        first,
+    )
+
+
+def test_seed_determinism(setup):
+    engine, prompts, _, _ = setup
+    sp = SamplingParams(max_new_tokens=12)
+    a, b = engine.generate(prompts, 4, sp, seed=3), engine.generate(prompts, 4, sp, seed=3)
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert not torch.equal(a.response_ids, engine.generate(prompts, 4, sp, seed=4).response_ids)
+
+
+def test_bad_input_and_unsupported(setup):
+    engine, prompts, _, _ = setup
+    with pytest.raises(ValueError, match="top_p"):
+        engine.generate(prompts, 1, SamplingParams(top_p=0.0), seed=0)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        engine.generate([[]], 1, SamplingParams(), seed=0)
+    with pytest.raises(ValueError, match="128 tokens"):
+        engine.generate([[10] * 200], 1, SamplingParams(), seed=0)
+    with pytest.raises(ValueError, match="raw-policy"):
+        engine.generate(prompts, 1, SamplingParams(temperature=0.7, return_sampling_logprobs=True), seed=0)
+    out = engine.generate(prompts, 1, SamplingParams(max_new_tokens=4, return_sampling_logprobs=True), seed=0)
+    assert torch.equal(out.sampling_logprobs, out.logprobs)
+
+
+def test_update_weights_then_generation_follows_new_weights(setup, tok, sharp_model):
+    engine, prompts, _, _ = setup
+    other = build_tiny_model(tok, "1m", seed=7)
+    sp = SamplingParams(greedy=True, max_new_tokens=10)
+    engine.update_weights(other)
+    want = BuiltinEngine(other, tok, eos_token_ids=engine.eos_token_ids).generate(prompts, 1, sp, seed=0)
+    got = engine.generate(prompts, 1, sp, seed=0)
+    assert torch.equal(got.response_ids, want.response_ids)
+    engine.update_weights(sharp_model.state_dict())  # back, for any later test
+    back = engine.generate(prompts, 1, sp, seed=0)
+    want = BuiltinEngine(sharp_model, tok, eos_token_ids=engine.eos_token_ids).generate(prompts, 1, sp, seed=0)
+    assert torch.equal(back.response_ids, want.response_ids)
