@@ -59,7 +59,7 @@ def _train(args) -> int:
         trainer.train()
     finally:
         trainer.close()
-    summary = _summary(trainer.run_dir, trainer.counters.history)
+    summary = _summary(trainer.run_dir)
     if not args.no_plot:
         png = plot_training_curves(
             trainer.run_dir / "metrics.jsonl", trainer.run_dir / "curves.png", title=config.trainer.run_name
@@ -72,7 +72,7 @@ def _train(args) -> int:
     return 0
 
 
-def _summary(run_dir: Path, history: list[dict]) -> list[str]:
+def _summary(run_dir: Path) -> list[str]:
     from dapo.metrics import read_jsonl_metrics
 
     rows = read_jsonl_metrics(run_dir / "metrics.jsonl")
@@ -98,14 +98,23 @@ def _summary(run_dir: Path, history: list[dict]) -> list[str]:
 
 
 def _evaluate(args) -> int:
+    from dapo.checkpoint import CheckpointManager
     from dapo.evaluation import format_eval
     from dapo.trainer import Trainer
 
-    overrides = [*args.overrides, "trainer.resume=" + (args.checkpoint or "disable"), "trainer.tensorboard=false"]
+    # An evaluation is never a resume: it must not touch the training run's logs, config or checkpoints.
+    overrides = [*args.overrides, "trainer.resume=disable", "trainer.tensorboard=false", "trainer.progress=false"]
     config = load_config(args.preset, args.config, overrides)
+    config.trainer.run_name += "-eval"
     trainer = Trainer(config)
     try:
-        metrics = trainer._evaluate(trainer.counters.step)
+        if args.checkpoint:
+            path = Path(args.checkpoint)
+            step, state = CheckpointManager(path.parent).load(int(path.name.rsplit("_", 1)[-1]))
+            trainer.model.load_state_dict(state["model"])
+            trainer.engine.update_weights(trainer.model)
+            print(f"[eval] policy from {path} (step {step})")
+        metrics = trainer.evaluate_now()
     finally:
         trainer.close()
     print(format_eval(metrics))

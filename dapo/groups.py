@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dapo import algo
 from dapo.data import PromptRecord
 from dapo.rewards import RewardBatch
 from dapo.rollout import RolloutBatch
@@ -93,7 +94,9 @@ def build_train_batch(groups: Sequence[ScoredGroup], pad_id: int, mask_truncated
         if r:
             input_ids[i, tp : tp + len(r)] = torch.tensor(r, dtype=torch.long)
             attention[i, tp : tp + len(r)] = True
-            response_mask[i, : len(r)] = 0.0 if (mask_truncated and truncated[i]) else 1.0
+            response_mask[i, : len(r)] = 1.0
+    if mask_truncated:
+        response_mask = algo.overlong_filter_mask(response_mask, torch.tensor(truncated))
     group_index = torch.arange(len(groups)).repeat_interleave(torch.tensor([g.size for g in groups]))
     return TrainBatch(
         input_ids=input_ids,

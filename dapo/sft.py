@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,9 @@ def supervised_finetune(model, tokenizer, examples, settings: SftSettings, progr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - 0.9 * s / max(1, settings.steps))
     model.train()
     losses = []
-    bar = tqdm(range(settings.steps), desc="sft", disable=not progress, leave=False)
-    for _ in bar:
+    # A live bar on a terminal; in logs (CI, nohup) a bar redraw per step would flood the file.
+    bar = tqdm(range(settings.steps), desc="sft", disable=not progress or not sys.stderr.isatty(), leave=False)
+    for step in bar:
         batch = rng.sample(examples, min(settings.batch_size, len(examples)))
         ids, attention, labels = _collate(batch, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=attention, labels=labels, use_cache=False).loss
@@ -76,8 +78,10 @@ def supervised_finetune(model, tokenizer, examples, settings: SftSettings, progr
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if bar.disable and progress and (step + 1) % 100 == 0:
+            print(f"[sft] step {step + 1}/{settings.steps} loss {losses[-1]:.3f}", flush=True)
     model.eval()
     return losses
 

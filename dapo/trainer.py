@@ -15,12 +15,11 @@ Side effects (generation, optimisation, files) are orchestrated here; the math i
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,6 @@ class Counters:
     step: int = 0
     kl_reward_coef: float = 0.0
     total_gen_batches: int = 0
-    history: list = field(default_factory=list)
 
 
 class Timer:
@@ -143,7 +141,6 @@ class Trainer:
                 if self.data.val_records and cfg.test_freq > 0 and (step % cfg.test_freq == 0 or final):
                     metrics.update(self._evaluate(step))
                 self.logger.log(step, metrics)
-                self.counters.history.append({k: v for k, v in metrics.items() if not k.startswith("timing")})
                 progress.update(step, metrics)
                 if final or (cfg.save_freq > 0 and step % cfg.save_freq == 0):
                     self.save_checkpoint()
@@ -212,7 +209,8 @@ class Trainer:
         ready: list[ScoredGroup] = list(self.buffer) if ds.enable else []
         from_buffer = len(ready)
         self.buffer = []
-        seen = informative = all_correct = all_wrong = 0
+        generated: list[ScoredGroup] = []
+        reward_metrics: list[dict[str, float]] = []
         rounds = 0
         while len(ready) < needed:
             if ds.enable and ds.max_gen_batches > 0 and rounds >= ds.max_gen_batches:
@@ -224,42 +222,62 @@ class Trainer:
                     "or use easier/harder data."
                 )
             rounds += 1
-            records = self.data.sampler.next_batch()
-            prompts = [self.data.prompt_ids[r.uid] for r in records]
-            with timer("gen"):
-                rollout = self.engine.generate(
-                    prompts, cfg.rollout.group_size, self._train_sampling(), self._seed(step, rounds)
-                )
-            with timer("reward"):
-                scored = self.reward_fn(self._reward_samples(records, rollout))
-            new_groups = groups_from_rollout(records, prompts, rollout, scored)
-            seen += len(new_groups)
-            for group in new_groups:
-                acc = sum(group.acc)
-                all_correct += acc == group.size
-                all_wrong += acc == 0
-            if ds.enable:
-                metric = torch.tensor([g.metric(ds.metric) for g in new_groups])
-                keep = algo.informative_groups(metric).tolist()
-                new_groups = [g for g, k in zip(new_groups, keep, strict=True) if k]
-            informative += len(new_groups)
-            ready.extend(new_groups)
+            new_groups, round_reward_metrics = self._generation_round(step, rounds, timer)
+            generated += new_groups
+            reward_metrics.append(round_reward_metrics)
+            ready += [
+                g for g, keep in zip(new_groups, self._informative(new_groups), strict=True) if keep or not ds.enable
+            ]
         surplus = ready[needed:]
         if ds.enable and ds.keep_surplus:
             self.buffer = surplus  # Algorithm 1's buffer: used first by the next step
         self.counters.total_gen_batches += rounds
-        metrics.update(
-            {
-                "train/num_gen_batches": float(rounds),
-                "train/informative_group_frac": informative / max(1, seen),
-                "train/all_correct_group_frac": all_correct / max(1, seen),
-                "train/all_wrong_group_frac": all_wrong / max(1, seen),
-                "train/groups_from_buffer": float(from_buffer),
-                "train/groups_carried_over": float(len(self.buffer)),
-                "train/groups_discarded": float(0 if ds.keep_surplus else len(surplus)),
-            }
-        )
+        metrics.update(self._sampling_metrics(generated, rounds, from_buffer, len(surplus) - len(self.buffer)))
+        for key in reward_metrics[0] if reward_metrics else ():
+            metrics[key] = sum(m[key] for m in reward_metrics) / len(reward_metrics)
         return ready[:needed]
+
+    def _generation_round(self, step: int, round_index: int, timer: Timer) -> tuple[list[ScoredGroup], dict]:
+        """Draw gen_batch_size prompts, sample G responses each, score them (DAPO Alg. 1, lines 3-5)."""
+        records = self.data.sampler.next_batch()
+        prompts = [self.data.prompt_ids[r.uid] for r in records]
+        with timer("gen"):
+            rollout = self.engine.generate(
+                prompts, self.cfg.rollout.group_size, self._train_sampling(), self._seed(step, round_index)
+            )
+        with timer("reward"):
+            scored = self.reward_fn(self._reward_samples(records, rollout))
+        bad = torch.nonzero(~torch.isfinite(scored.rewards)).flatten().tolist()
+        if bad:
+            record = records[bad[0] // rollout.n]
+            raise FloatingPointError(
+                f"step {step}: the reward of response {bad[0] % rollout.n} to prompt {record.uid} "
+                f"(data source {record.data_source!r}) is {float(scored.rewards[bad[0]])}; "
+                f"{len(bad)} non-finite rewards in this round. Nothing was applied to the weights."
+            )
+        return groups_from_rollout(records, prompts, rollout, scored), scored.metrics
+
+    def _informative(self, groups: list[ScoredGroup]) -> list[bool]:
+        metric = torch.tensor([g.metric(self.cfg.algo.dynamic_sampling.metric) for g in groups])
+        return algo.informative_groups(metric).tolist()
+
+    def _sampling_metrics(self, generated, rounds: int, from_buffer: int, discarded: int) -> dict[str, float]:
+        """Statistics over every group generated this step (before filtering): what dynamic sampling saw."""
+        seen = len(generated)
+        acc_counts = [sum(g.acc) for g in generated]
+        nan = float("nan")
+        return {
+            "train/num_gen_batches": float(rounds),
+            "train/informative_group_frac": sum(self._informative(generated)) / seen if seen else nan,
+            "train/all_correct_group_frac": sum(c == g.size for c, g in zip(acc_counts, generated, strict=True)) / seen
+            if seen
+            else nan,
+            "train/all_wrong_group_frac": sum(c == 0 for c in acc_counts) / seen if seen else nan,
+            "train/generated_acc/mean": sum(acc_counts) / sum(g.size for g in generated) if seen else nan,
+            "train/groups_from_buffer": float(from_buffer),
+            "train/groups_carried_over": float(len(self.buffer)),
+            "train/groups_discarded": float(discarded),
+        }
 
     def _reward_samples(self, records, rollout) -> list[RewardSample]:
         n, lengths = rollout.n, rollout.response_lengths.tolist()
@@ -284,10 +302,15 @@ class Trainer:
     def _with_advantages(self, batch, groups, all_tokens, old_logprobs, timer, metrics):
         cfg = self.cfg.algo
         rewards = torch.tensor([g.rewards for g in groups])  # (P, G) shaped rewards
+        token_rewards = algo.token_level_rewards(rewards.reshape(-1), all_tokens)  # (B, T), reward on the last token
         if cfg.use_kl_in_reward and self.policy.reference is not None:
+            # In-reward KL (InstructGPT-style): −β·KL_t on every token. GAE sees it per token; the group
+            # estimators see its sum per response (the same total).
             token_kl = algo.kl_estimate(old_logprobs, batch.ref_logprobs, cfg.kl_reward_type) * all_tokens
-            kl_per_seq = token_kl.sum(dim=1)
-            rewards = rewards - self.counters.kl_reward_coef * kl_per_seq.reshape(rewards.shape)
+            token_rewards = algo.kl_penalized_token_rewards(
+                token_rewards, token_kl, self.counters.kl_reward_coef, all_tokens
+            )
+            rewards = token_rewards.sum(dim=1).reshape(rewards.shape)
             observed = float(algo.masked_mean(token_kl, all_tokens))
             metrics["actor/reward_kl_penalty"] = observed
             metrics["actor/reward_kl_penalty_coeff"] = self.counters.kl_reward_coef
@@ -299,7 +322,6 @@ class Trainer:
         if cfg.adv_estimator == "gae":
             with timer("values"):
                 values = self.critic.compute_values(batch.replace(response_mask=all_tokens))
-            token_rewards = algo.token_level_rewards(rewards.reshape(-1), all_tokens)
             advantages, returns = algo.gae_advantages(token_rewards, values, all_tokens, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 advantages = algo.masked_whiten(advantages, all_tokens)
@@ -358,7 +380,10 @@ class Trainer:
             "perf/total_num_tokens": tokens,
             "perf/time_per_step": step_s,
             "perf/throughput": tokens / step_s if step_s > 0 else float("nan"),
-            "perf/mfu/actor": (update_flops / update_s / self.peak_flops) if update_s > 0 else float("nan"),
+            # MFU against the CPU matmul peak measured at start; not meaningful on a GPU, so NaN there.
+            "perf/mfu/actor": (update_flops / update_s / self.peak_flops)
+            if update_s > 0 and self.cfg.trainer.device == "cpu"
+            else float("nan"),
         }
 
     # ------------------------------------------------------------------------------------- sampling, seeds
@@ -395,6 +420,12 @@ class Trainer:
         )
         metrics["timing_s/testing"] = time.perf_counter() - start
         return metrics
+
+    def evaluate_now(self) -> dict[str, float]:
+        """Evaluate the current policy on the validation set (`dapo eval`); nothing is logged."""
+        if not self.data.val_records:
+            raise ValueError("no validation data: set data.val_files (or use the built-in task)")
+        return self._evaluate(self.counters.step)
 
     def _evaluate_and_log(self, step: int, progress: ProgressView) -> dict[str, float]:
         metrics = self._evaluate(step)
@@ -470,7 +501,3 @@ class Trainer:
     def close(self) -> None:
         self.engine.close()
         self.reward_fn.close()
-
-
-def is_finite_metrics(metrics: dict[str, float]) -> bool:
-    return all(math.isfinite(v) for k, v in metrics.items() if not k.startswith(("timing", "perf")))

@@ -158,7 +158,9 @@ def validate_request(
             raise ValueError(f"stop token id {t} is not in the vocabulary (size {vocab_size})")
     if sampling.stop_strings and not can_decode:
         raise ValueError(f"stop_strings {sampling.stop_strings!r} need an engine built with a tokenizer")
-    if isinstance(prompts, Tensor) or len(prompts) == 0:
+    if isinstance(prompts, Tensor):
+        raise ValueError("prompts must be a list of unpadded token-id sequences, not one (padded) tensor")
+    if len(prompts) == 0:
         raise ValueError("prompts must be a non-empty sequence of token-id sequences")
     out = []
     for i, p in enumerate(prompts):

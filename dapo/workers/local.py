@@ -186,7 +186,7 @@ class PolicyWorker:
         weights[rows] = algo.loss_row_weights(
             mini_mask, params.loss_agg_mode, group_index=batch.group_index[rows], norm_length=params.loss_norm_length
         )
-        mini_loss = 0.0
+        mini_loss = mini_pg_loss = 0.0
         for micro_rows in micro_batches(lengths, rows, self.micro_batch_max_tokens):
             micro = batch.select(micro_rows)
             micro_weights = weights[micro_rows]
@@ -199,6 +199,7 @@ class PolicyWorker:
                 params.dual_clip_c, params.log_ratio_clamp,
             )  # fmt: skip
             total = algo.weighted_token_sum(pg_loss, micro.response_mask, micro_weights)
+            mini_pg_loss += float(total.detach())
             mask = micro.response_mask
             stats.add_masked("actor/pg_clipfrac", pg_stats.clipped_high | pg_stats.clipped_low, mask)
             stats.add_masked("actor/pg_clipfrac_higher", pg_stats.clipped_high, mask)
@@ -222,7 +223,8 @@ class PolicyWorker:
                 )
             total.backward()
             mini_loss += float(total.detach())
-        stats.add_scalar("actor/pg_loss", mini_loss)
+        stats.add_scalar("actor/pg_loss", mini_pg_loss)  # the policy-gradient part only, as verl
+        stats.add_scalar("actor/total_loss", mini_loss)
         _clip_and_step(self.model, self.optimizer, self.optim.grad_clip, stats, "actor")
 
     def state_dict(self) -> dict:

@@ -1,0 +1,171 @@
+"""End to end on the built-in task with a real (tiny) Hugging Face model: determinism, resume, baselines."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dapo.config import load_config
+from dapo.trainer import DynamicSamplingError, ResumeConfigError, Trainer
+
+from .conftest import e2e_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _run(preset: str, overrides: list[str]) -> tuple[Trainer, list[dict]]:
+    trainer = Trainer(load_config(preset, None, overrides), log_to_console=False)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return trainer, rows
+
+
+def _deterministic(rows: list[dict]) -> list[dict]:
+    """Everything but wall-clock measurements."""
+    return [{k: v for k, v in r.items() if not k.startswith(("timing_s/", "perf/"))} for r in rows]
+
+
+def test_same_seed_gives_identical_metrics(base_model_dir, tmp_path):
+    _, first = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "a", **{"trainer.total_steps": 3}))
+    _, second = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "b", **{"trainer.total_steps": 3}))
+    assert len(first) == 3
+    assert _deterministic(first) == _deterministic(second)
+    _, other_seed = _run(
+        "cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "c", **{"trainer.total_steps": 3, "trainer.seed": 1})
+    )
+    assert _deterministic(other_seed) != _deterministic(first)
+
+
+def test_kill_and_resume_equals_uninterrupted_run(base_model_dir, tmp_path):
+    steps = 6
+    settings = {"trainer.total_steps": steps, "trainer.save_freq": 1, "trainer.keep_last": 2}
+    _, uninterrupted = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "whole", **settings))
+
+    # The same run in a subprocess, SIGKILLed once it has checkpointed a few steps.
+    killed_overrides = e2e_overrides(base_model_dir, tmp_path, "killed", **settings, **{"trainer.resume": "auto"})
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dapo.cli", "train", "--no-plot", *killed_overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pointer = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if pointer.exists() and int(pointer.read_text().strip() or 0) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = int(pointer.read_text())
+    assert killed_at < steps
+
+    _, resumed = _run("cpu_dapo", killed_overrides)
+    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
+    assert _deterministic(resumed) == _deterministic(uninterrupted)
+
+
+def test_resume_with_changed_config_lists_differences(base_model_dir, tmp_path):
+    settings = {"trainer.total_steps": 1, "trainer.save_freq": 1}
+    _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "r", **settings))
+    changed = e2e_overrides(base_model_dir, tmp_path, "r", **settings, **{"trainer.resume": "auto", "actor.lr": 0.5})
+    with pytest.raises(ResumeConfigError, match=r"actor\.lr: 0\.001 -> 0\.5"):
+        Trainer(load_config("cpu_dapo", None, changed), log_to_console=False)
+
+
+def test_dynamic_sampling_fills_the_batch_with_informative_groups(base_model_dir, tmp_path):
+    # The base model solves most level-1 problems, so many groups are all-correct and get dropped.
+    _, rows = _run(
+        "cpu_dapo",
+        e2e_overrides(base_model_dir, tmp_path, "ds", **{"algo.dynamic_sampling.max_gen_batches": 0}),
+    )
+    assert all(r["train/num_groups"] == 8 for r in rows)
+    assert max(r["train/all_correct_group_frac"] for r in rows) > 0
+    assert sum(r["train/num_gen_batches"] for r in rows) > len(rows)  # it had to draw again
+    assert all(r["train/informative_group_frac"] < 1 for r in rows)
+
+
+def test_generation_round_cap_error_says_what_to_change(base_model_dir, tmp_path):
+    overrides = e2e_overrides(
+        base_model_dir, tmp_path, "cap", **{"data.gen_batch_size": 1, "algo.dynamic_sampling.max_gen_batches": 2}
+    )
+    trainer = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
+    try:
+        with pytest.raises(DynamicSamplingError, match="max_gen_batches=0"):
+            trainer.train_step(1)
+    finally:
+        trainer.close()
+
+
+def test_ppo_critic_learns(base_model_dir, tmp_path):
+    overrides = e2e_overrides(
+        base_model_dir,
+        tmp_path,
+        "ppo",
+        **{
+            "trainer.total_steps": 8,
+            "data.train_batch_size": 32,
+            "data.gen_batch_size": 32,
+            "actor.mini_batch_size": 16,
+            "critic.lr": 3e-3,
+        },
+    )
+    trainer, rows = _run("cpu_ppo", overrides)
+    assert trainer.critic is not None
+    explained = [r["critic/vf_explained_var"] for r in rows]
+    assert explained[0] < 0.1  # the value head starts at zero: it explains nothing
+    assert max(explained[-3:]) > explained[0] + 0.2, explained
+
+
+def test_grpo_uses_the_reference_and_the_kl_moves(base_model_dir, tmp_path):
+    trainer, rows = _run("cpu_grpo", e2e_overrides(base_model_dir, tmp_path, "grpo", **{"trainer.total_steps": 4}))
+    assert trainer.policy.reference is not None
+    kl = [r["actor/kl_loss"] for r in rows]
+    assert all(k >= 0 for k in kl)
+    assert kl[-1] > kl[0] > 0 or kl[-1] > 10 * max(kl[0], 1e-9)
+    # the reference stays frozen at the initial policy
+    assert not any(p.requires_grad for p in trainer.policy.reference.parameters())
+
+
+def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_dir, tmp_path):
+    trainer = Trainer(
+        load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "nan")), log_to_console=False
+    )
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    original = trainer.reward_fn
+
+    class Poisoned:
+        def __call__(self, samples):
+            batch = original(samples)
+            batch.rewards[3] = float("nan")
+            return batch
+
+        def close(self):
+            original.close()
+
+    trainer.reward_fn = Poisoned()
+    try:
+        with pytest.raises(FloatingPointError, match=r"step 1.*train:"):
+            trainer.train_step(1)
+    finally:
+        trainer.close()
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_export_is_a_hugging_face_model(base_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    trainer, _ = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "export", **{"trainer.total_steps": 1}))
+    path = trainer.export(tmp_path / "exported")
+    reloaded = AutoModelForCausalLM.from_pretrained(path)
+    for name, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], value)
