@@ -23,14 +23,22 @@ What is timed:
           (gen), `_calculate_rewards` (reward), `_generate_and_score_completions` (everything before the
           loss: gen + reward + advantages + tokenisation) and `compute_loss` (forward + loss); backward and
           the optimiser step are the rest of the step.
-The first `--warmup` steps of every run are excluded. Runs of the two systems are interleaved
-(ABBA order over `--repeats`), every run with a fresh trainer on the same saved model. Work is measured
-in generated tokens (EOS included): both sample from the same model, but sampling noise makes response
+`--mini-batches 2` splits each RL step into two optimiser steps (ours: actor.mini_batch_size = P/2; TRL:
+steps_per_generation = 2, per_device_train_batch_size = P*G/2): the second one is off-policy, so both
+systems also compute old log-probs (TRL's no-grad `_get_per_token_logps_and_entropies` pass is timed as
+its old_log_prob phase).
+
+The first `--warmup` steps of every run are excluded. Runs of the two systems are interleaved (ABBA
+order over `--repeats`), every run with a fresh trainer on the same saved model. Work is measured in
+generated tokens (EOS included): both sample from the same model, but sampling noise makes response
 lengths differ a little, so the report gives seconds per step AND seconds per 1k generated tokens,
-medians over all timed steps, and the TRL / ours ratio of each.
+medians over all timed steps, and the TRL / ours ratio of each. Neither system skips work for groups
+whose advantages are all zero, so the (low) accuracy of the tiny model does not change the compute.
 
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py            # ~25 min, 3 sizes
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --quick    # ~3 min
+    flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --mini-batches 2 --sizes 1m 5m
+The first run builds and caches the warm-started base models (--cache; 1m ~1 min, 5m ~2 min, 20m longer).
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ class Workload:
     """P, prompts (groups) per RL step"""
     group_size: int = 8
     """G, responses per prompt"""
+    mini_batches: int = 1
+    """optimiser steps per RL step; > 1 makes the later ones off-policy, so both systems compute old log-probs"""
     max_new_tokens: int = 64
     """L, cap on generated tokens per response (EOS included)"""
     level: int = 5
@@ -114,7 +124,7 @@ def our_config(model_dir: Path, w: Workload, run_dir: Path) -> Config:
     c.algo.overlong.enable = False
     c.algo.overlong.filter = True  # = TRL's mask_truncated_completions
     c.algo.dynamic_sampling.enable = False
-    c.actor.mini_batch_size = w.prompts  # one optimiser step per RL step
+    c.actor.mini_batch_size = w.prompts // w.mini_batches  # 1 mini-batch: exactly on-policy, no old log-probs
     c.actor.ppo_epochs = 1
     c.actor.lr, c.actor.lr_warmup_steps = w.lr, 0
     c.actor.weight_decay, c.actor.grad_clip = w.weight_decay, w.grad_clip
@@ -191,9 +201,9 @@ def run_trl(model_dir: Path, w: Workload, warmup: int, steps: int, work: Path) -
         loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0, mask_truncated_completions=True,
         scale_rewards="group", num_iterations=1,
         # the workload: P prompts x G responses, one optimiser step per generation round
-        per_device_train_batch_size=w.prompts * w.group_size, num_generations=w.group_size,
-        gradient_accumulation_steps=1, steps_per_generation=1, max_completion_length=w.max_new_tokens,
-        temperature=1.0, top_p=1.0, top_k=0, max_steps=warmup + steps,
+        per_device_train_batch_size=w.prompts * w.group_size // w.mini_batches, num_generations=w.group_size,
+        gradient_accumulation_steps=1, steps_per_generation=w.mini_batches, max_completion_length=w.max_new_tokens,
+        temperature=1.0, top_p=1.0, top_k=0, max_steps=(warmup + steps) * w.mini_batches,
         # same optimiser, fp32, CPU, no vLLM, nothing the other system does not do
         learning_rate=w.lr, weight_decay=w.weight_decay, max_grad_norm=w.grad_clip, lr_scheduler_type="constant",
         warmup_steps=0, use_vllm=False, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
@@ -227,12 +237,21 @@ def run_trl(model_dir: Path, w: Workload, warmup: int, steps: int, work: Path) -
     trainer._calculate_rewards = _timed(record_reward, trainer._calculate_rewards)
     trainer._generate_and_score_completions = _timed(add("prepare"), trainer._generate_and_score_completions)
     trainer.compute_loss = _timed(add("forward_loss"), trainer.compute_loss)
+    logps_fn = trainer._get_per_token_logps_and_entropies
+    timed_logps = _timed(add("old_log_prob"), logps_fn)
+
+    def logps(*args, **kwargs):  # without grad it is the old (or reference) log-prob pass, not the loss forward
+        return logps_fn(*args, **kwargs) if torch.is_grad_enabled() else timed_logps(*args, **kwargs)
+
+    trainer._get_per_token_logps_and_entropies = logps
 
     ends: list[float] = []
     per_step: list[dict[str, float]] = []
 
     class StepClock(TrainerCallback):
-        def on_step_end(self, *_, **__):
+        def on_step_end(self, _args, state, *_, **__):
+            if state.global_step % w.mini_batches:
+                return  # an RL step ends with its last optimiser step
             ends.append(time.perf_counter())
             per_step.append(dict(cur))
             cur.clear()
@@ -246,13 +265,16 @@ def run_trl(model_dir: Path, w: Workload, warmup: int, steps: int, work: Path) -
     step_s, tokens, phases = [], [], []
     acc = rewards[warmup : warmup + steps]
     for i in range(warmup, warmup + steps):
-        elapsed = ends[i] - ends[i - 1]  # everything between two optimiser steps
+        elapsed = ends[i] - ends[i - 1]  # everything between the ends of two RL steps
         p = per_step[i]
+        # TRL computes old log-probs inside _generate_and_score_completions when the step is off-policy.
+        old = p.get("old_log_prob", 0.0)
         phases.append(
             {
                 "gen": p["gen"],
                 "reward": p["reward"],
-                "prepare_other": p["prepare"] - p["gen"] - p["reward"],
+                "old_log_prob": old,
+                "prepare_other": p["prepare"] - p["gen"] - p["reward"] - old,
                 "forward_loss": p["forward_loss"],
                 "backward_optim_other": elapsed - p["prepare"] - p["forward_loss"],
             }
@@ -286,6 +308,7 @@ def summarise(runs: list[dict]) -> dict:
         "mean_tokens_per_step": statistics.fmean(tokens),
         "median_s_per_1k_tokens": statistics.median(per_1k),
         "run_medians_s_per_step": [statistics.median(r["step_s"]) for r in runs],
+        "run_loadavg_1m": [r.get("loadavg_1m") for r in runs],
         "median_gen_s_per_1k_tokens": statistics.median(gen_per_1k),
         "median_update_s": statistics.median(update),
         "phases_median_s": _median_phases(phases),
@@ -309,7 +332,9 @@ def bench_size(size: str, w: Workload, args: argparse.Namespace, work: Path) -> 
         order = (OURS, TRL) if r % 2 == 0 else (TRL, OURS)  # ABBA: drift hits both systems alike
         for name in order:
             run_dir = Path(tempfile.mkdtemp(dir=work))
+            load_before = os.getloadavg()[0]
             result = runners[name](model_dir, w, args.warmup, args.steps, run_dir)
+            result["loadavg_1m"] = [load_before, os.getloadavg()[0]]  # > 1 means other work shared the cores
             shutil.rmtree(run_dir, ignore_errors=True)
             runs[name].append(result)
             print(
@@ -377,6 +402,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="runs per system and size (interleaved, ABBA)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of every run")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
+    parser.add_argument(
+        "--mini-batches", type=int, default=1, help="optimiser steps per RL step (2 = off-policy: old log-probs)"
+    )
     parser.add_argument("--sft-steps", type=int, default=150, help="warm-start steps of the base model (cached)")
     parser.add_argument("--quick", action="store_true", help="~3 minutes: sizes 1m and 5m, 2 repeats x 2 steps")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dapo-bench-trainer")
@@ -384,14 +412,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.repeats, args.steps = ["1m", "5m"], 2, 2
-    out = args.out or ROOT / "bench" / "results" / ("trainer-quick.json" if args.quick else "trainer.json")
+    name = "trainer" + (f"-mb{args.mini_batches}" if args.mini_batches > 1 else "") + ("-quick" if args.quick else "")
+    out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     warnings.filterwarnings("ignore")
-    w = Workload()
+    w = Workload(mini_batches=args.mini_batches)
+    if w.prompts % w.mini_batches:
+        parser.error(f"--mini-batches must divide the {w.prompts} prompts of a step")
     work = Path(tempfile.mkdtemp(prefix="dapo-bench-trainer-"))
+    results: list[dict] = []
     try:
-        results = [bench_size(size, w, args, work) for size in args.sizes]
+        for size in args.sizes:
+            results.append(bench_size(size, w, args, work))
+            write_report(out, w, args, results)  # a size at a time: a long run that stops keeps what it measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(table(results))
+    print(f"\nwritten to {out}")
+
+
+def write_report(out: Path, w: Workload, args: argparse.Namespace, results: list[dict]) -> None:
     import transformers
     import trl
 
@@ -410,8 +449,6 @@ def main() -> None:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(table(results))
-    print(f"\nwritten to {out}")
 
 
 if __name__ == "__main__":
