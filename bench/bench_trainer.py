@@ -35,10 +35,11 @@ lengths differ a little, so the report gives seconds per step AND seconds per 1k
 medians over all timed steps, and the TRL / ours ratio of each. Neither system skips work for groups
 whose advantages are all zero, so the (low) accuracy of the tiny model does not change the compute.
 
-    flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py            # ~25 min, 3 sizes
+    flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py            # 1m+5m ~10 min, 20m ~20 min more
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --quick    # ~3 min
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --mini-batches 2 --sizes 1m 5m
-The first run builds and caches the warm-started base models (--cache; 1m ~1 min, 5m ~2 min, 20m longer).
+The first run builds and caches the warm-started base models (--cache): 1m ~1 min, 5m ~2.5 min,
+20m ~10 min on an idle machine.
 """
 
 from __future__ import annotations
