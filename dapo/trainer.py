@@ -83,6 +83,10 @@ class Trainer:
         self.model, self.tokenizer = load_policy(config, say=self.say)
         self.data: RunData = load_run_data(config, self.tokenizer, say=self.say)
         self.reward_fn = build_reward_function(
+            custom=config.reward.custom_function,
+            scorer_mode=config.reward.scorer_mode,
+            on_error=config.reward.on_error,
+            num_workers=config.reward.num_workers,
             overlong_enable=config.algo.overlong.enable,
             max_response_length=config.rollout.max_response_length,
             overlong_buffer_length=config.algo.overlong.buffer_length,
@@ -233,6 +237,7 @@ class Trainer:
             self.buffer = surplus  # Algorithm 1's buffer: used first by the next step
         self.counters.total_gen_batches += rounds
         metrics.update(self._sampling_metrics(generated, rounds, from_buffer, len(surplus) - len(self.buffer)))
+        metrics["train/num_groups"] = float(min(len(ready), needed))
         for key in reward_metrics[0] if reward_metrics else ():
             metrics[key] = sum(m[key] for m in reward_metrics) / len(reward_metrics)
         return ready[:needed]

@@ -15,7 +15,7 @@ def base_model_dir(tmp_path_factory) -> Path:
     return build_base_model("1m", E2E_LEVEL, out, SftSettings(steps=150, batch_size=32, lr=3e-3), say=lambda _: None)
 
 
-def e2e_overrides(base: Path, out: Path, run_name: str, **extra) -> list[str]:
+def _overrides(base: Path, out: Path, run_name: str, **extra) -> list[str]:
     """Settings of a quick seeded run on the built-in task (a few seconds per step on 2 cores)."""
     values = {
         "model.path": str(base),
@@ -42,3 +42,8 @@ def e2e_overrides(base: Path, out: Path, run_name: str, **extra) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture
+def e2e_overrides():
+    return _overrides

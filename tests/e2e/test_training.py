@@ -5,14 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from dapo.config import load_config
 from dapo.trainer import DynamicSamplingError, ResumeConfigError, Trainer
-
-from .conftest import e2e_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +31,7 @@ def _deterministic(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(("timing_s/", "perf/"))} for r in rows]
 
 
-def test_same_seed_gives_identical_metrics(base_model_dir, tmp_path):
+def test_same_seed_gives_identical_metrics(base_model_dir, tmp_path, e2e_overrides):
     _, first = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "a", **{"trainer.total_steps": 3}))
     _, second = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "b", **{"trainer.total_steps": 3}))
     assert len(first) == 3
@@ -43,8 +42,8 @@ def test_same_seed_gives_identical_metrics(base_model_dir, tmp_path):
     assert _deterministic(other_seed) != _deterministic(first)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(base_model_dir, tmp_path):
-    steps = 6
+def test_kill_and_resume_equals_uninterrupted_run(base_model_dir, tmp_path, e2e_overrides):
+    steps = 4
     settings = {"trainer.total_steps": steps, "trainer.save_freq": 1, "trainer.keep_last": 2}
     _, uninterrupted = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "whole", **settings))
 
@@ -59,7 +58,7 @@ def test_kill_and_resume_equals_uninterrupted_run(base_model_dir, tmp_path):
     pointer = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        if pointer.exists() and int(pointer.read_text().strip() or 0) >= 3:
+        if pointer.exists() and int(pointer.read_text().strip() or 0) >= 2:
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed"
@@ -73,7 +72,7 @@ def test_kill_and_resume_equals_uninterrupted_run(base_model_dir, tmp_path):
     assert _deterministic(resumed) == _deterministic(uninterrupted)
 
 
-def test_resume_with_changed_config_lists_differences(base_model_dir, tmp_path):
+def test_resume_with_changed_config_lists_differences(base_model_dir, tmp_path, e2e_overrides):
     settings = {"trainer.total_steps": 1, "trainer.save_freq": 1}
     _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "r", **settings))
     changed = e2e_overrides(base_model_dir, tmp_path, "r", **settings, **{"trainer.resume": "auto", "actor.lr": 0.5})
@@ -81,19 +80,25 @@ def test_resume_with_changed_config_lists_differences(base_model_dir, tmp_path):
         Trainer(load_config("cpu_dapo", None, changed), log_to_console=False)
 
 
-def test_dynamic_sampling_fills_the_batch_with_informative_groups(base_model_dir, tmp_path):
-    # The base model solves most level-1 problems, so many groups are all-correct and get dropped.
-    _, rows = _run(
-        "cpu_dapo",
-        e2e_overrides(base_model_dir, tmp_path, "ds", **{"algo.dynamic_sampling.max_gen_batches": 0}),
+def test_dynamic_sampling_fills_the_batch_with_informative_groups(base_model_dir, tmp_path, e2e_overrides):
+    # A reward under which most groups are all-correct: they carry no signal and must be replaced.
+    reward = Path(__file__).with_name("easy_reward.py")
+    overrides = e2e_overrides(
+        base_model_dir,
+        tmp_path,
+        "ds",
+        **{"algo.dynamic_sampling.max_gen_batches": 0, "reward.custom_function": f"{reward}:compute_score"},
     )
+    _, rows = _run("cpu_dapo", overrides)
     assert all(r["train/num_groups"] == 8 for r in rows)
-    assert max(r["train/all_correct_group_frac"] for r in rows) > 0
-    assert sum(r["train/num_gen_batches"] for r in rows) > len(rows)  # it had to draw again
-    assert all(r["train/informative_group_frac"] < 1 for r in rows)
+    seen = [r for r in rows if r["train/num_gen_batches"] > 0]  # a step may be filled from the buffer alone
+    assert all(r["train/all_correct_group_frac"] > 0.2 for r in seen)
+    assert all(r["train/informative_group_frac"] < 0.8 for r in seen)
+    # one round of 8 prompts never has 8 informative groups: the trainer had to draw again
+    assert sum(r["train/num_gen_batches"] for r in rows) > len(rows)
 
 
-def test_generation_round_cap_error_says_what_to_change(base_model_dir, tmp_path):
+def test_generation_round_cap_error_says_what_to_change(base_model_dir, tmp_path, e2e_overrides):
     overrides = e2e_overrides(
         base_model_dir, tmp_path, "cap", **{"data.gen_batch_size": 1, "algo.dynamic_sampling.max_gen_batches": 2}
     )
@@ -105,13 +110,13 @@ def test_generation_round_cap_error_says_what_to_change(base_model_dir, tmp_path
         trainer.close()
 
 
-def test_ppo_critic_learns(base_model_dir, tmp_path):
+def test_ppo_critic_learns(base_model_dir, tmp_path, e2e_overrides):
     overrides = e2e_overrides(
         base_model_dir,
         tmp_path,
         "ppo",
         **{
-            "trainer.total_steps": 8,
+            "trainer.total_steps": 6,
             "data.train_batch_size": 32,
             "data.gen_batch_size": 32,
             "actor.mini_batch_size": 16,
@@ -120,12 +125,36 @@ def test_ppo_critic_learns(base_model_dir, tmp_path):
     )
     trainer, rows = _run("cpu_ppo", overrides)
     assert trainer.critic is not None
-    explained = [r["critic/vf_explained_var"] for r in rows]
-    assert explained[0] < 0.1  # the value head starts at zero: it explains nothing
-    assert max(explained[-3:]) > explained[0] + 0.2, explained
+    loss = [r["critic/vf_loss"] for r in rows]
+    gap = [abs(r["critic/values/mean"] - r["critic/returns/mean"]) for r in rows]
+    # The value head starts at zero: it explains nothing and misses the mean return by the whole return.
+    assert rows[0]["critic/vf_explained_var"] == pytest.approx(0.0, abs=1e-6)
+    assert min(loss[-3:]) < 0.5 * loss[0], loss
+    assert min(gap[-3:]) < 0.5 * gap[0], gap
 
 
-def test_grpo_uses_the_reference_and_the_kl_moves(base_model_dir, tmp_path):
+def test_reward_rises_on_a_small_task(base_model_dir, tmp_path, e2e_overrides):
+    overrides = e2e_overrides(
+        base_model_dir,
+        tmp_path,
+        "learn",
+        **{
+            "trainer.total_steps": 25,
+            "data.train_batch_size": 16,
+            "data.gen_batch_size": 16,
+            "actor.mini_batch_size": 8,
+            "algo.dynamic_sampling.max_gen_batches": 0,
+        },
+    )
+    _, rows = _run("cpu_dapo", overrides)
+    score = [r["critic/score/mean"] for r in rows]
+    generated = [r["train/generated_acc/mean"] for r in rows]
+    # Seeded and deterministic; recorded on this machine: score −0.72 -> −0.34, accuracy 0.07 -> 0.10.
+    assert sum(score[-5:]) / 5 > sum(score[:5]) / 5 + 0.15, score
+    assert sum(generated[-10:]) > sum(generated[:10]), generated
+
+
+def test_grpo_uses_the_reference_and_the_kl_moves(base_model_dir, tmp_path, e2e_overrides):
     trainer, rows = _run("cpu_grpo", e2e_overrides(base_model_dir, tmp_path, "grpo", **{"trainer.total_steps": 4}))
     assert trainer.policy.reference is not None
     kl = [r["actor/kl_loss"] for r in rows]
@@ -135,7 +164,7 @@ def test_grpo_uses_the_reference_and_the_kl_moves(base_model_dir, tmp_path):
     assert not any(p.requires_grad for p in trainer.policy.reference.parameters())
 
 
-def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_dir, tmp_path):
+def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_dir, tmp_path, e2e_overrides):
     trainer = Trainer(
         load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "nan")), log_to_console=False
     )
@@ -161,7 +190,7 @@ def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_
         assert torch.equal(v, before[k])
 
 
-def test_export_is_a_hugging_face_model(base_model_dir, tmp_path):
+def test_export_is_a_hugging_face_model(base_model_dir, tmp_path, e2e_overrides):
     from transformers import AutoModelForCausalLM
 
     trainer, _ = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "export", **{"trainer.total_steps": 1}))
