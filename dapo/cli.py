@@ -37,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(evaluate)
     evaluate.add_argument("--checkpoint", default=None, help="global_step_N directory to load the policy from")
     sft = sub.add_parser("sft", help="build the tiny model and warm-start it on the built-in task")
-    sft.add_argument("--size", default="5m", choices=["1m", "5m", "20m"])
+    sft.add_argument("--size", default="1m", choices=["1m", "5m", "20m"])
     sft.add_argument("--level", type=int, default=2, help="difficulty of the arithmetic task")
-    sft.add_argument("--steps", type=int, default=300)
-    sft.add_argument("--out", default=None, help="output directory (default runs/base/tiny-<size>-arith-level<L>)")
+    sft.add_argument("--steps", type=int, default=500)
+    sft.add_argument("--out", default=None, help="output directory (default runs/base/tiny-<size>-arith-level<L>-sft<steps>)")
     config = sub.add_parser("config", help="print the resolved config (or, with --fields, every field's meaning)")
     _add_config_arguments(config)
     config.add_argument("--fields", action="store_true", help="list every field, its default and its meaning")
@@ -126,7 +126,7 @@ def _evaluate(args) -> int:
 def _sft(args) -> int:
     from dapo.sft import SftSettings, build_base_model
 
-    out = Path(args.out or f"runs/base/tiny-{args.size}-arith-level{args.level}")
+    out = Path(args.out or f"runs/base/tiny-{args.size}-arith-level{args.level}-sft{args.steps}")
     out.parent.mkdir(parents=True, exist_ok=True)
     build_base_model(args.size, args.level, out, SftSettings(steps=args.steps))
     print(f"[sft] saved {out}; train on it with `dapo train model.path={out}`")

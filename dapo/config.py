@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    path: str = "builtin:tiny-5m"
+    path: str = "builtin:tiny-1m"
     """Hugging Face model: a local directory, a hub id (needs network), or `builtin:tiny-<size>` for the tiny
     model built in code (sizes 1m, 5m, 20m) and warm-started with `dapo sft` on the built-in task."""
     tokenizer_path: str | None = None
@@ -188,8 +188,8 @@ class AlgoConfig:
 
 @dataclass
 class ActorConfig:
-    lr: float = 2e-5
-    """AdamW learning rate (paper: 1e-6 for 32B)"""
+    lr: float = 1e-4
+    """AdamW learning rate (paper: 1e-6 for 32B; 1e-4 suits the 1M-parameter CPU default)"""
     lr_warmup_steps: int = 2
     """linear warm-up in TRAINING steps (verl DAPO: 10, paper: 20)"""
     lr_schedule: str = "constant"
@@ -228,7 +228,7 @@ class CriticConfig:
 
 @dataclass
 class TrainerConfig:
-    total_steps: int = 40
+    total_steps: int = 60
     """training steps (a step = one batch of train_batch_size informative groups)"""
     seed: int = 0
     """global seed: model init, sampling, shuffling"""

@@ -26,8 +26,8 @@ from dapo.models import build_char_tokenizer, build_tiny_model, save_pretrained_
 
 @dataclass(frozen=True)
 class SftSettings:
-    steps: int = 300
-    """optimiser steps"""
+    steps: int = 500
+    """optimiser steps (500 gives the 1M model ~40 % held-out accuracy on level 2: room for RL to act)"""
     batch_size: int = 32
     """examples per step"""
     lr: float = 2e-3
@@ -109,7 +109,8 @@ def build_base_model(
 
 def builtin_base_dir(config: Config) -> Path:
     size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    return Path(config.trainer.output_dir) / "base" / f"tiny-{size}-arith-level{config.data.task_level}"
+    name = f"tiny-{size}-arith-level{config.data.task_level}-sft{SftSettings().steps}"
+    return Path(config.trainer.output_dir) / "base" / name
 
 
 def ensure_builtin_base(config: Config, say: Callable[[str], None] = print) -> Path:

@@ -160,7 +160,7 @@ def test_progress_bar_counts_training_steps_with_key_numbers():
     text = out.getvalue()
     assert "5/10" in text and "step" in text
     final = text.rsplit("\r", 1)[-1]  # the last redraw; values not updated at step 5 stay visible
-    assert "acc=0.6 ent=0.612 clip+=0.01 gen=3 val=0.375" in final
+    assert "acc=0.6 ent=0.612 clip=0.01 gen=3 val=0.375" in final
     assert "evaluation done" in text
     assert view.step == 5
 

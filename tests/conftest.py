@@ -1,10 +1,12 @@
+"""Fixtures shared by every test directory."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
