@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--size", default="1m", choices=["1m", "5m", "20m"])
     sft.add_argument("--level", type=int, default=2, help="difficulty of the arithmetic task")
     sft.add_argument("--steps", type=int, default=500)
-    sft.add_argument("--out", default=None, help="output directory (default runs/base/tiny-<size>-arith-level<L>-sft<steps>)")
+    sft.add_argument(
+        "--out", default=None, help="output directory (default runs/base/tiny-<size>-arith-level<L>-sft<steps>)"
+    )
     config = sub.add_parser("config", help="print the resolved config (or, with --fields, every field's meaning)")
     _add_config_arguments(config)
     config.add_argument("--fields", action="store_true", help="list every field, its default and its meaning")
