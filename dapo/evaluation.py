@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from dapo.data import PromptRecord
-from dapo.rewards import RewardFunction, RewardSample
+from dapo.groups import reward_samples
+from dapo.rewards import RewardFunction
 from dapo.rollout import RolloutEngine, SamplingParams
 
 
@@ -65,20 +66,7 @@ def evaluate(
     """
     rollout = engine.generate(prompts, n, sampling, seed)
     lengths = rollout.response_lengths.tolist()
-    samples = []
-    for row in range(rollout.response_ids.shape[0]):
-        record = records[row // n]
-        samples.append(
-            RewardSample(
-                prompt=prompt_texts[row // n],
-                response=decode(rollout.response_ids[row, : lengths[row]].tolist()),
-                response_length=lengths[row],
-                truncated=rollout.finish_reasons[row] == "length",
-                ground_truth=record.ground_truth,
-                data_source=record.data_source,
-                extra=record.extra,
-            )
-        )
+    samples = reward_samples(records, prompt_texts, rollout, decode)
     scored = reward_fn(samples)
     per_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p, record in enumerate(records):

@@ -14,7 +14,7 @@ import torch
 
 from dapo import algo
 from dapo.data import PromptRecord
-from dapo.rewards import RewardBatch
+from dapo.rewards import RewardBatch, RewardSample
 from dapo.rollout import RolloutBatch
 from dapo.workers.batch import TrainBatch
 
@@ -48,6 +48,28 @@ class ScoredGroup:
     @property
     def truncated(self) -> tuple[bool, ...]:
         return tuple(reason == "length" for reason in self.finish_reasons)
+
+
+def reward_samples(
+    records: Sequence[PromptRecord], prompt_texts: Sequence[str], rollout: RolloutBatch, decode
+) -> list[RewardSample]:
+    """One RewardSample per response of a generation round; `decode(token_ids) -> str` skips special tokens."""
+    n, lengths = rollout.n, rollout.response_lengths.tolist()
+    samples = []
+    for row in range(rollout.response_ids.shape[0]):
+        record = records[row // n]
+        samples.append(
+            RewardSample(
+                prompt=prompt_texts[row // n],
+                response=decode(rollout.response_ids[row, : lengths[row]].tolist()),
+                response_length=lengths[row],
+                truncated=rollout.finish_reasons[row] == "length",
+                ground_truth=record.ground_truth,
+                data_source=record.data_source,
+                extra=record.extra,
+            )
+        )
+    return samples
 
 
 def groups_from_rollout(

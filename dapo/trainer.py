@@ -29,9 +29,9 @@ from dapo import algo
 from dapo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from dapo.config import Config, config_diff
 from dapo.evaluation import evaluate, format_eval
-from dapo.groups import ScoredGroup, build_train_batch, groups_from_rollout, sequence_mask
+from dapo.groups import ScoredGroup, build_train_batch, groups_from_rollout, reward_samples, sequence_mask
 from dapo.metrics import MetricsLogger, ProgressView, stats_dict
-from dapo.rewards import RewardSample, build_reward_function
+from dapo.rewards import build_reward_function
 from dapo.rollout import SamplingParams, build_engine
 from dapo.runtime import RunData, load_policy, load_run_data, measure_matmul_peak
 from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker
@@ -169,14 +169,12 @@ class Trainer:
             old_logprobs = None
             if not on_policy or cfg.algo.use_kl_in_reward:
                 with timer("old_log_prob"):
-                    old_logprobs, _ = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
+                    old_logprobs = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
             if not on_policy:
                 batch = batch.replace(old_logprobs=old_logprobs)
             if self.policy.reference is not None:
                 with timer("ref"):
-                    ref_logprobs, _ = self.policy.compute_logprobs(
-                        batch.replace(response_mask=all_tokens), reference=True
-                    )
+                    ref_logprobs = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens), reference=True)
                 batch = batch.replace(ref_logprobs=ref_logprobs)
 
             # 4. Advantages (DAPO Eq. 9 for the group estimators; Eqs. 2-3 for GAE).
@@ -251,7 +249,9 @@ class Trainer:
                 prompts, self.cfg.rollout.group_size, self._train_sampling(), self._seed(step, round_index)
             )
         with timer("reward"):
-            scored = self.reward_fn(self._reward_samples(records, rollout))
+            scored = self.reward_fn(
+                reward_samples(records, [self.data.prompt_text[r.uid] for r in records], rollout, self._decode)
+            )
         bad = torch.nonzero(~torch.isfinite(scored.rewards)).flatten().tolist()
         if bad:
             record = records[bad[0] // rollout.n]
@@ -283,24 +283,6 @@ class Trainer:
             "train/groups_carried_over": float(len(self.buffer)),
             "train/groups_discarded": float(discarded),
         }
-
-    def _reward_samples(self, records, rollout) -> list[RewardSample]:
-        n, lengths = rollout.n, rollout.response_lengths.tolist()
-        samples = []
-        for row in range(rollout.response_ids.shape[0]):
-            record = records[row // n]
-            samples.append(
-                RewardSample(
-                    prompt=self.data.prompt_text[record.uid],
-                    response=self.tokenizer.decode(rollout.response_ids[row, : lengths[row]], skip_special_tokens=True),
-                    response_length=lengths[row],
-                    truncated=rollout.finish_reasons[row] == "length",
-                    ground_truth=record.ground_truth,
-                    data_source=record.data_source,
-                    extra=record.extra,
-                )
-            )
-        return samples
 
     # ------------------------------------------------------------------------------------ 4. advantages
 
@@ -403,6 +385,9 @@ class Trainer:
         r = self.cfg.rollout
         return SamplingParams(temperature=r.val_temperature, top_p=r.val_top_p, max_new_tokens=r.max_response_length)
 
+    def _decode(self, token_ids) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
     def _seed(self, step: int, round_index: int) -> int:
         # A distinct, reproducible seed per (run seed, step, generation round): resume needs no RNG state for it.
         return (self.cfg.trainer.seed * 1_000_003 + step * 1009 + round_index) % 2**31
@@ -421,7 +406,7 @@ class Trainer:
             self._val_sampling(),
             self.cfg.rollout.val_n,
             seed=(self.cfg.trainer.seed * 7_777_777 + step) % 2**31,
-            decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+            decode=self._decode,
         )
         metrics["timing_s/testing"] = time.perf_counter() - start
         return metrics

@@ -58,8 +58,3 @@ def sample_from_logits(x: Tensor, generator: torch.Generator | None) -> Tensor:
     probs = torch.softmax(x, dim=-1)
     race = torch.rand(probs.shape, generator=generator, device=probs.device).log_().neg_()
     return (probs / race).argmax(dim=-1)
-
-
-def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log softmax(logits)[token] per row: (B, V), (B,) -> (B,) float32."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)

@@ -137,8 +137,11 @@ class PolicyWorker:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> tuple[Tensor, Tensor]:
-        """(log-probs, entropies) of the response tokens, each (B, T), under the policy or the reference."""
+    def compute_logprobs(
+        self, batch: TrainBatch, *, reference: bool = False, with_entropy: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Log-probs (B, T) of the response tokens under the policy or the reference, and with
+        `with_entropy` also the per-token entropies (B, T) (the trainer's passes do not need them)."""
         model = self.reference if reference else self.model
         assert model is not None, "no reference model: enable a KL term to create one"
         was_training = model.training
@@ -151,10 +154,12 @@ class PolicyWorker:
             logits = _response_logits(model, micro)
             width = logits.shape[1]
             logprobs[rows, :width] = algo.token_logprobs(logits, micro.response_ids)
-            entropy[rows, :width] = algo.entropy_from_logits(logits)
+            if with_entropy:
+                entropy[rows, :width] = algo.entropy_from_logits(logits)
         model.train(was_training)
         mask = batch.response_mask.bool()
-        return torch.where(mask, logprobs, 0.0), torch.where(mask, entropy, 0.0)
+        logprobs = torch.where(mask, logprobs, 0.0)
+        return (logprobs, torch.where(mask, entropy, 0.0)) if with_entropy else logprobs
 
     def update(
         self,

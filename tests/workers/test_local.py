@@ -45,7 +45,7 @@ OPTIM = OptimParams(1e-3, (0.9, 0.999), 0.0, 1e9, 0, "constant", 10, 0.0)
 def test_logprobs_match_a_plain_forward_and_ignore_padding(model):
     batch = _batch(model.config.vocab_size)
     worker = PolicyWorker(model, OPTIM, with_reference=False, micro_batch_max_tokens=24)
-    logprobs, entropy = worker.compute_logprobs(batch)
+    logprobs, entropy = worker.compute_logprobs(batch, with_entropy=True)
     for row in range(batch.num_rows):  # one row at a time, no padding at all
         real = batch.attention_mask[row]
         ids = batch.input_ids[row][real].unsqueeze(0)
@@ -68,7 +68,7 @@ def test_micro_batch_split_gives_the_same_update(model, mode):
         # plain SGD with lr 1: the parameter change IS the (summed) gradient; Adam would amplify noise in
         # near-zero gradients to ±lr and hide what we are testing.
         worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
-        old, _ = worker.compute_logprobs(batch)
+        old = worker.compute_logprobs(batch)
         stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
         results.append((m.state_dict(), stats))
     (a, sa), (b, sb) = results
