@@ -210,6 +210,10 @@ class ActorConfig:
     """token budget of one forward/backward micro-batch (verl ppo_max_token_len_per_gpu)"""
     shuffle: bool = False
     """shuffle sequences between mini-batches (verl: False)"""
+    skip_zero_advantage_rows: bool = True
+    """skip the forward/backward of responses whose advantage is 0 at every token when no KL or entropy
+    loss term is on: exact (their gradient is 0 and the token-mean still counts their tokens), and
+    actor/entropy, clip fractions and ppo_kl are then measured over the computed responses only"""
 
 
 @dataclass

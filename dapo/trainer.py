@@ -335,6 +335,7 @@ class Trainer:
             kl_loss_coef=a.kl_loss_coef if a.use_kl_loss else 0.0,
             kl_loss_type=a.kl_loss_type,
             entropy_coeff=a.entropy_coeff,
+            skip_zero_advantage_rows=self.cfg.actor.skip_zero_advantage_rows,
         )
 
     # ---------------------------------------------------------------------------------------- metrics

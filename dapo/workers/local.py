@@ -34,6 +34,12 @@ class PolicyLossParams:
     kl_loss_coef: float
     kl_loss_type: str | None
     entropy_coeff: float
+    skip_zero_advantage_rows: bool = False
+
+    def row_gradient_is_zero_without_advantage(self) -> bool:
+        """True when a response whose advantages are all 0 contributes exactly nothing to the gradient:
+        the clipped surrogate is then 0 whatever the ratio, and no KL or entropy term adds its own."""
+        return self.kl_loss_coef == 0 and self.entropy_coeff == 0
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,19 @@ class PolicyWorker:
             mini_mask, params.loss_agg_mode, group_index=batch.group_index[rows], norm_length=params.loss_norm_length
         )
         mini_loss = mini_pg_loss = 0.0
-        for micro_rows in micro_batches(lengths, rows, self.micro_batch_max_tokens):
+        computed = rows
+        if params.skip_zero_advantage_rows and params.row_gradient_is_zero_without_advantage():
+            # Their weight stays in `weights` (the token-mean's denominator); only their zero gradient is skipped.
+            informative = ((batch.advantages[rows] != 0) & mini_mask.bool()).any(dim=1)
+            computed = rows[informative]
+            stats.add_scalar("actor/skipped_rows_frac", 1.0 - computed.numel() / max(1, rows.numel()))
+        if computed.numel() == 0:
+            # AdamW still steps on a zero gradient (moments decay, weight decay applies), as it would
+            # have after a forward/backward of these rows.
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+        for micro_rows in micro_batches(lengths, computed, self.micro_batch_max_tokens):
             micro = batch.select(micro_rows)
             micro_weights = weights[micro_rows]
             logits = _response_logits(self.model, micro)

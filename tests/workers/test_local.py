@@ -78,6 +78,58 @@ def test_micro_batch_split_gives_the_same_update(model, mode):
     assert sa["actor/pg_clipfrac"] == pytest.approx(sb["actor/pg_clipfrac"])
 
 
+@pytest.mark.parametrize("mode", algo.AGGREGATION_MODES)
+def test_skipping_zero_advantage_rows_gives_the_same_update(model, mode):
+    batch = _batch(model.config.vocab_size, seed=4)
+    adv = batch.advantages.clone()
+    adv[:4] = 0.0  # group 0 all-equal rewards (zero advantage): its rows are skipped, their tokens still count
+    batch = batch.replace(advantages=adv)
+    results = []
+    for skip in (False, True):
+        params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, 7.0, 0.0, None, 0.0, skip_zero_advantage_rows=skip)
+        m = copy.deepcopy(model)
+        worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=10_000)
+        worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)  # parameter change = gradient
+        old = worker.compute_logprobs(batch)
+        stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
+        results.append((m.state_dict(), stats))
+    (a, sa), (b, sb) = results
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+    assert sa["actor/pg_loss"] == pytest.approx(sb["actor/pg_loss"], rel=1e-5)
+    assert "actor/skipped_rows_frac" not in sa and sb["actor/skipped_rows_frac"] == pytest.approx(4 / 12)
+
+
+def test_a_mini_batch_without_advantage_still_takes_the_adamw_step(model):
+    """Skipping every row must not skip AdamW's decay and moment updates: same weights either way."""
+    batch = _batch(model.config.vocab_size, seed=5)
+    optim = OptimParams(1e-3, (0.9, 0.999), 0.1, 1e9, 0, "constant", 10, 0.0)
+    results = []
+    for skip in (False, True):
+        params = PolicyLossParams(
+            0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.0, skip_zero_advantage_rows=skip
+        )
+        m = copy.deepcopy(model)
+        worker = PolicyWorker(m, optim, with_reference=False, micro_batch_max_tokens=10_000)
+        worker.update(batch, params, 3, 1, None)  # informative: builds Adam moments
+        worker.update(batch.replace(advantages=torch.zeros_like(batch.advantages)), params, 3, 1, None)
+        results.append(m.state_dict())
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=1e-7, rtol=1e-6)
+
+
+def test_skipping_is_off_when_a_kl_or_entropy_term_needs_every_row():
+    assert PolicyLossParams(
+        0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0
+    ).row_gradient_is_zero_without_advantage()
+    assert not PolicyLossParams(
+        0.2, 0.28, None, None, "token-mean", None, 1e-3, "k3", 0.0
+    ).row_gradient_is_zero_without_advantage()
+    assert not PolicyLossParams(
+        0.2, 0.28, None, None, "token-mean", None, 0.0, None, 1e-3
+    ).row_gradient_is_zero_without_advantage()
+
+
 def test_update_changes_every_trainable_parameter(model):
     m = copy.deepcopy(model)
     before = {k: v.clone() for k, v in m.named_parameters()}
