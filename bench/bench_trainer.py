@@ -33,7 +33,10 @@ order over `--repeats`), every run with a fresh trainer on the same saved model.
 generated tokens (EOS included): both sample from the same model, but sampling noise makes response
 lengths differ a little, so the report gives seconds per step AND seconds per 1k generated tokens,
 medians over all timed steps, and the TRL / ours ratio of each. Neither system skips work for groups
-whose advantages are all zero, so the (low) accuracy of the tiny model does not change the compute.
+whose advantages are all zero in TRL; ours skips the forward/backward of zero-advantage responses (exact,
+`actor.skip_zero_advantage_rows`, on by default), so the share of all-equal groups matters: the base is
+warm-started long enough (`--sft-steps`) to solve some level-`--level` problems, and the report gives the
+training accuracy and the share of responses ours skipped.
 
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py            # 1m+5m ~10 min, 20m ~20 min more
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --quick    # ~3 min
@@ -85,8 +88,8 @@ class Workload:
     """optimiser steps per RL step; > 1 makes the later ones off-policy, so both systems compute old log-probs"""
     max_new_tokens: int = 64
     """L, cap on generated tokens per response (EOS included)"""
-    level: int = 5
-    """arith difficulty: level 5 solutions are ~56 tokens (some exceed 64, so truncation is exercised)"""
+    level: int = 4
+    """arith difficulty: level 4 solutions are ~40 tokens, partly solved by the base (informative groups)"""
     lr: float = 2e-5
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -141,7 +144,7 @@ def our_config(model_dir: Path, w: Workload, run_dir: Path) -> Config:
 
 def run_ours(model_dir: Path, w: Workload, warmup: int, steps: int, work: Path) -> dict:
     trainer = Trainer(our_config(model_dir, w, work), log_to_console=False)
-    step_s, tokens, phases, acc = [], [], [], []
+    step_s, tokens, phases, acc, skipped = [], [], [], [], []
     try:
         for step in range(1, warmup + steps + 1):
             start = time.perf_counter()
@@ -152,13 +155,14 @@ def run_ours(model_dir: Path, w: Workload, warmup: int, steps: int, work: Path) 
                 step_s.append(elapsed)
                 tokens.append(m["response_length/mean"] * w.prompts * w.group_size)
                 acc.append(m["train/acc/mean"])
+                skipped.append(m.get("actor/skipped_rows_frac", 0.0))
                 timing = {k.removeprefix("timing_s/"): v for k, v in m.items() if k.startswith("timing_s/")}
                 timing.pop("step", None)
                 timing["other"] = elapsed - sum(timing.values())
                 phases.append(timing)
     finally:
         trainer.logger.close()
-    return {"step_s": step_s, "tokens": tokens, "phases": phases, "acc": acc}
+    return {"step_s": step_s, "tokens": tokens, "phases": phases, "acc": acc, "skipped": skipped}
 
 
 # ------------------------------------------------------------------------------------------------- TRL
@@ -319,6 +323,9 @@ def summarise(runs: list[dict]) -> dict:
     accs = [a for r in runs for a in r.get("acc", [])]
     if accs:
         out["mean_train_acc"] = statistics.fmean(accs)
+    skipped = [x for r in runs for x in r.get("skipped", [])]
+    if skipped:
+        out["mean_skipped_rows_frac"] = statistics.fmean(skipped)
     return out
 
 
@@ -379,15 +386,18 @@ def table(results: list[dict]) -> str:
         )
     lines += [
         "",
-        "| size | gen s/1k tok ours | gen s/1k tok TRL | gen ratio | update s ours | update s TRL | update ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| size | gen s/1k tok ours | gen s/1k tok TRL | gen ratio | update s ours | update s TRL | update ratio "
+        "| train acc ours / TRL | responses ours skipped |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         o, t = r[OURS], r[TRL]
         lines.append(
             f"| {r['size']} | {o['median_gen_s_per_1k_tokens']:.3f} | {t['median_gen_s_per_1k_tokens']:.3f} "
             f"| {r['ratio_trl_over_ours_gen_s_per_1k_tokens']:.2f}x | {o['median_update_s']:.2f} "
-            f"| {t['median_update_s']:.2f} | {r['ratio_trl_over_ours_update_s']:.2f}x |"
+            f"| {t['median_update_s']:.2f} | {r['ratio_trl_over_ours_update_s']:.2f}x "
+            f"| {o.get('mean_train_acc', float('nan')):.2f} / {t.get('mean_train_acc', float('nan')):.2f} "
+            f"| {100 * o.get('mean_skipped_rows_frac', 0.0):.0f}% |"
         )
     lines += ["", "Phases (median s per step):", ""]
     for r in results:
@@ -406,7 +416,8 @@ def main() -> None:
     parser.add_argument(
         "--mini-batches", type=int, default=1, help="optimiser steps per RL step (2 = off-policy: old log-probs)"
     )
-    parser.add_argument("--sft-steps", type=int, default=150, help="warm-start steps of the base model (cached)")
+    parser.add_argument("--sft-steps", type=int, default=500, help="warm-start steps of the base model (cached)")
+    parser.add_argument("--level", type=int, default=Workload.level, help="arith level of prompts and warm start")
     parser.add_argument("--quick", action="store_true", help="~3 minutes: sizes 1m and 5m, 2 repeats x 2 steps")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dapo-bench-trainer")
     parser.add_argument("--out", type=Path, default=None)
@@ -416,7 +427,7 @@ def main() -> None:
     name = "trainer" + (f"-mb{args.mini_batches}" if args.mini_batches > 1 else "") + ("-quick" if args.quick else "")
     out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     warnings.filterwarnings("ignore")
-    w = Workload(mini_batches=args.mini_batches)
+    w = Workload(mini_batches=args.mini_batches, level=args.level)
     if w.prompts % w.mini_batches:
         parser.error(f"--mini-batches must divide the {w.prompts} prompts of a step")
     work = Path(tempfile.mkdtemp(prefix="dapo-bench-trainer-"))

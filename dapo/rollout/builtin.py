@@ -29,9 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from dapo.rollout.base import RolloutBatch, SamplingParams, validate_request
+from dapo.rollout.fused_decode import unsupported_reason
 from dapo.rollout.kv_cache import ATTN_NAME, HFCacheBackend, StaticBackend
 from dapo.rollout.sampling import sample_from_logits, sampling_logits
 
+BACKENDS = ("fused", "static", "hf")
 _REASON_CODES = {0: "length", 1: "eos", 2: "length", 3: "stop"}  # 0 never survives; kept for safety
 
 
@@ -46,8 +48,10 @@ class BuiltinEngine:
             and the model's generation_config eos ids).
         pad_token_id: the id written into padding (default: the tokenizer's, else the first EOS).
         max_context: longest prompt + response (default: config.max_position_embeddings).
-        backend: "static" (fast path), "hf" (DynamicCache), or "auto": static if a self-check
-            against a plain forward pass agrees, else hf with a warning.
+        backend: "fused" (static cache + decode steps as plain tensor ops, Llama/Qwen2 only), "static"
+            (static cache, the model's own modules), "hf" (DynamicCache), or "auto": the first of
+            fused, static, hf whose self-check against a plain forward pass agrees (a warning says
+            when auto falls back to hf).
         compact_below: drop finished rows from the cache once the live rows fall to this fraction
             of the rows being computed (1.0 = as soon as any finishes). Dropping copies the filled
             cache, so a little slack amortises it.
@@ -64,8 +68,8 @@ class BuiltinEngine:
         backend: str = "auto",
         compact_below: float = 0.875,
     ):
-        if backend not in ("auto", "static", "hf"):
-            raise ValueError(f"backend must be 'auto', 'static' or 'hf', got {backend!r}")
+        if backend not in ("auto", *BACKENDS):
+            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         if not 0.0 < compact_below <= 1.0:
             raise ValueError(f"compact_below must be in (0, 1], got {compact_below!r}")
         self.model = model
@@ -84,7 +88,7 @@ class BuiltinEngine:
         self.compact_below = compact_below
         self._token_texts: list[str] | None = None
         self._stop_tables: dict[tuple[str, ...], Tensor] = {}
-        self.backend_name = backend if backend != "auto" else ("static" if self._static_self_check() else "hf")
+        self.backend_name = backend if backend != "auto" else self._pick_backend()
 
     # ------------------------------------------------------------------ interface
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
@@ -134,11 +138,7 @@ class BuiltinEngine:
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         reasons = torch.zeros(B, dtype=torch.long, device=device)
 
-        backend = (
-            StaticBackend(self.model, self._num_layers())
-            if self.backend_name == "static"
-            else HFCacheBackend(self.model)
-        )
+        backend = self._new_backend(self.backend_name)
         try:
             logits = backend.prefill(prompt_ids.to(device), prompt_mask.to(device), Tp + T)  # (P, V)
             logits = logits.repeat_interleave(n, dim=0)  # (B, V): the n samples share the prefill
@@ -257,13 +257,13 @@ class BuiltinEngine:
 
     @contextlib.contextmanager
     def _generation_mode(self):
-        """eval mode, no grad, and (static backend) our attention function, for one call only."""
+        """eval mode, no grad, and (static and fused backends) our attention function, for one call only."""
         was_training = self.model.training
         configs = {id(m.config): m.config for m in self.model.modules() if hasattr(m, "config")}
         previous = {k: c._attn_implementation for k, c in configs.items()}
         self.model.eval()
         try:
-            if self.backend_name == "static":
+            if self.backend_name in ("static", "fused"):
                 for c in configs.values():
                     c._attn_implementation = ATTN_NAME
             with torch.no_grad():
@@ -273,19 +273,38 @@ class BuiltinEngine:
                 c._attn_implementation = previous[k]
             self.model.train(was_training)
 
-    def _static_self_check(self) -> bool:
-        """Does the static backend reproduce a plain forward pass on this model? Two prompts of
-        different lengths (so left padding is exercised), two decode steps, compared with the
-        unpadded full-sequence logits."""
+    def _new_backend(self, name: str):
+        if name == "hf":
+            return HFCacheBackend(self.model)
+        return StaticBackend(self.model, self._num_layers(), fused=name == "fused")
+
+    def _pick_backend(self) -> str:
+        reasons = []
+        for name in ("fused", "static"):
+            if name == "fused" and (why := unsupported_reason(self.model)) is not None:
+                reasons.append(f"fused: {why}")
+                continue
+            problem = self._self_check(name)
+            if problem is None:
+                return name
+            reasons.append(f"{name}: {problem}")
+        warnings.warn(f"built-in engine falls back to the slow 'hf' backend ({'; '.join(reasons)})", stacklevel=3)
+        return "hf"
+
+    def _self_check(self, name: str) -> str | None:
+        """Does backend `name` reproduce a plain forward pass on this model? Two prompts of different
+        lengths (so left padding is exercised), three decode steps, compared with the unpadded
+        full-sequence logits. Returns None if it does, else what went wrong."""
         device = self.model.get_output_embeddings().weight.device
         g = torch.Generator().manual_seed(0)
         seqs = [torch.randint(0, self.vocab_size, (k,), generator=g) for k in (7, 4)]
         prefix = 3  # tokens fed by decode steps, after prefilling the rest
+        chosen = self.backend_name if hasattr(self, "backend_name") else None
         self.backend_name = "hf"  # the reference runs with the model's own attention
         try:
             with self._generation_mode():
                 want = [self.model(s[None].to(device)).logits[0, -prefix - 1 :].float() for s in seqs]
-            self.backend_name = "static"
+            self.backend_name = name
             with self._generation_mode():
                 Tp = max(len(s) - prefix for s in seqs)
                 ids = torch.full((2, Tp), self.pad_token_id, dtype=torch.long)
@@ -293,7 +312,7 @@ class BuiltinEngine:
                 for i, s in enumerate(seqs):
                     ids[i, Tp - len(s) + prefix :] = s[: len(s) - prefix]
                     mask[i, Tp - len(s) + prefix :] = True
-                backend = StaticBackend(self.model, self._num_layers())
+                backend = self._new_backend(name)
                 got = [backend.prefill(ids.to(device), mask.to(device), Tp + prefix).float()]
                 positions = torch.tensor([len(s) - prefix for s in seqs], device=device)
                 for j in range(prefix):
@@ -301,15 +320,12 @@ class BuiltinEngine:
                     got.append(backend.step(tok, positions + j).float())
             got = torch.stack(got, dim=1)  # (2, prefix+1, V)
             tol = 1e-3 if got.dtype == torch.float32 and self._param_dtype() == torch.float32 else 5e-2
-            ok = all(torch.allclose(got[i], want[i], atol=tol, rtol=tol) for i in range(2))
-            if not ok:
-                warnings.warn(
-                    "static KV backend disagrees with a plain forward on this model; using 'hf'", stacklevel=3
-                )
-            return ok
-        except Exception as e:  # an architecture the fast path does not cover
-            warnings.warn(f"static KV backend unavailable for this model ({e!r}); using 'hf'", stacklevel=3)
-            return False
+            worst = max(float((got[i] - want[i]).abs().max()) for i in range(2))
+            return None if worst <= tol else f"logits differ from a plain forward by {worst:.2g} (> {tol})"
+        except Exception as e:  # an architecture the path does not cover
+            return repr(e)
+        finally:
+            self.backend_name = chosen
 
     def _param_dtype(self) -> torch.dtype:
         return self.model.get_output_embeddings().weight.dtype

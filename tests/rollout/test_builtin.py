@@ -8,7 +8,7 @@ from transformers import GenerationConfig
 from dapo.models import build_tiny_model
 from dapo.rollout import BuiltinEngine, RolloutEngine, SamplingParams, build_engine
 
-BACKENDS = ["static", "hf"]
+BACKENDS = ["fused", "static", "hf"]
 
 
 def chi2_critical(dof: int, z: float = 3.09) -> float:
@@ -248,3 +248,38 @@ def test_constructor_errors(sharp_model, tok):
         BuiltinEngine(sharp_model, tok, eos_token_ids=(9999,))
     with pytest.raises(ValueError, match="engine kind"):
         build_engine("tgi", sharp_model, tok)
+
+
+def test_auto_picks_the_fused_decode_for_llama_and_qwen2_with_biases(tok, prompts, forward_logprobs):
+    """Qwen2 has q/k/v biases; random non-zero biases (HF inits them to 0) must reach the logits too."""
+    for arch in ("llama", "qwen2"):
+        model = build_tiny_model(tok, "1m", seed=3, arch=arch)
+        if arch == "qwen2":
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                        proj.bias.normal_(0, 0.5)
+        engine = BuiltinEngine(model, tok)
+        assert engine.backend_name == "fused"
+        batch = engine.generate(prompts, 3, SamplingParams(max_new_tokens=12), seed=0)
+        for r in range(batch.response_ids.shape[0]):
+            L = int(batch.response_lengths[r])
+            response = batch.response_ids[r, :L].tolist()
+            want, _ = forward_logprobs(model, prompts[int(batch.group_index[r])], response)
+            torch.testing.assert_close(batch.logprobs[r, :L], want, atol=1e-5, rtol=0)
+
+
+def test_auto_falls_back_to_static_for_an_architecture_fused_does_not_cover(tok):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dapo.rollout.fused_decode import FusedDecoder, unsupported_reason
+
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config).eval()
+    assert "gpt2" in unsupported_reason(model)
+    with pytest.raises(NotImplementedError, match="gpt2"):
+        FusedDecoder(model)
+    assert BuiltinEngine(model, tok).backend_name in ("static", "hf")
