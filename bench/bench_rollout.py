@@ -12,7 +12,7 @@ OMP_NUM_THREADS set to the same thread count. Achieved FLOP/s count 2·N per gen
 (N = parameters touched per token, the output head included) plus attention 4·layers·H·d·context;
 prefill is not counted. The peak is a 2048³ fp32 matmul measured in the same run.
 
-    flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_rollout.py            # ~10 min
+    flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_rollout.py            # ~30 min (135M: ~10 of them)
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_rollout.py --quick    # ~2 min
 """
 
@@ -238,7 +238,7 @@ def main() -> None:
                 times["builtin"].append(run_builtin(engine, prompts, T, seed=r))
                 times["hf_generate"].append(run_hf(model, tok, prompts, T, seed=r))
             row = {"model": size, "threads": th, "new_tokens": T, "tokens": P * N * T, "backend": engine.backend_name}
-            if use_vllm and size != "smollm2":
+            if use_vllm:
                 v = run_vllm(args.vllm_python, model, tok, prompts, T, th, size_repeats)
                 if v is not None:
                     times["vllm"] = v["times"]

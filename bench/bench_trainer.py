@@ -90,6 +90,8 @@ class Workload:
     """L, cap on generated tokens per response (EOS included)"""
     level: int = 4
     """arith difficulty: level 4 solutions are ~40 tokens, partly solved by the base (informative groups)"""
+    skip_zero_advantage_rows: bool = True
+    """ours only (TRL has no such option): False makes ours compute every row, as TRL does"""
     lr: float = 2e-5
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -105,7 +107,7 @@ def base_model(size: str, level: int, sft_steps: int, cache: Path) -> Path:
     if not (out / "config.json").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(min(2, os.cpu_count() or 1))  # set-up only; timed runs use one thread
-        build_base_model(size, level, out, SftSettings(steps=sft_steps), say=print)
+        build_base_model(size, level, out, SftSettings(steps=sft_steps, shortcut_rate=0.0), say=print)
     return out
 
 
@@ -130,6 +132,7 @@ def our_config(model_dir: Path, w: Workload, run_dir: Path) -> Config:
     c.algo.dynamic_sampling.enable = False
     c.actor.mini_batch_size = w.prompts // w.mini_batches  # 1 mini-batch: exactly on-policy, no old log-probs
     c.actor.ppo_epochs = 1
+    c.actor.skip_zero_advantage_rows = w.skip_zero_advantage_rows
     c.actor.lr, c.actor.lr_warmup_steps = w.lr, 0
     c.actor.weight_decay, c.actor.grad_clip = w.weight_decay, w.grad_clip
     c.trainer.seed = w.seed
@@ -417,6 +420,7 @@ def main() -> None:
         "--mini-batches", type=int, default=1, help="optimiser steps per RL step (2 = off-policy: old log-probs)"
     )
     parser.add_argument("--sft-steps", type=int, default=500, help="warm-start steps of the base model (cached)")
+    parser.add_argument("--no-skip", action="store_true", help="ours also computes zero-advantage rows (as TRL does)")
     parser.add_argument("--level", type=int, default=Workload.level, help="arith level of prompts and warm start")
     parser.add_argument("--quick", action="store_true", help="~3 minutes: sizes 1m and 5m, 2 repeats x 2 steps")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dapo-bench-trainer")
@@ -424,10 +428,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.repeats, args.steps = ["1m", "5m"], 2, 2
-    name = "trainer" + (f"-mb{args.mini_batches}" if args.mini_batches > 1 else "") + ("-quick" if args.quick else "")
+    name = "trainer" + (f"-mb{args.mini_batches}" if args.mini_batches > 1 else "")
+    name += ("-noskip" if args.no_skip else "") + ("-quick" if args.quick else "")
     out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     warnings.filterwarnings("ignore")
-    w = Workload(mini_batches=args.mini_batches, level=args.level)
+    w = Workload(mini_batches=args.mini_batches, level=args.level, skip_zero_advantage_rows=not args.no_skip)
     if w.prompts % w.mini_batches:
         parser.error(f"--mini-batches must divide the {w.prompts} prompts of a step")
     work = Path(tempfile.mkdtemp(prefix="dapo-bench-trainer-"))

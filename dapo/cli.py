@@ -2,7 +2,7 @@
 
 dapo train  [--preset NAME] [--config FILE.yaml] [section.field=value ...]
 dapo eval   [--preset NAME] [--config FILE.yaml] [--checkpoint DIR] [section.field=value ...]
-dapo sft    [--size 5m] [--level 2] [--steps 300] [--out DIR]
+dapo sft    [--size 1m] [--level 2] [--steps N] [--shortcut-rate R] [--out DIR]
 dapo config [--preset NAME] [--config FILE.yaml] [--fields] [section.field=value ...]
 dapo presets
 """
@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     sft = sub.add_parser("sft", help="build the tiny model and warm-start it on the built-in task")
     sft.add_argument("--size", default="1m", choices=["1m", "5m", "20m"])
     sft.add_argument("--level", type=int, default=2, help="difficulty of the arithmetic task")
-    sft.add_argument("--steps", type=int, default=500)
+    sft.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the CPU default's recipe)")
+    sft.add_argument(
+        "--shortcut-rate",
+        type=float,
+        default=None,
+        help="share of demonstrations that give the bare answer instead of the worked solution "
+        "(default: the CPU default's recipe)",
+    )
     sft.add_argument(
         "--out", default=None, help="output directory (default runs/base/tiny-<size>-arith-level<L>-sft<steps>)"
     )
@@ -126,11 +133,13 @@ def _evaluate(args) -> int:
 
 
 def _sft(args) -> int:
-    from dapo.sft import SftSettings, build_base_model
+    from dapo.sft import SftSettings, base_model_name, build_base_model
 
-    out = Path(args.out or f"runs/base/tiny-{args.size}-arith-level{args.level}-sft{args.steps}")
+    chosen = {"steps": args.steps, "shortcut_rate": args.shortcut_rate}
+    settings = SftSettings(**{k: v for k, v in chosen.items() if v is not None})
+    out = Path(args.out or f"runs/base/{base_model_name(args.size, args.level, settings)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    build_base_model(args.size, args.level, out, SftSettings(steps=args.steps))
+    build_base_model(args.size, args.level, out, settings)
     print(f"[sft] saved {out}; train on it with `dapo train model.path={out}`")
     return 0
 

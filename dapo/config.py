@@ -232,7 +232,7 @@ class CriticConfig:
 
 @dataclass
 class TrainerConfig:
-    total_steps: int = 60
+    total_steps: int = 100
     """training steps (a step = one batch of train_batch_size informative groups)"""
     seed: int = 0
     """global seed: model init, sampling, shuffling"""
@@ -248,7 +248,7 @@ class TrainerConfig:
     """auto (latest checkpoint of this run if any) | disable | a path to a global_step_N directory"""
     accept_config_changes: bool = False
     """allow resuming with a config that differs from the saved one (the differences are printed)"""
-    test_freq: int = 10
+    test_freq: int = 20
     """evaluate every N steps; 0 = never (also before training and at the end, if val data exists)"""
     val_before_train: bool = True
     """evaluate before the first step"""

@@ -2,8 +2,17 @@
 
 RL on verifiable rewards needs a policy that is sometimes right: a random-init model never writes a
 correct answer, so every group is all-wrong and dynamic sampling finds nothing to learn from. The
-CPU default therefore builds the tiny model, trains it briefly on worked solutions of the built-in task,
-and saves it as a Hugging Face model directory that the RL run loads through `from_pretrained`.
+CPU default therefore builds the tiny model, trains it briefly on the built-in task, and saves it as a
+Hugging Face model directory that the RL run loads through `from_pretrained`.
+
+The demonstrations are of two kinds, as in text from the web: worked solutions ("4*2=8 ... Answer: 6")
+and, for `shortcut_rate` of them, the bare answer ("Answer: 6"). The base model learns both habits and
+picks one at its first token. Answering directly is usually wrong for a 1M-parameter model (~18 % on
+held-out level-2 problems against ~50 % when it works the problem out), so the reward favours working
+out, and the RL stage has something real to discover: a behaviour that pays on every problem, held-out
+ones included (response length grows as it does, as in the DAPO paper's runs). With worked solutions
+only, RL on this model mostly has to learn arithmetic facts one problem at a time, which is slow: +5
+held-out points in 150 steps of 32 groups from a 500-step warm start at 44.5 % (measured).
 """
 
 from __future__ import annotations
@@ -26,23 +35,34 @@ from dapo.models import build_char_tokenizer, build_tiny_model, save_pretrained_
 
 @dataclass(frozen=True)
 class SftSettings:
-    steps: int = 500
-    """optimiser steps (500 gives the 1M model ~40 % held-out accuracy on level 2: room for RL to act)"""
+    steps: int = 1000
+    """optimiser steps (1000 steps, half of them on shortcuts, give the 1M model ~37 % held-out accuracy
+    on level 2: ~50 % when it works the problem out, ~18 % when it answers directly)"""
     batch_size: int = 32
     """examples per step"""
     lr: float = 2e-3
     """AdamW learning rate (peak; linear decay to 10%)"""
     num_examples: int = 4000
     """distinct training problems"""
+    shortcut_rate: float = 0.5
+    """share of demonstrations that give the bare answer ("Answer: N") instead of the worked solution"""
     seed: int = 0
 
 
-def sft_examples(records: Sequence[PromptRecord], tokenizer) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids + EOS) for each record of the built-in task."""
+def sft_examples(
+    records: Sequence[PromptRecord], tokenizer, shortcut_rate: float = 0.0, seed: int = 0
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids + EOS) for each record of the built-in task: its worked solution, or
+    for a `shortcut_rate` share of them (drawn with `seed`) the bare "Answer: N" line."""
+    if not 0.0 <= shortcut_rate < 1.0:
+        raise ValueError(f"shortcut_rate must be in [0, 1), got {shortcut_rate!r}")
+    rng = random.Random(f"shortcuts:{seed}")
     examples = []
     for record in records:
         prompt = tokenizer(render_prompt(record, tokenizer), add_special_tokens=False)["input_ids"]
-        completion = tokenizer(arith_solution(record), add_special_tokens=False)["input_ids"]
+        shortcut = shortcut_rate > 0 and rng.random() < shortcut_rate
+        text = f"Answer: {record.ground_truth}" if shortcut else arith_solution(record)
+        completion = tokenizer(text, add_special_tokens=False)["input_ids"]
         examples.append((prompt, [*completion, tokenizer.eos_token_id]))
     return examples
 
@@ -98,7 +118,8 @@ def build_base_model(
         f"[sft] warm-starting a tiny-{size} model on {len(records)} arithmetic problems "
         f"(level {level}), {settings.steps} steps"
     )
-    losses = supervised_finetune(model, tokenizer, sft_examples(records, tokenizer), settings)
+    examples = sft_examples(records, tokenizer, settings.shortcut_rate, settings.seed)
+    losses = supervised_finetune(model, tokenizer, examples, settings)
     say(f"[sft] loss {losses[0]:.3f} -> {sum(losses[-20:]) / len(losses[-20:]):.3f}")
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -107,10 +128,15 @@ def build_base_model(
     return out_dir
 
 
+def base_model_name(size: str, level: int, settings: SftSettings) -> str:
+    """Directory name of a warm-started base: names the recipe, so a changed recipe never reuses an old base."""
+    name = f"tiny-{size}-arith-level{level}-sft{settings.steps}"
+    return name + (f"-shortcut{round(100 * settings.shortcut_rate)}" if settings.shortcut_rate else "")
+
+
 def builtin_base_dir(config: Config) -> Path:
     size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    name = f"tiny-{size}-arith-level{config.data.task_level}-sft{SftSettings().steps}"
-    return Path(config.trainer.output_dir) / "base" / name
+    return Path(config.trainer.output_dir) / "base" / base_model_name(size, config.data.task_level, SftSettings())
 
 
 def ensure_builtin_base(config: Config, say: Callable[[str], None] = print) -> Path:

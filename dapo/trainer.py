@@ -34,7 +34,7 @@ from dapo.metrics import MetricsLogger, ProgressView, stats_dict
 from dapo.rewards import build_reward_function
 from dapo.rollout import SamplingParams, build_engine
 from dapo.runtime import RunData, load_policy, load_run_data, measure_matmul_peak
-from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker
+from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker, rows_to_compute
 
 
 class DynamicSamplingError(RuntimeError):
@@ -143,7 +143,9 @@ class Trainer:
                 self.counters.step = step
                 final = step == cfg.total_steps
                 if self.data.val_records and cfg.test_freq > 0 and (step % cfg.test_freq == 0 or final):
-                    metrics.update(self._evaluate(step))
+                    val = self._evaluate(step)
+                    metrics.update(val)
+                    progress.write(f"[eval @ step {step}] {format_eval(val)}")
                 self.logger.log(step, metrics)
                 progress.update(step, metrics)
                 if final or (cfg.save_freq > 0 and step % cfg.save_freq == 0):
@@ -362,8 +364,9 @@ class Trainer:
         tokens = float(batch.attention_mask.sum())
         step_s = timer.seconds.get("step", float("nan"))
         update_s = timer.seconds.get("update_actor", 0.0)
-        # Training costs ~6N FLOPs per token (forward + backward), per epoch.
-        update_flops = 6.0 * self.num_params * tokens * self.cfg.actor.ppo_epochs
+        # Training costs ~6N FLOPs per token (forward + backward), per epoch, on the rows the update computes.
+        computed = rows_to_compute(batch, torch.arange(batch.num_rows), self._loss_params())
+        update_flops = 6.0 * self.num_params * float(batch.attention_mask[computed].sum()) * self.cfg.actor.ppo_epochs
         return {
             "perf/total_num_tokens": tokens,
             "perf/time_per_step": step_s,

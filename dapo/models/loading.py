@@ -7,6 +7,7 @@ extra: `pip install -e .[gguf]` (gguf + accelerate).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -28,9 +29,35 @@ def save_pretrained_pair(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
     and vLLM can both read. Returns the directory."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    with _plain_if_dequantized_gguf(model):
+        model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@contextlib.contextmanager
+def _plain_if_dequantized_gguf(model: PreTrainedModel):
+    """A GGUF checkpoint dequantized on load holds plain float weights, but transformers still marks
+    the model as quantized and refuses to save it (a policy trained from SmolLM2's GGUF could not be
+    exported). For the length of a save, drop the marks so the weights are written as the ordinary
+    tensors they are; any other quantization is left alone (and refused by transformers as before)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    qconfig = getattr(quantizer, "quantization_config", None)
+    # Whatever the loader's flags say (the legacy GGUF path dequantizes with dequantize=False), the test is
+    # the weights themselves: plain floating-point parameters.
+    plain = all(type(p) is torch.nn.Parameter and p.dtype.is_floating_point for p in model.parameters())
+    if quantizer is None or getattr(qconfig, "quant_method", None) != "gguf" or not plain:
+        yield
+        return
+    had_config = "quantization_config" in model.config.__dict__
+    config_value = model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    try:
+        yield
+    finally:
+        model.hf_quantizer = quantizer
+        if had_config:
+            model.config.quantization_config = config_value
 
 
 def load_model_and_tokenizer(

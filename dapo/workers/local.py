@@ -69,6 +69,15 @@ def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int, min
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def rows_to_compute(batch: TrainBatch, rows: Tensor, params: PolicyLossParams) -> Tensor:
+    """The rows of `rows` whose forward/backward the policy update runs: all of them, or with
+    `skip_zero_advantage_rows` (and no KL/entropy term) those with a non-zero advantage at some loss token."""
+    if not (params.skip_zero_advantage_rows and params.row_gradient_is_zero_without_advantage()):
+        return rows
+    informative = ((batch.advantages[rows] != 0) & batch.response_mask[rows].bool()).any(dim=1)
+    return rows[informative]
+
+
 def make_optimizer(params, optim: OptimParams) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -198,11 +207,10 @@ class PolicyWorker:
             mini_mask, params.loss_agg_mode, group_index=batch.group_index[rows], norm_length=params.loss_norm_length
         )
         mini_loss = mini_pg_loss = 0.0
-        computed = rows
-        if params.skip_zero_advantage_rows and params.row_gradient_is_zero_without_advantage():
-            # Their weight stays in `weights` (the token-mean's denominator); only their zero gradient is skipped.
-            informative = ((batch.advantages[rows] != 0) & mini_mask.bool()).any(dim=1)
-            computed = rows[informative]
+        # Skipped rows keep their weight in `weights` (the token-mean's denominator); only their zero gradient
+        # is not computed.
+        computed = rows_to_compute(batch, rows, params)
+        if params.skip_zero_advantage_rows:
             stats.add_scalar("actor/skipped_rows_frac", 1.0 - computed.numel() / max(1, rows.numel()))
         if computed.numel() == 0:
             # AdamW still steps on a zero gradient (moments decay, weight decay applies), as it would

