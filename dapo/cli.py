@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the CPU default's recipe)",
     )
     sft.add_argument(
-        "--out", default=None, help="output directory (default runs/base/tiny-<size>-arith-level<L>-sft<steps>)"
+        "--out", default=None, help="output directory (default runs/base/<name naming size, level and recipe>)"
     )
     config = sub.add_parser("config", help="print the resolved config (or, with --fields, every field's meaning)")
     _add_config_arguments(config)
