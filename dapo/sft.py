@@ -60,8 +60,7 @@ def sft_examples(
     examples = []
     for record in records:
         prompt = tokenizer(render_prompt(record, tokenizer), add_special_tokens=False)["input_ids"]
-        shortcut = shortcut_rate > 0 and rng.random() < shortcut_rate
-        text = f"Answer: {record.ground_truth}" if shortcut else arith_solution(record)
+        text = f"Answer: {record.ground_truth}" if rng.random() < shortcut_rate else arith_solution(record)
         completion = tokenizer(text, add_special_tokens=False)["input_ids"]
         examples.append((prompt, [*completion, tokenizer.eos_token_id]))
     return examples

@@ -256,14 +256,16 @@ class BuiltinEngine:
         return int(self.model.config.num_hidden_layers)
 
     @contextlib.contextmanager
-    def _generation_mode(self):
-        """eval mode, no grad, and (static and fused backends) our attention function, for one call only."""
+    def _generation_mode(self, backend: str | None = None):
+        """eval mode, no grad, and (static and fused backends) our attention function, for one call only.
+        `backend` defaults to the engine's own."""
+        backend = backend or self.backend_name
         was_training = self.model.training
         configs = {id(m.config): m.config for m in self.model.modules() if hasattr(m, "config")}
         previous = {k: c._attn_implementation for k, c in configs.items()}
         self.model.eval()
         try:
-            if self.backend_name in ("static", "fused"):
+            if backend in ("static", "fused"):
                 for c in configs.values():
                     c._attn_implementation = ATTN_NAME
             with torch.no_grad():
@@ -299,13 +301,10 @@ class BuiltinEngine:
         g = torch.Generator().manual_seed(0)
         seqs = [torch.randint(0, self.vocab_size, (k,), generator=g) for k in (7, 4)]
         prefix = 3  # tokens fed by decode steps, after prefilling the rest
-        chosen = self.backend_name if hasattr(self, "backend_name") else None
-        self.backend_name = "hf"  # the reference runs with the model's own attention
         try:
-            with self._generation_mode():
+            with self._generation_mode("hf"):  # the reference runs with the model's own attention
                 want = [self.model(s[None].to(device)).logits[0, -prefix - 1 :].float() for s in seqs]
-            self.backend_name = name
-            with self._generation_mode():
+            with self._generation_mode(name):
                 Tp = max(len(s) - prefix for s in seqs)
                 ids = torch.full((2, Tp), self.pad_token_id, dtype=torch.long)
                 mask = torch.zeros(2, Tp, dtype=torch.bool)
@@ -324,8 +323,6 @@ class BuiltinEngine:
             return None if worst <= tol else f"logits differ from a plain forward by {worst:.2g} (> {tol})"
         except Exception as e:  # an architecture the path does not cover
             return repr(e)
-        finally:
-            self.backend_name = chosen
 
     def _param_dtype(self) -> torch.dtype:
         return self.model.get_output_embeddings().weight.dtype

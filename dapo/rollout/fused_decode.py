@@ -74,6 +74,21 @@ def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * x32.to(x.dtype)
 
 
+def decode_attention(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, scaling: float) -> Tensor:
+    """Attention of one query per row over its cached keys, for grouped-query attention.
+
+    q: (B, H, d); keys, values: (B, KV, L, d); bias: (B, L) additive (−inf on padding). Returns (B, H, d).
+    The H query heads are grouped per KV head, so one batched matmul reads each cached head once instead
+    of repeating it H/KV times. (On 1M and 20M models, 1-2 threads, this beat torch's SDPA with enable_gqa
+    by 4-8 %.)
+    """
+    B, H, d = q.shape
+    kv = keys.shape[1]
+    scores = torch.matmul(q.reshape(B, kv, H // kv, d), keys.transpose(-1, -2)) * scaling  # (B, KV, H/KV, L)
+    scores = scores + bias[:, None, None, :]
+    return torch.matmul(torch.softmax(scores, dim=-1), values).reshape(B, H, d)
+
+
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -130,7 +145,7 @@ class FusedDecoder:
         h = F.embedding(tokens, self.embed)  # (B, D)
         cos, sin = self.rotary(h[:, None], positions[:, None])  # (B, 1, d): with the model's rope scaling
         cos, sin = cos.to(h.dtype), sin.to(h.dtype)
-        attn_bias = bias[:, None, None, : L + 1]  # (B, 1, 1, L+1) over (KV, H/KV) groups
+        attn_bias = bias[:, : L + 1]
         for i, w in enumerate(self.layers):
             x = _rms_norm(h, w.norm_in, w.norm_in_eps)
             qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
@@ -139,9 +154,7 @@ class FusedDecoder:
             cache.k[i][:, :, L] = k
             cache.v[i][:, :, L] = qkv[:, (H + KV) * d :].view(B, KV, d)
             keys, values = cache.k[i][:, :, : L + 1], cache.v[i][:, :, : L + 1]  # (B, KV, L+1, d)
-            # The H query heads grouped per KV head: one batched matmul reads each cached head once.
-            scores = torch.matmul(q.view(B, KV, H // KV, d), keys.transpose(-1, -2)) * self.scaling
-            attn = torch.matmul(torch.softmax(scores + attn_bias, dim=-1), values)  # (B, KV, H/KV, d)
+            attn = decode_attention(q, keys, values, attn_bias, self.scaling)  # (B, H, d)
             h = h + F.linear(attn.reshape(B, H * d), w.o_weight, w.o_bias)
             x = _rms_norm(h, w.norm_post, w.norm_post_eps)
             gate, up = F.linear(x, w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)

@@ -57,21 +57,24 @@ def test_logprobs_match_a_plain_forward_and_ignore_padding(model):
         assert (logprobs[row, n_resp:] == 0).all() and (entropy[row, n_resp:] == 0).all()
 
 
+def _sgd_update(model, batch, params, micro_batch_max_tokens):
+    """One update of a copy of `model` (old log-probs shifted so ratios differ from 1); returns its weights
+    and stats. Plain SGD with lr 1: the parameter change IS the (summed) gradient; Adam would amplify noise
+    in near-zero gradients to ±lr and hide what the tests compare."""
+    m = copy.deepcopy(model)
+    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=micro_batch_max_tokens)
+    worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
+    old = worker.compute_logprobs(batch)
+    stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
+    return m.state_dict(), stats
+
+
 @pytest.mark.parametrize("mode", algo.AGGREGATION_MODES)
 def test_micro_batch_split_gives_the_same_update(model, mode):
     batch = _batch(model.config.vocab_size, seed=1)
     params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, 7.0, 0.0, None, 0.0)
-    results = []
-    for budget in (10_000, 13):  # one micro-batch per mini-batch vs one row at a time
-        m = copy.deepcopy(model)
-        worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=budget)
-        # plain SGD with lr 1: the parameter change IS the (summed) gradient; Adam would amplify noise in
-        # near-zero gradients to ±lr and hide what we are testing.
-        worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
-        old = worker.compute_logprobs(batch)
-        stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
-        results.append((m.state_dict(), stats))
-    (a, sa), (b, sb) = results
+    # one micro-batch per mini-batch vs one row at a time
+    (a, sa), (b, sb) = (_sgd_update(model, batch, params, budget) for budget in (10_000, 13))
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
     assert sa["actor/pg_loss"] == pytest.approx(sb["actor/pg_loss"], rel=1e-5)
@@ -84,16 +87,15 @@ def test_skipping_zero_advantage_rows_gives_the_same_update(model, mode):
     adv = batch.advantages.clone()
     adv[:4] = 0.0  # group 0 all-equal rewards (zero advantage): its rows are skipped, their tokens still count
     batch = batch.replace(advantages=adv)
-    results = []
-    for skip in (False, True):
-        params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, 7.0, 0.0, None, 0.0, skip_zero_advantage_rows=skip)
-        m = copy.deepcopy(model)
-        worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=10_000)
-        worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)  # parameter change = gradient
-        old = worker.compute_logprobs(batch)
-        stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
-        results.append((m.state_dict(), stats))
-    (a, sa), (b, sb) = results
+    (a, sa), (b, sb) = (
+        _sgd_update(
+            model,
+            batch,
+            PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, 7.0, 0.0, None, 0.0, skip_zero_advantage_rows=skip),
+            10_000,
+        )
+        for skip in (False, True)
+    )
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
     assert sa["actor/pg_loss"] == pytest.approx(sb["actor/pg_loss"], rel=1e-5)
