@@ -207,7 +207,12 @@ class ActorConfig:
     ppo_epochs: int = 1
     """passes over the batch per training step"""
     micro_batch_max_tokens: int = 8192
-    """token budget of one forward/backward micro-batch (verl ppo_max_token_len_per_gpu)"""
+    """token budget of one forward/backward micro-batch (verl ppo_max_token_len_per_gpu): rows x longest
+    row with the HF forward, distinct prompts + responses with share_prompt_forward"""
+    share_prompt_forward: bool = True
+    """compute each prompt once for all its responses, on packed tokens, in every log-prob pass and the
+    update (Llama/Qwen2 models; checked against the model's own forward at start, which is used otherwise):
+    the same logits and gradients up to float rounding, ~2.5x fewer FLOPs at 8 responses per prompt"""
     shuffle: bool = False
     """shuffle sequences between mini-batches (verl: False)"""
     skip_zero_advantage_rows: bool = True

@@ -98,7 +98,11 @@ class Trainer:
             self._optim_params(config.actor.lr, config.actor.weight_decay, config.actor.grad_clip),
             with_reference=config.uses_reference,
             micro_batch_max_tokens=config.actor.micro_batch_max_tokens,
+            share_prompt_forward=config.actor.share_prompt_forward,
         )
+        if config.actor.share_prompt_forward and self.policy.forward.shared is None:
+            self.say(f"actor.share_prompt_forward: falling back to the model's own forward "
+                     f"({self.policy.forward.fallback_reason})")  # fmt: skip
         self.critic = None
         if config.uses_critic:
             critic_optim = self._optim_params(config.critic.lr, config.critic.weight_decay, config.critic.grad_clip)
@@ -364,9 +368,10 @@ class Trainer:
         tokens = float(batch.attention_mask.sum())
         step_s = timer.seconds.get("step", float("nan"))
         update_s = timer.seconds.get("update_actor", 0.0)
-        # Training costs ~6N FLOPs per token (forward + backward), per epoch, on the rows the update computes.
+        # Training costs ~6N FLOPs per token (forward + backward), per epoch, on the tokens the update computes.
         computed = rows_to_compute(batch, torch.arange(batch.num_rows), self._loss_params())
-        update_flops = 6.0 * self.num_params * float(batch.attention_mask[computed].sum()) * self.cfg.actor.ppo_epochs
+        tokens_computed = self.policy.forward.tokens_computed(batch, computed)
+        update_flops = 6.0 * self.num_params * tokens_computed * self.cfg.actor.ppo_epochs
         return {
             "perf/total_num_tokens": tokens,
             "perf/time_per_step": step_s,

@@ -114,6 +114,52 @@ def micro_batches(lengths: Sequence[int], rows: Tensor, max_tokens: int) -> list
     return [torch.tensor(p, dtype=torch.long) for p in parts]
 
 
+def grouped_micro_batches(batch: TrainBatch, rows: Tensor, max_tokens: int) -> list[Tensor]:
+    """Split `rows` into micro-batches for the shared-prefix forward: rows of a prompt stay together (so the
+    prompt is computed once per micro-batch that holds any of them), and a micro-batch's packed size (each
+    distinct prompt once plus every response) stays within max_tokens. Rows are ordered by group, then by
+    response length (less padding in the response attention block)."""
+    prompt_len = batch.attention_mask[:, : batch.prompt_width].sum(dim=1).tolist()
+    response_len = batch.attention_mask[:, batch.prompt_width :].sum(dim=1).tolist()
+    group = batch.group_index.tolist()
+    ordered = sorted(rows.tolist(), key=lambda r: (group[r], response_len[r]))
+    parts: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for row in ordered:
+        new_prompt = not current or group[current[-1]] != group[row]
+        cost = response_len[row] + (prompt_len[row] if new_prompt else 0)
+        if current and size + cost > max_tokens:
+            parts.append(current)
+            current, size, cost = [], 0, response_len[row] + prompt_len[row]
+        current.append(row)
+        size += cost
+    if current:
+        parts.append(current)
+    return [torch.tensor(p, dtype=torch.long) for p in parts]
+
+
+def prompt_sharing(batch: TrainBatch) -> tuple[list[Tensor], Tensor, Tensor]:
+    """The batch as the shared-prefix forward takes it: (distinct prompts, unpadded; which prompt each row
+    continues (B,); response lengths (B,)). Rows of one group must carry the same prompt: checked, since
+    sharing would otherwise silently train a row on another row's prompt."""
+    Tp = batch.prompt_width
+    groups, row_prompt = torch.unique(batch.group_index, return_inverse=True)
+    first_row = torch.full((len(groups),), batch.num_rows, dtype=torch.long)
+    first_row = first_row.scatter_reduce(0, row_prompt, torch.arange(batch.num_rows), reduce="amin")
+    prompt_mask = batch.attention_mask[:, :Tp]
+    prompt_ids = torch.where(prompt_mask, batch.input_ids[:, :Tp], -1)
+    differs = (prompt_ids != prompt_ids[first_row[row_prompt]]).any(dim=1)
+    if bool(differs.any()):
+        row = int(differs.nonzero()[0])
+        raise ValueError(
+            f"row {row} of group {int(batch.group_index[row])} has a different prompt from the group's first row "
+            f"{int(first_row[row_prompt[row]])}: rows of a group must share their prompt"
+        )
+    prompts = [batch.input_ids[r, :Tp][prompt_mask[r]] for r in first_row.tolist()]
+    return prompts, row_prompt, batch.attention_mask[:, Tp:].sum(dim=1)
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding: 0 at the first real token of every row."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)

@@ -18,7 +18,16 @@ import torch
 from torch import Tensor, nn
 
 from dapo import algo
-from dapo.workers.batch import TrainBatch, micro_batches, mini_batches, position_ids
+from dapo.models.llama_ops import unsupported_reason
+from dapo.models.shared_prefix import SharedPrefixForward
+from dapo.workers.batch import (
+    TrainBatch,
+    grouped_micro_batches,
+    micro_batches,
+    mini_batches,
+    position_ids,
+    prompt_sharing,
+)
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,8 @@ def _row_lengths(batch: TrainBatch) -> list[int]:
     return batch.attention_mask.sum(dim=1).tolist()
 
 
-def _response_logits(model: nn.Module, micro: TrainBatch) -> Tensor:
-    """Logits that predict each response token: (b, T, V)."""
+def _hf_response_logits(model: nn.Module, micro: TrainBatch) -> Tensor:
+    """Logits that predict each response token, (b, T, V), from the model's own forward over padded rows."""
     out = model(
         input_ids=micro.input_ids,
         attention_mask=micro.attention_mask.long(),
@@ -101,6 +110,89 @@ def _response_logits(model: nn.Module, micro: TrainBatch) -> Tensor:
     )
     width = micro.response_ids.shape[1]
     return out.logits[:, micro.prompt_width - 1 : micro.prompt_width - 1 + width]
+
+
+def shared_prefix_problem(model: nn.Module) -> str | None:
+    """None if the shared-prefix forward covers `model` and reproduces its own forward on a small batch
+    (two prompts of different lengths, rows of different lengths); else why not."""
+    if (reason := unsupported_reason(model)) is not None:
+        return reason
+    g = torch.Generator().manual_seed(0)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    device = model.get_output_embeddings().weight.device
+    prompts = [torch.randint(0, vocab, (k,), generator=g) for k in (5, 2)]
+    responses = torch.randint(0, vocab, (3, 4), generator=g)
+    lengths = torch.tensor([4, 1, 3])
+    group_index = torch.tensor([0, 0, 1])
+    ids = torch.zeros(3, 9, dtype=torch.long)
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    for row, (group, length) in enumerate(zip(group_index.tolist(), lengths.tolist(), strict=True)):
+        prompt = prompts[group]
+        ids[row, 5 - len(prompt) : 5], mask[row, 5 - len(prompt) : 5] = prompt, True
+        ids[row, 5 : 5 + length], mask[row, 5 : 5 + length] = responses[row, :length], True
+    batch = TrainBatch(ids.to(device), mask.to(device), mask[:, 5:].float(), 5, group_index)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want = _hf_response_logits(model, batch).float()
+            got = _shared_response_logits(SharedPrefixForward(model), batch).float()
+    except Exception as e:  # an architecture variant the ops do not cover
+        return repr(e)
+    finally:
+        model.train(was_training)
+    real = mask[:, 5:].to(device)
+    worst = float((got - want)[real].abs().max())
+    tol = 1e-3 if model.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
+    return None if worst <= tol else f"logits differ from the model's forward by {worst:.2g} (> {tol})"
+
+
+class ResponseForward:
+    """How a worker gets the logits of response tokens, and how it cuts a mini-batch for it.
+
+    "shared_prefix" (when asked for, the model is covered and the self-check agrees): each prompt computed
+    once per micro-batch for all its responses, packed tokens (`dapo.models.shared_prefix`); micro-batches
+    keep a prompt's rows together. "hf": the model's own forward over left/right-padded rows; micro-batches
+    sorted by length. Both give the same logits up to float rounding.
+    """
+
+    def __init__(self, model: nn.Module, share_prompts: bool):
+        self.model = model
+        self.fallback_reason = shared_prefix_problem(model) if share_prompts else "not asked for"
+        self.shared = SharedPrefixForward(model) if self.fallback_reason is None else None
+
+    @property
+    def name(self) -> str:
+        return "shared_prefix" if self.shared is not None else "hf"
+
+    def micro_batches(self, batch: TrainBatch, rows: Tensor, max_tokens: int) -> list[Tensor]:
+        if self.shared is not None:
+            return grouped_micro_batches(batch, rows, max_tokens)
+        return micro_batches(_row_lengths(batch), rows, max_tokens)
+
+    def tokens_computed(self, batch: TrainBatch, rows: Tensor) -> int:
+        """Tokens that go through the model when `rows` are computed (for the MFU estimate): every real
+        token of every row, or with shared prompts each distinct prompt once and all but the last token of
+        every response."""
+        mask = batch.attention_mask[rows]
+        if self.shared is None:
+            return int(mask.sum())
+        Tp = batch.prompt_width
+        groups = batch.group_index[rows]
+        first_of_group = torch.ones_like(groups, dtype=torch.bool)
+        first_of_group[1:] = groups[1:] != groups[:-1]  # rows of a group are contiguous
+        prompt_tokens = int(mask[first_of_group, :Tp].sum())
+        return prompt_tokens + int((mask[:, Tp:].sum(dim=1) - 1).clamp(min=0).sum())
+
+    def logits(self, micro: TrainBatch) -> Tensor:
+        if self.shared is None:
+            return _hf_response_logits(self.model, micro)
+        return _shared_response_logits(self.shared, micro)
+
+
+def _shared_response_logits(forward: SharedPrefixForward, micro: TrainBatch) -> Tensor:
+    prompts, row_prompt, response_lengths = prompt_sharing(micro)
+    return forward.response_logits(prompts, row_prompt, micro.response_ids, response_lengths)
 
 
 class _Accumulator:
@@ -141,7 +233,15 @@ def _clip_and_step(
 class PolicyWorker:
     """Holds the trained policy, its optimiser and scheduler, and an optional frozen reference copy."""
 
-    def __init__(self, model: nn.Module, optim: OptimParams, *, with_reference: bool, micro_batch_max_tokens: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: OptimParams,
+        *,
+        with_reference: bool,
+        micro_batch_max_tokens: int,
+        share_prompt_forward: bool = True,
+    ):
         self.model = model
         self.optim = optim
         self.micro_batch_max_tokens = micro_batch_max_tokens
@@ -150,6 +250,8 @@ class PolicyWorker:
         if with_reference:
             # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode.
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.forward = ResponseForward(model, share_prompt_forward)
+        self.reference_forward = ResponseForward(self.reference, share_prompt_forward) if self.reference else None
 
     @torch.no_grad()
     def compute_logprobs(
@@ -157,16 +259,16 @@ class PolicyWorker:
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Log-probs (B, T) of the response tokens under the policy or the reference, and with
         `with_entropy` also the per-token entropies (B, T) (the trainer's passes do not need them)."""
-        model = self.reference if reference else self.model
-        assert model is not None, "no reference model: enable a KL term to create one"
+        forward = self.reference_forward if reference else self.forward
+        assert forward is not None, "no reference model: enable a KL term to create one"
+        model = forward.model
         was_training = model.training
         model.eval()
         logprobs = torch.zeros(batch.response_mask.shape)
         entropy = torch.zeros(batch.response_mask.shape)
-        lengths = _row_lengths(batch)
-        for rows in micro_batches(lengths, torch.arange(batch.num_rows), self.micro_batch_max_tokens):
+        for rows in forward.micro_batches(batch, torch.arange(batch.num_rows), self.micro_batch_max_tokens):
             micro = batch.select(rows)
-            logits = _response_logits(model, micro)
+            logits = forward.logits(micro)
             width = logits.shape[1]
             logprobs[rows, :width] = algo.token_logprobs(logits, micro.response_ids)
             if with_entropy:
@@ -187,19 +289,16 @@ class PolicyWorker:
         """PPO-style updates: `epochs` passes of mini-batch optimiser steps; one scheduler step at the end."""
         self.model.train()
         stats = _Accumulator()
-        lengths = _row_lengths(batch)
         generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
         for _ in range(epochs):
             for rows in mini_batches(batch, groups_per_mini_batch, generator):
-                self._mini_batch_step(batch, rows, lengths, loss, stats)
+                self._mini_batch_step(batch, rows, loss, stats)
         stats.add_scalar("actor/lr", self.optimizer.param_groups[0]["lr"])
         self.scheduler.step()
         self.model.eval()
         return stats.means()
 
-    def _mini_batch_step(
-        self, batch: TrainBatch, rows: Tensor, lengths: list[int], params: PolicyLossParams, stats: _Accumulator
-    ) -> None:
+    def _mini_batch_step(self, batch: TrainBatch, rows: Tensor, params: PolicyLossParams, stats: _Accumulator) -> None:
         mini_mask = batch.response_mask[rows]
         # Weights over the WHOLE mini-batch: summing micro-batch losses gives exactly the mini-batch aggregate.
         weights = torch.zeros(batch.num_rows, dtype=torch.float64)
@@ -218,10 +317,10 @@ class PolicyWorker:
             for p in self.model.parameters():
                 if p.requires_grad:
                     p.grad = torch.zeros_like(p)
-        for micro_rows in micro_batches(lengths, computed, self.micro_batch_max_tokens):
+        for micro_rows in self.forward.micro_batches(batch, computed, self.micro_batch_max_tokens):
             micro = batch.select(micro_rows)
             micro_weights = weights[micro_rows]
-            logits = _response_logits(self.model, micro)
+            logits = self.forward.logits(micro)
             logprobs = algo.token_logprobs(logits, micro.response_ids)
             # Exactly on-policy (one mini-batch, one epoch): π_old = π_θ, detached.
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()

@@ -24,6 +24,7 @@ def _batch(vocab: int, seed: int = 0) -> TrainBatch:
     prompt_lengths = torch.randint(2, tp + 1, (groups,), generator=gen).repeat_interleave(group_size)
     response_lengths = torch.randint(1, t + 1, (rows,), generator=gen)
     ids = torch.randint(3, vocab, (rows, tp + t), generator=gen)
+    ids[:, :tp] = ids[::group_size, :tp].repeat_interleave(group_size, dim=0)  # a group's rows share its prompt
     cols = torch.arange(tp + t)
     prompt_part = (cols < tp) & (cols >= tp - prompt_lengths.unsqueeze(1))
     response_part = (cols >= tp) & (cols < tp + response_lengths.unsqueeze(1))
@@ -42,9 +43,11 @@ LOSS = PolicyLossParams(0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.
 OPTIM = OptimParams(1e-3, (0.9, 0.999), 0.0, 1e9, 0, "constant", 10, 0.0)
 
 
-def test_logprobs_match_a_plain_forward_and_ignore_padding(model):
+@pytest.mark.parametrize("share", [True, False], ids=["shared_prefix", "hf"])
+def test_logprobs_match_a_plain_forward_and_ignore_padding(model, share):
     batch = _batch(model.config.vocab_size)
-    worker = PolicyWorker(model, OPTIM, with_reference=False, micro_batch_max_tokens=24)
+    worker = PolicyWorker(model, OPTIM, with_reference=False, micro_batch_max_tokens=24, share_prompt_forward=share)
+    assert worker.forward.name == ("shared_prefix" if share else "hf")
     logprobs, entropy = worker.compute_logprobs(batch, with_entropy=True)
     for row in range(batch.num_rows):  # one row at a time, no padding at all
         real = batch.attention_mask[row]
@@ -57,28 +60,40 @@ def test_logprobs_match_a_plain_forward_and_ignore_padding(model):
         assert (logprobs[row, n_resp:] == 0).all() and (entropy[row, n_resp:] == 0).all()
 
 
-def _sgd_update(model, batch, params, micro_batch_max_tokens):
+def _sgd_update(model, batch, params, micro_batch_max_tokens, share=True):
     """One update of a copy of `model` (old log-probs shifted so ratios differ from 1); returns its weights
     and stats. Plain SGD with lr 1: the parameter change IS the (summed) gradient; Adam would amplify noise
     in near-zero gradients to ±lr and hide what the tests compare."""
     m = copy.deepcopy(model)
-    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=micro_batch_max_tokens)
+    worker = PolicyWorker(
+        m, OPTIM, with_reference=False, micro_batch_max_tokens=micro_batch_max_tokens, share_prompt_forward=share
+    )
     worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
     old = worker.compute_logprobs(batch)
     stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
     return m.state_dict(), stats
 
 
+@pytest.mark.parametrize("share", [True, False], ids=["shared_prefix", "hf"])
 @pytest.mark.parametrize("mode", algo.AGGREGATION_MODES)
-def test_micro_batch_split_gives_the_same_update(model, mode):
+def test_micro_batch_split_gives_the_same_update(model, mode, share):
     batch = _batch(model.config.vocab_size, seed=1)
     params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, 7.0, 0.0, None, 0.0)
-    # one micro-batch per mini-batch vs one row at a time
-    (a, sa), (b, sb) = (_sgd_update(model, batch, params, budget) for budget in (10_000, 13))
+    # one micro-batch per mini-batch vs one row at a time (shared prefix: the prompt then repeats per row)
+    (a, sa), (b, sb) = (_sgd_update(model, batch, params, budget, share) for budget in (10_000, 13))
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
     assert sa["actor/pg_loss"] == pytest.approx(sb["actor/pg_loss"], rel=1e-5)
     assert sa["actor/pg_clipfrac"] == pytest.approx(sb["actor/pg_clipfrac"])
+
+
+def test_shared_prefix_and_hf_forward_give_the_same_update(model):
+    batch = _batch(model.config.vocab_size, seed=6)
+    (a, sa), (b, sb) = (_sgd_update(model, batch, LOSS, 10_000, share) for share in (True, False))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+    for key in ("actor/pg_loss", "actor/entropy", "actor/ppo_kl", "actor/grad_norm"):
+        assert sa[key] == pytest.approx(sb[key], rel=1e-4, abs=1e-7), key
 
 
 @pytest.mark.parametrize("mode", algo.AGGREGATION_MODES)
