@@ -20,6 +20,7 @@ responses send back, as they would through G separate copies. The model must be 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,15 +53,17 @@ class SharedPrefixForward:
         prompt_lengths = torch.tensor([len(p) for p in prompts], device=device)
         if bool((prompt_lengths == 0).any()):
             raise ValueError("every prompt needs at least one token (its last position predicts response token 0)")
-        row_prompt, responses = row_prompt.to(device), responses.to(device)
-        response_lengths = response_lengths.to(device)
-        # Response tokens fed to the model: all but the last (which predicts nothing).
-        fed_lengths = (response_lengths - 1).clamp(min=0)
-        P = int(prompt_lengths.max())
-        R = int(fed_lengths.max())
+        # Rows are computed shortest first, in chunks of similar length, so the padded attention blocks stay
+        # close to the real work; `order[i]` is the original row of computed row i.
+        fed_lengths = (response_lengths.to(device) - 1).clamp(min=0)  # all but the last token are fed
+        order = torch.argsort(fed_lengths, stable=True)
+        fed_lengths, row_prompt = fed_lengths[order], row_prompt.to(device)[order]
+        responses = responses.to(device)[order]
+        P, R = int(prompt_lengths.max()), int(fed_lengths.max())
         prompt_slots = torch.arange(P, device=device)[None, :] < prompt_lengths[:, None]  # (groups, P)
         fed_slots = torch.arange(R, device=device)[None, :] < fed_lengths[:, None]  # (rows, R)
         num_prompt_tokens = int(prompt_lengths.sum())
+        chunks = _length_chunks(fed_lengths, prompt_slots, row_prompt, num_prompt_tokens)
 
         tokens = torch.cat([torch.cat([p.to(device) for p in prompts]), responses[:, :R][fed_slots]])
         positions = torch.cat(
@@ -73,44 +76,78 @@ class SharedPrefixForward:
         cos, sin = model.model.rotary_emb(h[None], positions[None])  # (1, N, d), with any rope scaling
         cos, sin = cos[0, :, None].to(h.dtype), sin[0, :, None].to(h.dtype)  # (N, 1, d)
 
-        # Attention masks over padded blocks (True = may attend).
-        response_keys = torch.cat(
-            [
-                prompt_slots[row_prompt][:, None, :].expand(-1, R, -1),
-                torch.ones(R, R, dtype=torch.bool, device=device).tril().expand(len(row_prompt), -1, -1),
-            ],
-            dim=2,
-        )[:, None]  # (rows, 1, R, P + R)
-
         H, KV, d = g.num_heads, g.num_kv_heads, g.head_dim
         for layer in model.model.layers:
             w = gather_layer(layer)
             qkv = F.linear(rms_norm(h, w.norm_in, w.norm_in_eps), w.qkv_weight, w.qkv_bias)
-            q = rotate(qkv[:, : H * d].view(-1, H, d), cos, sin)
-            k = rotate(qkv[:, H * d : (H + KV) * d].view(-1, KV, d), cos, sin)
-            v = qkv[:, (H + KV) * d :].view(-1, KV, d)
+            qk = rotate(qkv[:, : (H + KV) * d].view(-1, H + KV, d), cos, sin)  # q and k in one rotation
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, (H + KV) * d :].view(-1, KV, d)
             # Prompts: causal attention within each prompt (right padding is never attended by a real query).
-            qp, kp, vp = (_pad(x[:num_prompt_tokens], prompt_slots) for x in (q, k, v))  # (groups, heads, P, d)
-            out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=g.scaling, enable_gqa=KV != H)
-            # Responses: each row over its prompt's keys (shared, gathered) and its own, causal.
-            qr, kr, vr = (_pad(x[num_prompt_tokens:], fed_slots) for x in (q, k, v))  # (rows, heads, R, d)
-            out_r = F.scaled_dot_product_attention(
-                qr,
-                torch.cat([kp[row_prompt], kr], dim=2),
-                torch.cat([vp[row_prompt], vr], dim=2),
-                attn_mask=response_keys,
-                scale=g.scaling,
+            kp, vp = _pad(k[:num_prompt_tokens], prompt_slots), _pad(v[:num_prompt_tokens], prompt_slots)
+            out_p = F.scaled_dot_product_attention(
+                _pad(q[:num_prompt_tokens], prompt_slots), kp, vp, is_causal=True, scale=g.scaling,
                 enable_gqa=KV != H,
-            )
-            attn = torch.cat([_unpad(out_p, prompt_slots), _unpad(out_r, fed_slots)])  # (N, H*d)
-            h = mlp_block(h + F.linear(attn, w.o_weight, w.o_bias), w)
+            )  # fmt: skip
+            outs = [_unpad(out_p, prompt_slots)]
+            # Responses: each row over its prompt's keys (shared, gathered) and its own, causal.
+            for c in chunks:
+                qr, kr, vr = (_pad(x[c.tokens], c.slots) for x in (q, k, v))  # (rows, heads, R_c, d)
+                out_r = F.scaled_dot_product_attention(
+                    qr,
+                    torch.cat([kp[c.prompt], kr], dim=2),
+                    torch.cat([vp[c.prompt], vr], dim=2),
+                    attn_mask=c.mask,
+                    scale=g.scaling,
+                    enable_gqa=KV != H,
+                )
+                outs.append(_unpad(out_r, c.slots))
+            h = mlp_block(h + F.linear(torch.cat(outs), w.o_weight, w.o_bias), w)  # (N, D)
 
         # Positions that predict a response token: each prompt's last, then every fed response token.
         last_prompt = prompt_lengths.cumsum(0) - 1
         norm_weight, eps, head_weight, head_bias = output_head(model)
         predicting = torch.cat([h[last_prompt], h[num_prompt_tokens:]])
         logits = F.linear(rms_norm(predicting, norm_weight, eps), head_weight, head_bias)  # (groups + fed, V)
-        return logits[_logit_rows(row_prompt, fed_slots, len(prompts), responses.shape[1])]
+        rows_in_order = torch.empty_like(order)
+        rows_in_order[order] = torch.arange(len(order), device=device)
+        index = _logit_rows(row_prompt, fed_slots, len(prompts), responses.shape[1])[rows_in_order]
+        return logits[index]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Consecutive computed rows whose responses attend together in one padded block."""
+
+    tokens: slice
+    """their fed tokens in the packed sequence"""
+    slots: Tensor
+    """(rows, R_c) bool: real fed tokens, R_c = the chunk's longest"""
+    prompt: Tensor
+    """(rows,) long: each row's prompt"""
+    mask: Tensor
+    """(rows, 1, R_c, P + R_c) bool: may attend (its prompt's real tokens, then its own tokens causally)"""
+
+
+def _length_chunks(fed_lengths: Tensor, prompt_slots: Tensor, row_prompt: Tensor, offset: int) -> list[_Chunk]:
+    """Split rows sorted by fed length into up to 4 chunks of equal row count (at least 8 rows each):
+    with lengths spread evenly, that cuts the padded attention work by ~40 %; more chunks add more calls."""
+    rows = len(fed_lengths)
+    num_chunks = max(1, min(4, rows // 8))
+    bounds = [rows * i // num_chunks for i in range(num_chunks + 1)]
+    token_ends = fed_lengths.cumsum(0).tolist()
+    chunks = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        R = int(fed_lengths[b - 1])
+        if R == 0:  # one-token responses only: nothing fed, their token is predicted by the prompt
+            continue
+        slots = torch.arange(R, device=fed_lengths.device)[None, :] < fed_lengths[a:b, None]
+        causal = torch.ones(R, R, dtype=torch.bool, device=fed_lengths.device).tril()
+        mask = torch.cat(
+            [prompt_slots[row_prompt[a:b]][:, None, :].expand(-1, R, -1), causal.expand(b - a, -1, -1)], dim=2
+        )[:, None]
+        start = offset + (int(token_ends[a - 1]) if a > 0 else 0)
+        chunks.append(_Chunk(slice(start, offset + int(token_ends[b - 1])), slots, row_prompt[a:b], mask))
+    return chunks
 
 
 def _pad(x: Tensor, slots: Tensor) -> Tensor:

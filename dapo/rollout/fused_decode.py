@@ -29,7 +29,8 @@ def decode_attention(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, scal
     """
     B, H, d = q.shape
     kv = keys.shape[1]
-    scores = torch.matmul(q.reshape(B, kv, H // kv, d), keys.transpose(-1, -2)) * scaling  # (B, KV, H/KV, L)
+    # Scaling q rather than the scores: B·H·d multiplies instead of B·H·L (the context outgrows a head).
+    scores = torch.matmul((q * scaling).reshape(B, kv, H // kv, d), keys.transpose(-1, -2))  # (B, KV, H/KV, L)
     scores = scores + bias[:, None, None, :]
     return torch.matmul(torch.softmax(scores, dim=-1), values).reshape(B, H, d)
 
@@ -63,8 +64,8 @@ class FusedDecoder:
         for i, w in enumerate(self.layers):
             x = rms_norm(h, w.norm_in, w.norm_in_eps)
             qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
-            q = rotate(qkv[:, : H * d].view(B, H, d), cos, sin)
-            k = rotate(qkv[:, H * d : (H + KV) * d].view(B, KV, d), cos, sin)
+            qk = rotate(qkv[:, : (H + KV) * d].view(B, H + KV, d), cos, sin)  # q and k in one rotation
+            q, k = qk[:, :H], qk[:, H:]
             cache.k[i][:, :, L] = k
             cache.v[i][:, :, L] = qkv[:, (H + KV) * d :].view(B, KV, d)
             keys, values = cache.k[i][:, :, : L + 1], cache.v[i][:, :, : L + 1]  # (B, KV, L+1, d)

@@ -73,6 +73,23 @@ def test_logits_and_gradients_equal_the_padded_forward(tok, arch):
         torch.testing.assert_close(grads[1][name] / scale, reference / scale, atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.mark.parametrize("longest", [1, 12])
+def test_many_rows_of_mixed_lengths_in_length_chunks(tok, longest):
+    """Enough rows for several attention chunks (rows sorted by length, then put back in order); with
+    longest=1 no response token is fed at all."""
+    model = _model(tok, "qwen2").double().eval()
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, model.config.vocab_size, (n,), generator=g) for n in (6, 3, 11)]
+    row_prompt = torch.randint(0, 3, (37,), generator=g)
+    lengths = torch.randint(1, longest + 1, (37,), generator=g)
+    responses = torch.randint(3, model.config.vocab_size, (37, longest + 2), generator=g)
+    with torch.no_grad():
+        want = _padded_forward(model, prompts, row_prompt, responses, lengths)
+        got = SharedPrefixForward(model).response_logits(prompts, row_prompt, responses, lengths)
+    real = torch.arange(longest + 2)[None, :] < lengths[:, None]
+    torch.testing.assert_close(got[real], want[real], atol=1e-10, rtol=1e-10)
+
+
 def test_a_prompt_s_responses_do_not_see_each_other(tok):
     """Changing one response changes no other row's logits, even of the same prompt."""
     model = _model(tok, "llama").eval()
