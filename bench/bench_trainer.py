@@ -32,11 +32,12 @@ The first `--warmup` steps of every run are excluded. Runs of the two systems ar
 order over `--repeats`), every run with a fresh trainer on the same saved model. Work is measured in
 generated tokens (EOS included): both sample from the same model, but sampling noise makes response
 lengths differ a little, so the report gives seconds per step AND seconds per 1k generated tokens,
-medians over all timed steps, and the TRL / ours ratio of each. Neither system skips work for groups
-whose advantages are all zero in TRL; ours skips the forward/backward of zero-advantage responses (exact,
-`actor.skip_zero_advantage_rows`, on by default), so the share of all-equal groups matters: the base is
-warm-started long enough (`--sft-steps`) to solve some level-`--level` problems, and the report gives the
-training accuracy and the share of responses ours skipped.
+medians over all timed steps, and the TRL / ours ratio of each. TRL computes every response; ours skips
+the forward/backward of zero-advantage responses (exact, `actor.skip_zero_advantage_rows`, on by default;
+`--no-skip` turns it off), so the share of all-equal groups matters: the base is warm-started long enough
+(`--sft-steps`) to solve some level-`--level` problems, and the report gives the training accuracy and the
+share of responses ours skipped. Ours also computes each prompt once for its G responses, on packed tokens
+(`actor.share_prompt_forward`, the same function; `--no-share` uses the model's own padded forward, as TRL).
 
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py            # 1m+5m ~10 min, 20m ~20 min more
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --quick    # ~3 min
@@ -92,6 +93,8 @@ class Workload:
     """arith difficulty: level 4 solutions are ~40 tokens, partly solved by the base (informative groups)"""
     skip_zero_advantage_rows: bool = True
     """ours only (TRL has no such option): False makes ours compute every row, as TRL does"""
+    share_prompt_forward: bool = True
+    """ours only: False runs the log-prob passes and the update through the model's own padded forward, as TRL"""
     lr: float = 2e-5
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -133,6 +136,7 @@ def our_config(model_dir: Path, w: Workload, run_dir: Path) -> Config:
     c.actor.mini_batch_size = w.prompts // w.mini_batches  # 1 mini-batch: exactly on-policy, no old log-probs
     c.actor.ppo_epochs = 1
     c.actor.skip_zero_advantage_rows = w.skip_zero_advantage_rows
+    c.actor.share_prompt_forward = w.share_prompt_forward
     c.actor.lr, c.actor.lr_warmup_steps = w.lr, 0
     c.actor.weight_decay, c.actor.grad_clip = w.weight_decay, w.grad_clip
     c.trainer.seed = w.seed
@@ -421,6 +425,9 @@ def main() -> None:
     )
     parser.add_argument("--sft-steps", type=int, default=500, help="warm-start steps of the base model (cached)")
     parser.add_argument("--no-skip", action="store_true", help="ours also computes zero-advantage rows (as TRL does)")
+    parser.add_argument(
+        "--no-share", action="store_true", help="ours uses the model's own padded forward (no shared-prefix forward)"
+    )
     parser.add_argument("--level", type=int, default=Workload.level, help="arith level of prompts and warm start")
     parser.add_argument("--quick", action="store_true", help="~3 minutes: sizes 1m and 5m, 2 repeats x 2 steps")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dapo-bench-trainer")
@@ -429,10 +436,16 @@ def main() -> None:
     if args.quick:
         args.sizes, args.repeats, args.steps = ["1m", "5m"], 2, 2
     name = "trainer" + (f"-mb{args.mini_batches}" if args.mini_batches > 1 else "")
-    name += ("-noskip" if args.no_skip else "") + ("-quick" if args.quick else "")
+    name += ("-noskip" if args.no_skip else "") + ("-noshare" if args.no_share else "")
+    name += "-quick" if args.quick else ""
     out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     warnings.filterwarnings("ignore")
-    w = Workload(mini_batches=args.mini_batches, level=args.level, skip_zero_advantage_rows=not args.no_skip)
+    w = Workload(
+        mini_batches=args.mini_batches,
+        level=args.level,
+        skip_zero_advantage_rows=not args.no_skip,
+        share_prompt_forward=not args.no_share,
+    )
     if w.prompts % w.mini_batches:
         parser.error(f"--mini-batches must divide the {w.prompts} prompts of a step")
     work = Path(tempfile.mkdtemp(prefix="dapo-bench-trainer-"))

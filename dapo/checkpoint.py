@@ -59,6 +59,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dapo.errors import DapoError
+
 __all__ = [
     "POINTER_FILE",
     "CheckpointError",
@@ -78,7 +80,7 @@ _KEY = re.compile(r"^[A-Za-z0-9_]+$")
 _TRUSTED_MODULE_PREFIXES = ("dapo.", "numpy.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DapoError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupted or unloadable. The message names the file."""
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dapo.config import PRESETS, ConfigError, field_docs, load_config
+from dapo.errors import DapoError
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"dapo: invalid config: {error}", file=sys.stderr)
         return 2
+    except DapoError as error:  # bad input or state the user can fix: the message says what to change
+        print(f"dapo: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ and checkpointed, then padded once into a `TrainBatch`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from dapo import algo
 from dapo.data import PromptRecord
@@ -34,6 +35,9 @@ class ScoredGroup:
     """score + overlong penalty: what the advantages use"""
     acc: tuple[bool, ...]
     preds: tuple[str | None, ...]
+    rollout_logprobs: Tensor | None = field(default=None, compare=False)
+    """(G, T) float32, zero-padded: log π(token) of each response under the raw policy as the engine reported
+    it while sampling (None: not kept; groups carried over to a later step drop them, the weights have changed)"""
 
     @property
     def size(self) -> int:
@@ -91,9 +95,22 @@ def groups_from_rollout(
                 rewards=tuple(float(rewards.rewards[r]) for r in rows),
                 acc=tuple(bool(rewards.acc[r]) for r in rows),
                 preds=tuple(rewards.preds[r] for r in rows),
+                rollout_logprobs=rollout.logprobs[rows.start : rows.stop, : max(lengths[r] for r in rows)].clone(),
             )
         )
     return groups
+
+
+def rollout_logprob_matrix(groups: Sequence[ScoredGroup], width: int) -> Tensor | None:
+    """(B, width) the engine's log-probs of every response token, zero elsewhere; None if a group has none."""
+    if any(g.rollout_logprobs is None for g in groups):
+        return None
+    out = torch.zeros(sum(g.size for g in groups), width)
+    row = 0
+    for g in groups:
+        out[row : row + g.size, : g.rollout_logprobs.shape[1]] = g.rollout_logprobs
+        row += g.size
+    return out
 
 
 def build_train_batch(groups: Sequence[ScoredGroup], pad_id: int, mask_truncated: bool) -> TrainBatch:

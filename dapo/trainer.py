@@ -14,6 +14,7 @@ Side effects (generation, optimisation, files) are orchestrated here; the math i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -24,24 +25,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from dapo import algo
 from dapo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from dapo.config import Config, config_diff
+from dapo.errors import DapoError
 from dapo.evaluation import evaluate, format_eval
-from dapo.groups import ScoredGroup, build_train_batch, groups_from_rollout, reward_samples, sequence_mask
+from dapo.groups import (
+    ScoredGroup,
+    build_train_batch,
+    groups_from_rollout,
+    reward_samples,
+    rollout_logprob_matrix,
+    sequence_mask,
+)
 from dapo.metrics import MetricsLogger, ProgressView, stats_dict
 from dapo.rewards import build_reward_function
-from dapo.rollout import SamplingParams, build_engine
+from dapo.rollout import BuiltinEngine, SamplingParams, build_engine
 from dapo.runtime import RunData, load_policy, load_run_data, measure_matmul_peak
 from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker, rows_to_compute
 
 
-class DynamicSamplingError(RuntimeError):
+class DynamicSamplingError(DapoError, RuntimeError):
     """The generation-round cap was reached before the batch had enough informative groups."""
 
 
-class ResumeConfigError(RuntimeError):
+class ResumeConfigError(DapoError, RuntimeError):
     """Resuming with a config that differs from the checkpoint's, without accepting the differences."""
 
 
@@ -99,6 +109,7 @@ class Trainer:
             with_reference=config.uses_reference,
             micro_batch_max_tokens=config.actor.micro_batch_max_tokens,
             share_prompt_forward=config.actor.share_prompt_forward,
+            temperature=config.rollout.temperature,
         )
         if config.actor.share_prompt_forward and self.policy.forward.shared is None:
             self.say(f"actor.share_prompt_forward: falling back to the model's own forward "
@@ -175,7 +186,10 @@ class Trainer:
             old_logprobs = None
             if not on_policy or cfg.algo.use_kl_in_reward:
                 with timer("old_log_prob"):
-                    old_logprobs = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
+                    old_logprobs = self._logprobs_from_rollout(groups, all_tokens)
+                    metrics["train/old_logprobs_from_rollout"] = float(old_logprobs is not None)
+                    if old_logprobs is None:
+                        old_logprobs = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
             if not on_policy:
                 batch = batch.replace(old_logprobs=old_logprobs)
             if self.policy.reference is not None:
@@ -238,13 +252,30 @@ class Trainer:
             ]
         surplus = ready[needed:]
         if ds.enable and ds.keep_surplus:
-            self.buffer = surplus  # Algorithm 1's buffer: used first by the next step
+            # Algorithm 1's buffer: used first by the next step. The weights will have changed by then, so the
+            # engine's log-probs of these responses are no longer π_old.
+            self.buffer = [dataclasses.replace(g, rollout_logprobs=None) for g in surplus]
         self.counters.total_gen_batches += rounds
         metrics.update(self._sampling_metrics(generated, rounds, from_buffer, len(surplus) - len(self.buffer)))
         metrics["train/num_groups"] = float(min(len(ready), needed))
         for key in reward_metrics[0] if reward_metrics else ():
             metrics[key] = sum(m[key] for m in reward_metrics) / len(reward_metrics)
         return ready[:needed]
+
+    def _logprobs_from_rollout(self, groups: list[ScoredGroup], all_tokens: Tensor) -> Tensor | None:
+        """π_old as the built-in engine computed it while sampling, when that is the training model's own
+        log-prob up to float rounding (actor.reuse_rollout_logprobs); None when it must be recomputed."""
+        reusable = (
+            self.cfg.actor.reuse_rollout_logprobs
+            and isinstance(self.engine, BuiltinEngine)
+            and self.engine.model is self.model  # the module being trained, not a copy with other weights
+            and self.cfg.rollout.temperature == 1.0  # the engine reports untempered log-probs
+            and all(p.dtype == torch.float32 for p in self.model.parameters())
+        )
+        if not reusable:
+            return None
+        logprobs = rollout_logprob_matrix(groups, all_tokens.shape[1])
+        return None if logprobs is None else logprobs * all_tokens
 
     def _generation_round(self, step: int, round_index: int, timer: Timer) -> tuple[list[ScoredGroup], dict]:
         """Draw gen_batch_size prompts, sample G responses each, score them (DAPO Alg. 1, lines 3-5)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dapo.data.templates import apply_dapo_template
+from dapo.errors import DapoError
 
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 REWARD_STYLE_KEY = "reward_style"  # where reward_model.style is kept in PromptRecord.extra
@@ -96,7 +97,7 @@ class LoadedDataset:
         return self.records[index]
 
 
-class DatasetRowError(ValueError):
+class DatasetRowError(DapoError, ValueError):
     """A malformed row: the message names the file, the 0-based row number and the field."""
 
     def __init__(self, path: str | Path, row: int, field_name: str, problem: str) -> None:

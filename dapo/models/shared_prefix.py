@@ -19,6 +19,7 @@ responses send back, as they would through G separate copies. The model must be 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,7 +137,7 @@ def _length_chunks(fed_lengths: Tensor, prompt_slots: Tensor, row_prompt: Tensor
     bounds = [rows * i // num_chunks for i in range(num_chunks + 1)]
     token_ends = fed_lengths.cumsum(0).tolist()
     chunks = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+    for a, b in itertools.pairwise(bounds):
         R = int(fed_lengths[b - 1])
         if R == 0:  # one-token responses only: nothing fed, their token is predicted by the prompt
             continue

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from dapo.algo.shaping import overlong_penalty
+from dapo.errors import DapoError
 from dapo.rewards.custom import (
     BATCHED_STYLE,
     batch_kwargs,
@@ -61,7 +62,7 @@ PREFIX_ROUTES: Mapping[str, str] = {"aime": DAPO, "amc": DAPO}
 _DAPO_READ_CHARS = VERL_TAIL_CHARS + MAX_ANSWER_CHARS + 4096
 
 
-class RewardFunctionError(RuntimeError):
+class RewardFunctionError(DapoError, RuntimeError):
     """A scorer or user reward function raised on a sample (on_error="raise")."""
 
 

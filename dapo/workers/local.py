@@ -156,8 +156,11 @@ class ResponseForward:
     sorted by length. Both give the same logits up to float rounding.
     """
 
-    def __init__(self, model: nn.Module, share_prompts: bool):
+    def __init__(self, model: nn.Module, share_prompts: bool, temperature: float = 1.0):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.model = model
+        self.temperature = temperature
         self.fallback_reason = shared_prefix_problem(model) if share_prompts else "not asked for"
         self.shared = SharedPrefixForward(model) if self.fallback_reason is None else None
 
@@ -185,9 +188,13 @@ class ResponseForward:
         return prompt_tokens + int((mask[:, Tp:].sum(dim=1) - 1).clamp(min=0).sum())
 
     def logits(self, micro: TrainBatch) -> Tensor:
+        """Logits of the distribution the responses were sampled from: the model's, divided by the rollout
+        temperature (as verl and TRL do), so that ratios, KL and entropy are those of the sampling policy."""
         if self.shared is None:
-            return _hf_response_logits(self.model, micro)
-        return _shared_response_logits(self.shared, micro)
+            logits = _hf_response_logits(self.model, micro)
+        else:
+            logits = _shared_response_logits(self.shared, micro)
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def _shared_response_logits(forward: SharedPrefixForward, micro: TrainBatch) -> Tensor:
@@ -241,6 +248,7 @@ class PolicyWorker:
         with_reference: bool,
         micro_batch_max_tokens: int,
         share_prompt_forward: bool = True,
+        temperature: float = 1.0,
     ):
         self.model = model
         self.optim = optim
@@ -250,8 +258,10 @@ class PolicyWorker:
         if with_reference:
             # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode.
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self.forward = ResponseForward(model, share_prompt_forward)
-        self.reference_forward = ResponseForward(self.reference, share_prompt_forward) if self.reference else None
+        self.forward = ResponseForward(model, share_prompt_forward, temperature)
+        self.reference_forward = (
+            ResponseForward(self.reference, share_prompt_forward, temperature) if self.reference else None
+        )
 
     @torch.no_grad()
     def compute_logprobs(

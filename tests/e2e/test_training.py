@@ -80,6 +80,18 @@ def test_resume_with_changed_config_lists_differences(base_model_dir, tmp_path, 
         Trainer(load_config("cpu_dapo", None, changed), log_to_console=False)
 
 
+def test_the_cli_reports_a_refused_resume_without_a_traceback(base_model_dir, tmp_path, e2e_overrides, capsys):
+    from dapo.cli import main
+
+    settings = {"trainer.total_steps": 1, "trainer.save_freq": 1}
+    _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "r", **settings))
+    changed = e2e_overrides(base_model_dir, tmp_path, "r", **settings, **{"trainer.resume": "auto", "actor.lr": 0.5})
+    assert main(["train", "--no-plot", *changed]) == 1
+    err = capsys.readouterr().err
+    assert "ResumeConfigError" in err and "actor.lr: 0.001 -> 0.5" in err and "accept_config_changes" in err
+    assert "Traceback" not in err
+
+
 def test_dynamic_sampling_fills_the_batch_with_informative_groups(base_model_dir, tmp_path, e2e_overrides):
     # A reward under which most groups are all-correct: they carry no signal and must be replaced.
     reward = Path(__file__).with_name("easy_reward.py")
@@ -198,3 +210,57 @@ def test_export_is_a_hugging_face_model(base_model_dir, tmp_path, e2e_overrides)
     reloaded = AutoModelForCausalLM.from_pretrained(path)
     for name, value in trainer.model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], value)
+
+
+def test_old_logprobs_taken_from_the_rollout_equal_a_recompute(base_model_dir, tmp_path, e2e_overrides):
+    """With 2 mini-batches π_old is needed; the built-in engine's log-probs (same module, float32, T = 1) are
+    the training forward's up to float rounding, so the recomputing pass is skipped."""
+    from dapo.groups import build_train_batch, sequence_mask
+    from dapo.trainer import Timer
+
+    trainer = Trainer(load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "lp")), log_to_console=False)
+    try:
+        groups = trainer._collect_groups(1, Timer(), {})
+        batch = build_train_batch(groups, trainer.tokenizer.pad_token_id, False)
+        all_tokens = sequence_mask(groups)
+        reused = trainer._logprobs_from_rollout(groups, all_tokens)
+        recomputed = trainer.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
+    finally:
+        trainer.close()
+    assert reused is not None and reused.shape == recomputed.shape
+    torch.testing.assert_close(reused, recomputed, atol=1e-4, rtol=0)
+    assert (reused[all_tokens == 0] == 0).all() and (reused[all_tokens == 1] < 0).any()
+
+
+@pytest.mark.parametrize(
+    ("extra", "reused"),
+    [
+        ({}, 1.0),
+        ({"actor.reuse_rollout_logprobs": False}, 0.0),
+        ({"rollout.temperature": 0.9}, 0.0),  # the engine reports untempered log-probs
+    ],
+)
+def test_when_the_rollout_logprobs_are_reused(base_model_dir, tmp_path, e2e_overrides, extra, reused):
+    _, rows = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "when", **{"trainer.total_steps": 1}, **extra))
+    assert rows[0]["train/old_logprobs_from_rollout"] == reused
+
+
+def test_groups_carried_to_the_next_step_drop_their_rollout_logprobs(base_model_dir, tmp_path, e2e_overrides):
+    overrides = e2e_overrides(
+        base_model_dir,
+        tmp_path,
+        "carry",
+        **{"trainer.total_steps": 1, "data.gen_batch_size": 32, "algo.dynamic_sampling.keep_surplus": True},
+    )
+    first, rows = _run("cpu_dapo", overrides)
+    assert rows[0]["train/old_logprobs_from_rollout"] == 1.0
+    assert first.buffer and all(g.rollout_logprobs is None for g in first.buffer)
+    # A step that starts from the buffer (sampled by other weights) recomputes π_old.
+    overrides[overrides.index("trainer.run_name=carry")] = "trainer.run_name=carry2"
+    second = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
+    try:
+        second.buffer = first.buffer
+        metrics = second.train_step(1)
+    finally:
+        second.close()
+    assert metrics["train/groups_from_buffer"] > 0 and metrics["train/old_logprobs_from_rollout"] == 0.0

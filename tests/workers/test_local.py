@@ -60,6 +60,25 @@ def test_logprobs_match_a_plain_forward_and_ignore_padding(model, share):
         assert (logprobs[row, n_resp:] == 0).all() and (entropy[row, n_resp:] == 0).all()
 
 
+@pytest.mark.parametrize("share", [True, False], ids=["shared_prefix", "hf"])
+def test_logprobs_and_entropy_are_those_of_the_sampling_temperature(model, share):
+    """Samples come from softmax(logits / T): the ratio, KL and entropy must use that distribution (verl, TRL)."""
+    batch = _batch(model.config.vocab_size)
+    worker = PolicyWorker(
+        model, OPTIM, with_reference=False, micro_batch_max_tokens=10_000, share_prompt_forward=share, temperature=0.6
+    )
+    logprobs, entropy = worker.compute_logprobs(batch, with_entropy=True)
+    row = 5
+    real = batch.attention_mask[row]
+    ids = batch.input_ids[row][real].unsqueeze(0)
+    n_prompt, n_resp = int(real[: batch.prompt_width].sum()), int(batch.response_mask[row].sum())
+    tempered = model(input_ids=ids).logits[0, n_prompt - 1 : n_prompt - 1 + n_resp] / 0.6
+    torch.testing.assert_close(
+        logprobs[row, :n_resp], algo.token_logprobs(tempered, ids[0, n_prompt:]), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(entropy[row, :n_resp], algo.entropy_from_logits(tempered), atol=1e-5, rtol=1e-5)
+
+
 def _sgd_update(model, batch, params, micro_batch_max_tokens, share=True):
     """One update of a copy of `model` (old log-probs shifted so ratios differ from 1); returns its weights
     and stats. Plain SGD with lr 1: the parameter change IS the (summed) gradient; Adam would amplify noise
