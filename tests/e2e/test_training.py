@@ -218,7 +218,8 @@ def test_old_logprobs_taken_from_the_rollout_equal_a_recompute(base_model_dir, t
     from dapo.groups import build_train_batch, sequence_mask
     from dapo.trainer import Timer
 
-    trainer = Trainer(load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "lp")), log_to_console=False)
+    config = load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "lp"))
+    trainer = Trainer(config, log_to_console=False)
     try:
         groups = trainer._collect_groups(1, Timer(), {})
         batch = build_train_batch(groups, trainer.tokenizer.pad_token_id, False)

@@ -35,8 +35,8 @@ def _groups(vocab, seed=0):
     return prompts, row_prompt, responses, lengths
 
 
-def _padded_forward(model, prompts, row_prompt, responses, lengths):
-    """The reference: the model's own forward over left-padded prompts + right-padded responses."""
+def _batch_of(prompts, row_prompt, responses, lengths) -> TrainBatch:
+    """Left-padded prompts + right-padded responses, as the trainer builds them."""
     Tp, T = max(len(p) for p in prompts), responses.shape[1]
     rows = len(row_prompt)
     ids = torch.zeros(rows, Tp + T, dtype=torch.long)
@@ -45,8 +45,17 @@ def _padded_forward(model, prompts, row_prompt, responses, lengths):
         p, n = prompts[row_prompt[r]], int(lengths[r])
         ids[r, Tp - len(p) : Tp], mask[r, Tp - len(p) : Tp] = p, True
         ids[r, Tp : Tp + n], mask[r, Tp : Tp + n] = responses[r, :n], True
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False)
-    return out.logits[:, Tp - 1 : Tp - 1 + T]
+    return TrainBatch(ids, mask, mask[:, Tp:].float(), Tp, row_prompt.clone())
+
+
+def _padded_forward(model, prompts, row_prompt, responses, lengths):
+    """The reference: the model's own forward over the padded rows."""
+    b = _batch_of(prompts, row_prompt, responses, lengths)
+    out = model(
+        input_ids=b.input_ids, attention_mask=b.attention_mask.long(), position_ids=position_ids(b.attention_mask),
+        use_cache=False,
+    )  # fmt: skip
+    return out.logits[:, b.prompt_width - 1 : b.prompt_width - 1 + responses.shape[1]]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -104,18 +113,6 @@ def test_a_prompt_s_responses_do_not_see_each_other(tok):
     real = torch.arange(8)[None, :] < lengths[others, None]
     torch.testing.assert_close(after[others][real], before[others][real], atol=1e-6, rtol=0)
     assert not torch.allclose(after[2, 1:7], before[2, 1:7])  # its own later tokens do change
-
-
-def _batch_of(prompts, row_prompt, responses, lengths):
-    Tp, T = max(len(p) for p in prompts), responses.shape[1]
-    rows = len(row_prompt)
-    ids = torch.zeros(rows, Tp + T, dtype=torch.long)
-    mask = torch.zeros(rows, Tp + T, dtype=torch.bool)
-    for r in range(rows):
-        p, n = prompts[row_prompt[r]], int(lengths[r])
-        ids[r, Tp - len(p) : Tp], mask[r, Tp - len(p) : Tp] = p, True
-        ids[r, Tp : Tp + n], mask[r, Tp : Tp + n] = responses[r, :n], True
-    return TrainBatch(ids, mask, mask[:, Tp:].float(), Tp, row_prompt.clone())
 
 
 def test_prompt_sharing_reads_the_batch_and_refuses_rows_with_another_prompt(tok):
