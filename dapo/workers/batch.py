@@ -118,7 +118,7 @@ def grouped_micro_batches(batch: TrainBatch, rows: Tensor, max_tokens: int) -> l
     """Split `rows` into micro-batches for the shared-prefix forward: rows of a prompt stay together (so the
     prompt is computed once per micro-batch that holds any of them), and a micro-batch's packed size (each
     distinct prompt once plus every response) stays within max_tokens. Rows are ordered by group, then by
-    response length (less padding in the response attention block)."""
+    response length (a group too large for one micro-batch is split between its shorter and longer rows)."""
     prompt_len = batch.attention_mask[:, : batch.prompt_width].sum(dim=1).tolist()
     response_len = batch.attention_mask[:, batch.prompt_width :].sum(dim=1).tolist()
     group = batch.group_index.tolist()
