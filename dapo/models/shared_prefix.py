@@ -35,6 +35,8 @@ class SharedPrefixForward:
 
     def __init__(self, model: nn.Module):
         reason = unsupported_reason(model)
+        if reason is None and float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0:
+            reason = "attention_dropout > 0 (this forward applies no dropout)"
         if reason is not None:
             raise NotImplementedError(f"the shared-prefix forward does not cover this model: {reason}")
         self.model = model

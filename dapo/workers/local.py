@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 
 from dapo import algo
-from dapo.models.llama_ops import unsupported_reason
 from dapo.models.shared_prefix import SharedPrefixForward
 from dapo.workers.batch import (
     TrainBatch,
@@ -115,8 +114,10 @@ def _hf_response_logits(model: nn.Module, micro: TrainBatch) -> Tensor:
 def shared_prefix_problem(model: nn.Module) -> str | None:
     """None if the shared-prefix forward covers `model` and reproduces its own forward on a small batch
     (two prompts of different lengths, rows of different lengths); else why not."""
-    if (reason := unsupported_reason(model)) is not None:
-        return reason
+    try:
+        forward = SharedPrefixForward(model)
+    except NotImplementedError as e:
+        return str(e)
     g = torch.Generator().manual_seed(0)
     vocab = model.get_output_embeddings().weight.shape[0]
     device = model.get_output_embeddings().weight.device
@@ -136,7 +137,7 @@ def shared_prefix_problem(model: nn.Module) -> str | None:
     try:
         with torch.no_grad():
             want = _hf_response_logits(model, batch).float()
-            got = _shared_response_logits(SharedPrefixForward(model), batch).float()
+            got = _shared_response_logits(forward, batch).float()
     except Exception as e:  # an architecture variant the ops do not cover
         return repr(e)
     finally:

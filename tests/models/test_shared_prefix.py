@@ -164,3 +164,10 @@ def test_models_it_does_not_cover_fall_back_to_their_own_forward():
         SharedPrefixForward(model)
     forward = ResponseForward(model, True)
     assert forward.name == "hf" and "gpt2" in forward.fallback_reason
+
+
+def test_a_model_with_attention_dropout_keeps_its_own_forward(tok):
+    model = build_tiny_model(tok, "1m", arch="llama")
+    model.config.attention_dropout = 0.1  # the HF forward drops attention weights in training; ours would not
+    forward = ResponseForward(model, True)
+    assert forward.name == "hf" and "attention_dropout" in forward.fallback_reason
