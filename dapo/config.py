@@ -211,8 +211,8 @@ class ActorConfig:
     """token budget of one forward/backward micro-batch (verl ppo_max_token_len_per_gpu): rows x longest
     row with the HF forward, distinct prompts + responses with share_prompt_forward"""
     share_prompt_forward: bool = True
-    """compute each prompt once for all its responses, on packed tokens, in every log-prob pass and the
-    update (Llama/Qwen2 models; checked against the model's own forward at start, which is used otherwise):
+    """compute each prompt once for all its responses, on packed tokens, in every log-prob pass, the update
+    and the critic (Llama/Qwen2 models; checked against the model's own forward at start, used otherwise):
     the same logits and gradients up to float rounding, without G-1 of every G prompt copies and without
     padding (2.1x fewer tokens on the trainer benchmark's batches)"""
     reuse_rollout_logprobs: bool = True

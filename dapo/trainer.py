@@ -118,8 +118,9 @@ class Trainer:
         if config.uses_critic:
             critic_optim = self._optim_params(config.critic.lr, config.critic.weight_decay, config.critic.grad_clip)
             self.critic = CriticWorker(
-                self.model, critic_optim, config.critic.value_clip, config.actor.micro_batch_max_tokens
-            )
+                self.model, critic_optim, config.critic.value_clip, config.actor.micro_batch_max_tokens,
+                share_prompt_forward=config.actor.share_prompt_forward,
+            )  # fmt: skip
         self.counters = Counters(kl_reward_coef=config.algo.kl_reward_coef)
         self.buffer: list[ScoredGroup] = []
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=config.trainer.keep_last)

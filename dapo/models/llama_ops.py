@@ -52,7 +52,7 @@ class Geometry:
         config = model.config
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        attention = model.model.layers[0].self_attn
+        attention = model.get_decoder().layers[0].self_attn
         return cls(
             num_heads=heads,
             num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
@@ -127,8 +127,13 @@ def mlp_block(h: Tensor, w: LayerWeights) -> Tensor:
     return h + F.linear(F.silu(gate) * up, w.down_weight, w.down_bias)
 
 
+def final_norm(model: nn.Module) -> tuple[Tensor, float]:
+    """(weight, epsilon) of the norm after the last layer, of a causal LM or of its bare decoder."""
+    norm = model.get_decoder().norm
+    return norm.weight, norm.variance_epsilon
+
+
 def output_head(model: nn.Module) -> tuple[Tensor, float, Tensor, Tensor | None]:
     """(final norm weight, its epsilon, head weight, head bias)."""
     head = model.get_output_embeddings()
-    norm = model.model.norm
-    return norm.weight, norm.variance_epsilon, head.weight, head.bias
+    return *final_norm(model), head.weight, head.bias

@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dapo.models.llama_ops import Geometry, gather_layer, mlp_block, output_head, rms_norm, rotate, unsupported_reason
+from dapo.models.llama_ops import Geometry, final_norm, gather_layer, mlp_block, rms_norm, rotate, unsupported_reason
 
 
 class SharedPrefixForward:
-    """Logits of response tokens for rows grouped by prompt (differentiable; runs under grad or no_grad)."""
+    """Logits (or final hidden states) of response tokens for rows grouped by prompt (differentiable; runs
+    under grad or no_grad). `model` is a causal LM, or a bare decoder (a critic's body) for hidden states."""
 
     def __init__(self, model: nn.Module):
         reason = unsupported_reason(model)
@@ -40,6 +41,7 @@ class SharedPrefixForward:
         if reason is not None:
             raise NotImplementedError(f"the shared-prefix forward does not cover this model: {reason}")
         self.model = model
+        self.decoder = model.get_decoder()
         self.geometry = Geometry.of(model)
 
     def response_logits(
@@ -51,8 +53,18 @@ class SharedPrefixForward:
         row continues; responses: (b, T) long, right-padded; response_lengths: (b,) real tokens per row.
         Positions t >= response_lengths hold arbitrary finite logits (mask them out, as for any padding).
         """
-        model, g = self.model, self.geometry
-        device = model.get_output_embeddings().weight.device
+        hidden, index = self.response_hidden(prompts, row_prompt, responses, response_lengths)
+        head = self.model.get_output_embeddings()
+        return F.linear(hidden, head.weight, head.bias)[index]
+
+    def response_hidden(
+        self, prompts: Sequence[Tensor], row_prompt: Tensor, responses: Tensor, response_lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The decoder's final (normed) hidden states at the positions that predict response tokens, (n, D),
+        and the (b, T) index that places them: hidden[index[row, t]] predicts response token t of the row
+        (what a head on the decoder's `last_hidden_state` reads there). Arguments as `response_logits`."""
+        decoder, g = self.decoder, self.geometry
+        device = decoder.embed_tokens.weight.device
         prompt_lengths = torch.tensor([len(p) for p in prompts], device=device)
         if bool((prompt_lengths == 0).any()):
             raise ValueError("every prompt needs at least one token (its last position predicts response token 0)")
@@ -75,12 +87,12 @@ class SharedPrefixForward:
                 (prompt_lengths[row_prompt][:, None] + torch.arange(R, device=device))[fed_slots],
             ]
         )
-        h = F.embedding(tokens, model.model.embed_tokens.weight)  # (N, D): packed, no padding
-        cos, sin = model.model.rotary_emb(h[None], positions[None])  # (1, N, d), with any rope scaling
+        h = F.embedding(tokens, decoder.embed_tokens.weight)  # (N, D): packed, no padding
+        cos, sin = decoder.rotary_emb(h[None], positions[None])  # (1, N, d), with any rope scaling
         cos, sin = cos[0, :, None].to(h.dtype), sin[0, :, None].to(h.dtype)  # (N, 1, d)
 
         H, KV, d = g.num_heads, g.num_kv_heads, g.head_dim
-        for layer in model.model.layers:
+        for layer in decoder.layers:
             w = gather_layer(layer)
             qkv = F.linear(rms_norm(h, w.norm_in, w.norm_in_eps), w.qkv_weight, w.qkv_bias)
             qk = rotate(qkv[:, : (H + KV) * d].view(-1, H + KV, d), cos, sin)  # q and k in one rotation
@@ -108,13 +120,11 @@ class SharedPrefixForward:
 
         # Positions that predict a response token: each prompt's last, then every fed response token.
         last_prompt = prompt_lengths.cumsum(0) - 1
-        norm_weight, eps, head_weight, head_bias = output_head(model)
-        predicting = torch.cat([h[last_prompt], h[num_prompt_tokens:]])
-        logits = F.linear(rms_norm(predicting, norm_weight, eps), head_weight, head_bias)  # (groups + fed, V)
+        predicting = torch.cat([h[last_prompt], h[num_prompt_tokens:]])  # (groups + fed, D)
         rows_in_order = torch.empty_like(order)
         rows_in_order[order] = torch.arange(len(order), device=device)
         index = _logit_rows(row_prompt, fed_slots, len(prompts), responses.shape[1])[rows_in_order]
-        return logits[index]
+        return rms_norm(predicting, *final_norm(decoder)), index
 
 
 @dataclass(frozen=True)

@@ -112,17 +112,18 @@ def _hf_response_logits(model: nn.Module, micro: TrainBatch) -> Tensor:
 
 
 def shared_prefix_problem(model: nn.Module) -> str | None:
-    """None if the shared-prefix forward covers `model` and reproduces its own forward on a small batch
-    (two prompts of different lengths, rows of different lengths); else why not."""
+    """None if the shared-prefix forward covers `model` (a causal LM or a critic's decoder body) and
+    reproduces its decoder's final hidden states on a small batch (two prompts of different lengths, rows of
+    different lengths); else why not. Heads are plain linear layers on those states, so this covers logits
+    and values alike."""
     try:
         forward = SharedPrefixForward(model)
     except NotImplementedError as e:
         return str(e)
     g = torch.Generator().manual_seed(0)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    device = model.get_output_embeddings().weight.device
-    prompts = [torch.randint(0, vocab, (k,), generator=g) for k in (5, 2)]
-    responses = torch.randint(0, vocab, (3, 4), generator=g)
+    weight = forward.decoder.embed_tokens.weight
+    prompts = [torch.randint(0, weight.shape[0], (k,), generator=g) for k in (5, 2)]
+    responses = torch.randint(0, weight.shape[0], (3, 4), generator=g)
     lengths = torch.tensor([4, 1, 3])
     group_index = torch.tensor([0, 0, 1])
     ids = torch.zeros(3, 9, dtype=torch.long)
@@ -131,21 +132,25 @@ def shared_prefix_problem(model: nn.Module) -> str | None:
         prompt = prompts[group]
         ids[row, 5 - len(prompt) : 5], mask[row, 5 - len(prompt) : 5] = prompt, True
         ids[row, 5 : 5 + length], mask[row, 5 : 5 + length] = responses[row, :length], True
-    batch = TrainBatch(ids.to(device), mask.to(device), mask[:, 5:].float(), 5, group_index)
+    ids, mask = ids.to(weight.device), mask.to(weight.device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            want = _hf_response_logits(model, batch).float()
-            got = _shared_response_logits(forward, batch).float()
+            out = forward.decoder(
+                input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
+            )
+            want = out.last_hidden_state[:, 4:8].float()
+            hidden, index = forward.response_hidden(prompts, group_index, ids[:, 5:], lengths)
+            got = hidden[index].float()
     except Exception as e:  # an architecture variant the ops do not cover
         return repr(e)
     finally:
         model.train(was_training)
-    real = mask[:, 5:].to(device)
+    real = mask[:, 5:]
     worst = float((got - want)[real].abs().max())
-    tol = 1e-3 if model.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
-    return None if worst <= tol else f"logits differ from the model's forward by {worst:.2g} (> {tol})"
+    tol = 1e-3 if weight.dtype == torch.float32 else 5e-2
+    return None if worst <= tol else f"hidden states differ from the model's forward by {worst:.2g} (> {tol})"
 
 
 class ResponseForward:
@@ -395,17 +400,36 @@ class ValueModel(nn.Module):
 
 
 class CriticWorker:
-    """Holds the value model of PPO and its own optimiser."""
+    """Holds the value model of PPO and its own optimiser. Like the policy, it computes each prompt once for
+    its responses when the shared-prefix forward covers the body (`share_prompt_forward`)."""
 
-    def __init__(self, policy: nn.Module, optim: OptimParams, value_clip: float | None, micro_batch_max_tokens: int):
+    def __init__(
+        self,
+        policy: nn.Module,
+        optim: OptimParams,
+        value_clip: float | None,
+        micro_batch_max_tokens: int,
+        share_prompt_forward: bool = True,
+    ):
         self.model = ValueModel(policy)
         self.optim = optim
         self.value_clip = value_clip
         self.micro_batch_max_tokens = micro_batch_max_tokens
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim)
+        problem = shared_prefix_problem(self.model.body) if share_prompt_forward else "not asked for"
+        self.shared = SharedPrefixForward(self.model.body) if problem is None else None
+
+    def _micro_batches(self, batch: TrainBatch, rows: Tensor) -> list[Tensor]:
+        if self.shared is not None:
+            return grouped_micro_batches(batch, rows, self.micro_batch_max_tokens)
+        return micro_batches(_row_lengths(batch), rows, self.micro_batch_max_tokens)
 
     def _values(self, micro: TrainBatch) -> Tensor:
         # V(s_t) for response token t is read at the position that predicts it (the state before emitting it).
+        if self.shared is not None:
+            prompts, row_prompt, response_lengths = prompt_sharing(micro)
+            hidden, index = self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
+            return self.model.head(hidden).squeeze(-1)[index]
         values = self.model(micro.input_ids, micro.attention_mask.long(), position_ids(micro.attention_mask))
         width = micro.response_ids.shape[1]
         return values[:, micro.prompt_width - 1 : micro.prompt_width - 1 + width]
@@ -414,7 +438,7 @@ class CriticWorker:
     def compute_values(self, batch: TrainBatch) -> Tensor:
         self.model.eval()
         values = torch.zeros(batch.response_mask.shape)
-        for rows in micro_batches(_row_lengths(batch), torch.arange(batch.num_rows), self.micro_batch_max_tokens):
+        for rows in self._micro_batches(batch, torch.arange(batch.num_rows)):
             micro = batch.select(rows)
             v = self._values(micro)
             values[rows, : v.shape[1]] = v
@@ -423,13 +447,12 @@ class CriticWorker:
     def update(self, batch: TrainBatch, groups_per_mini_batch: int, epochs: int) -> dict[str, float]:
         self.model.train()
         stats = _Accumulator()
-        lengths = _row_lengths(batch)
         for _ in range(epochs):
             for rows in mini_batches(batch, groups_per_mini_batch, None):
                 weights = torch.zeros(batch.num_rows, dtype=torch.float64)
                 weights[rows] = algo.loss_row_weights(batch.response_mask[rows], "token-mean")
                 mini_loss = 0.0
-                for micro_rows in micro_batches(lengths, rows, self.micro_batch_max_tokens):
+                for micro_rows in self._micro_batches(batch, rows):
                     micro = batch.select(micro_rows)
                     values = self._values(micro)
                     loss, clipped = algo.clipped_value_loss(values, micro.old_values, micro.returns, self.value_clip)

@@ -201,6 +201,32 @@ def test_critic_learns_a_constant_return(model):
     assert errors[-1] < 0.1 * errors[0]
 
 
+def test_critic_values_and_update_are_the_same_with_shared_prompts(model):
+    batch = _batch(model.config.vocab_size, seed=7)
+    returns = batch.response_mask * 0.3
+    results = []
+    for share in (True, False):
+        critic = CriticWorker(model, OPTIM, 0.5, 10_000, share_prompt_forward=share)
+        assert (critic.shared is not None) == share
+        with torch.no_grad():  # a non-zero head, so that values and the body's gradient are not trivially 0
+            critic.model.head.weight.copy_(torch.linspace(-1, 1, model.config.hidden_size)[None])
+        critic.optimizer = torch.optim.SGD(critic.model.parameters(), lr=1.0)
+        values = critic.compute_values(batch)
+        critic.update(batch.replace(old_values=values, returns=returns), 3, 1)
+        results.append((values, critic.model.state_dict()))
+    (v_shared, w_shared), (v_own, w_own) = results
+    assert v_own.abs().sum() > 0
+    torch.testing.assert_close(v_shared, v_own, atol=1e-5, rtol=1e-5)
+    before = CriticWorker(model, OPTIM, 0.5, 10_000).model.state_dict()
+    for name, w in w_own.items():
+        if name.startswith("head."):
+            continue  # the head was overwritten above
+        step_own, step_shared = w - before[name], w_shared[name] - before[name]  # = the gradient (SGD, lr 1)
+        scale = float(step_own.abs().max()) + 1e-8
+        assert scale > 1e-6, name  # the body does get a gradient
+        torch.testing.assert_close(step_shared / scale, step_own / scale, atol=1e-4, rtol=0, msg=name)
+
+
 def test_lr_schedule():
     assert [lr_factor(s, 2, "constant", 10, 0.0) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
     assert lr_factor(10, 0, "cosine", 10, 0.1) == pytest.approx(0.1)
