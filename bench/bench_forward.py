@@ -21,7 +21,7 @@ import torch
 
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.models.shared_prefix import SharedPrefixForward
-from dapo.workers.batch import position_ids
+from dapo.workers.batch import batch_from_prompts, position_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS, PER_GROUP, WIDTH = 8, 8, 64
@@ -37,24 +37,12 @@ def make_batch(vocab: int, prompt_range: tuple[int, int], seed: int = 0):
     return prompts, row_prompt, responses, lengths
 
 
-def padded(prompts, row_prompt, responses, lengths):
-    """The trainer's padded layout: left-padded prompt, right-padded response."""
-    tp = max(len(p) for p in prompts)
-    rows = len(row_prompt)
-    ids = torch.zeros(rows, tp + WIDTH, dtype=torch.long)
-    mask = torch.zeros(rows, tp + WIDTH, dtype=torch.bool)
-    for r in range(rows):
-        p, n = prompts[row_prompt[r]], int(lengths[r])
-        ids[r, tp - len(p) : tp], mask[r, tp - len(p) : tp] = p, True
-        ids[r, tp : tp + n], mask[r, tp : tp + n] = responses[r, :n], True
-    return ids, mask, tp
-
-
 def bench(size: str, prompt_range: tuple[int, int], repeats: int) -> dict:
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, size, arch="llama").train()
     prompts, row_prompt, responses, lengths = make_batch(model.config.vocab_size, prompt_range)
-    ids, mask, tp = padded(prompts, row_prompt, responses, lengths)
+    batch = batch_from_prompts(prompts, row_prompt, responses, lengths)  # the trainer's padded layout
+    ids, mask, tp = batch.input_ids, batch.attention_mask, batch.prompt_width
     shared = SharedPrefixForward(model)
 
     def own_forward():

@@ -160,6 +160,22 @@ def prompt_sharing(batch: TrainBatch) -> tuple[list[Tensor], Tensor, Tensor]:
     return prompts, row_prompt, batch.attention_mask[:, Tp:].sum(dim=1)
 
 
+def batch_from_prompts(
+    prompts: Sequence[Tensor], row_prompt: Tensor, responses: Tensor, response_lengths: Tensor, pad_id: int = 0
+) -> TrainBatch:
+    """The padded TrainBatch of rows given as the shared-prefix forward takes them (distinct prompts, which
+    prompt each row continues, right-padded responses and their lengths); every response token in the loss."""
+    Tp, T = max(len(p) for p in prompts), responses.shape[1]
+    rows = len(row_prompt)
+    ids = torch.full((rows, Tp + T), pad_id, dtype=torch.long)
+    mask = torch.zeros(rows, Tp + T, dtype=torch.bool)
+    for r, (p, n) in enumerate(zip(row_prompt.tolist(), response_lengths.tolist(), strict=True)):
+        prompt = prompts[p]
+        ids[r, Tp - len(prompt) : Tp], mask[r, Tp - len(prompt) : Tp] = prompt, True
+        ids[r, Tp : Tp + n], mask[r, Tp : Tp + n] = responses[r, :n], True
+    return TrainBatch(ids, mask, mask[:, Tp:].float(), Tp, row_prompt.clone())
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding: 0 at the first real token of every row."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)

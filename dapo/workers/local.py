@@ -21,6 +21,7 @@ from dapo import algo
 from dapo.models.shared_prefix import SharedPrefixForward
 from dapo.workers.batch import (
     TrainBatch,
+    batch_from_prompts,
     grouped_micro_batches,
     micro_batches,
     mini_batches,
@@ -126,13 +127,8 @@ def shared_prefix_problem(model: nn.Module) -> str | None:
     responses = torch.randint(0, weight.shape[0], (3, 4), generator=g)
     lengths = torch.tensor([4, 1, 3])
     group_index = torch.tensor([0, 0, 1])
-    ids = torch.zeros(3, 9, dtype=torch.long)
-    mask = torch.zeros(3, 9, dtype=torch.bool)
-    for row, (group, length) in enumerate(zip(group_index.tolist(), lengths.tolist(), strict=True)):
-        prompt = prompts[group]
-        ids[row, 5 - len(prompt) : 5], mask[row, 5 - len(prompt) : 5] = prompt, True
-        ids[row, 5 : 5 + length], mask[row, 5 : 5 + length] = responses[row, :length], True
-    ids, mask = ids.to(weight.device), mask.to(weight.device)
+    batch = batch_from_prompts(prompts, group_index, responses, lengths)
+    ids, mask = batch.input_ids.to(weight.device), batch.attention_mask.to(weight.device)
     was_training = model.training
     model.eval()
     try:
@@ -140,14 +136,15 @@ def shared_prefix_problem(model: nn.Module) -> str | None:
             out = forward.decoder(
                 input_ids=ids, attention_mask=mask.long(), position_ids=position_ids(mask), use_cache=False
             )
-            want = out.last_hidden_state[:, 4:8].float()
-            hidden, index = forward.response_hidden(prompts, group_index, ids[:, 5:], lengths)
+            width = batch.prompt_width
+            want = out.last_hidden_state[:, width - 1 : width - 1 + responses.shape[1]].float()
+            hidden, index = forward.response_hidden(prompts, group_index, responses, lengths)
             got = hidden[index].float()
     except Exception as e:  # an architecture variant the ops do not cover
         return repr(e)
     finally:
         model.train(was_training)
-    real = mask[:, 5:]
+    real = mask[:, batch.prompt_width :]
     worst = float((got - want)[real].abs().max())
     tol = 1e-3 if weight.dtype == torch.float32 else 5e-2
     return None if worst <= tol else f"hidden states differ from the model's forward by {worst:.2g} (> {tol})"

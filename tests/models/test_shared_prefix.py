@@ -5,7 +5,7 @@ import torch
 
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.models.shared_prefix import SharedPrefixForward
-from dapo.workers.batch import TrainBatch, grouped_micro_batches, position_ids, prompt_sharing
+from dapo.workers.batch import batch_from_prompts, grouped_micro_batches, position_ids, prompt_sharing
 from dapo.workers.local import ResponseForward
 
 
@@ -35,22 +35,9 @@ def _groups(vocab, seed=0):
     return prompts, row_prompt, responses, lengths
 
 
-def _batch_of(prompts, row_prompt, responses, lengths) -> TrainBatch:
-    """Left-padded prompts + right-padded responses, as the trainer builds them."""
-    Tp, T = max(len(p) for p in prompts), responses.shape[1]
-    rows = len(row_prompt)
-    ids = torch.zeros(rows, Tp + T, dtype=torch.long)
-    mask = torch.zeros(rows, Tp + T, dtype=torch.bool)
-    for r in range(rows):
-        p, n = prompts[row_prompt[r]], int(lengths[r])
-        ids[r, Tp - len(p) : Tp], mask[r, Tp - len(p) : Tp] = p, True
-        ids[r, Tp : Tp + n], mask[r, Tp : Tp + n] = responses[r, :n], True
-    return TrainBatch(ids, mask, mask[:, Tp:].float(), Tp, row_prompt.clone())
-
-
 def _padded_forward(model, prompts, row_prompt, responses, lengths):
     """The reference: the model's own forward over the padded rows."""
-    b = _batch_of(prompts, row_prompt, responses, lengths)
+    b = batch_from_prompts(prompts, row_prompt, responses, lengths)
     out = model(
         input_ids=b.input_ids, attention_mask=b.attention_mask.long(), position_ids=position_ids(b.attention_mask),
         use_cache=False,
@@ -117,7 +104,7 @@ def test_a_prompt_s_responses_do_not_see_each_other(tok):
 
 def test_prompt_sharing_reads_the_batch_and_refuses_rows_with_another_prompt(tok):
     inputs = _groups(104)
-    batch = _batch_of(*inputs)
+    batch = batch_from_prompts(*inputs)
     prompts, row_prompt, lengths = prompt_sharing(batch)
     assert [p.tolist() for p in prompts] == [p.tolist() for p in inputs[0]]
     assert row_prompt.tolist() == inputs[1].tolist() and lengths.tolist() == inputs[3].tolist()
@@ -129,7 +116,7 @@ def test_prompt_sharing_reads_the_batch_and_refuses_rows_with_another_prompt(tok
 
 def test_grouped_micro_batches_keep_groups_together_within_the_budget():
     inputs = _groups(104)
-    batch = _batch_of(*inputs)
+    batch = batch_from_prompts(*inputs)
     prompt_len = [5, 5, 9, 9, 9, 1]
     response_len = inputs[3].tolist()
     for budget in (1, 10, 16, 1000):
@@ -147,7 +134,7 @@ def test_grouped_micro_batches_keep_groups_together_within_the_budget():
 
 def test_tokens_computed_counts_each_prompt_once(tok):
     model = _model(tok, "llama")
-    batch = _batch_of(*_groups(model.config.vocab_size))
+    batch = batch_from_prompts(*_groups(model.config.vocab_size))
     shared, plain = ResponseForward(model, True), ResponseForward(model, False)
     assert shared.name == "shared_prefix" and plain.name == "hf" and plain.fallback_reason == "not asked for"
     all_rows = torch.arange(6)
