@@ -70,7 +70,7 @@ from dapo.config import Config
 from dapo.data import make_arith_records
 from dapo.models import load_model_and_tokenizer, num_parameters
 from dapo.rewards import score_dapo
-from dapo.sft import SftSettings, build_base_model
+from dapo.sft import SftSettings, base_model_name, build_base_model
 from dapo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,11 +106,12 @@ class Workload:
 
 def base_model(size: str, level: int, sft_steps: int, cache: Path) -> Path:
     """The tiny model warm-started on arith (cached: the SFT is set-up, not benchmark)."""
-    out = cache / f"tiny-{size}-arith-level{level}-sft{sft_steps}"
+    settings = SftSettings(steps=sft_steps, shortcut_rate=0.0)
+    out = cache / base_model_name(size, level, settings)
     if not (out / "config.json").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(min(2, os.cpu_count() or 1))  # set-up only; timed runs use one thread
-        build_base_model(size, level, out, SftSettings(steps=sft_steps, shortcut_rate=0.0), say=print)
+        build_base_model(size, level, out, settings, say=print)
     return out
 
 

@@ -111,6 +111,14 @@ class Trainer:
             share_prompt_forward=config.actor.share_prompt_forward,
             temperature=config.rollout.temperature,
         )
+        # π_old may come from the rollout only when it is this very module's float32, untempered log-prob.
+        self.rollout_logprobs_are_policy_logprobs = (
+            config.actor.reuse_rollout_logprobs
+            and isinstance(self.engine, BuiltinEngine)
+            and self.engine.model is self.model  # the module being trained, not a copy with other weights
+            and config.rollout.temperature == 1.0  # the engine reports untempered log-probs
+            and all(p.dtype == torch.float32 for p in self.model.parameters())
+        )
         if config.actor.share_prompt_forward and self.policy.forward.shared is None:
             self.say(f"actor.share_prompt_forward: falling back to the model's own forward "
                      f"({self.policy.forward.fallback_reason})")  # fmt: skip
@@ -266,14 +274,7 @@ class Trainer:
     def _logprobs_from_rollout(self, groups: list[ScoredGroup], all_tokens: Tensor) -> Tensor | None:
         """π_old as the built-in engine computed it while sampling, when that is the training model's own
         log-prob up to float rounding (actor.reuse_rollout_logprobs); None when it must be recomputed."""
-        reusable = (
-            self.cfg.actor.reuse_rollout_logprobs
-            and isinstance(self.engine, BuiltinEngine)
-            and self.engine.model is self.model  # the module being trained, not a copy with other weights
-            and self.cfg.rollout.temperature == 1.0  # the engine reports untempered log-probs
-            and all(p.dtype == torch.float32 for p in self.model.parameters())
-        )
-        if not reusable:
+        if not self.rollout_logprobs_are_policy_logprobs:
             return None
         logprobs = rollout_logprob_matrix(groups, all_tokens.shape[1])
         return None if logprobs is None else logprobs * all_tokens

@@ -151,7 +151,8 @@ def shared_prefix_problem(model: nn.Module) -> str | None:
 
 
 class ResponseForward:
-    """How a worker gets the logits of response tokens, and how it cuts a mini-batch for it.
+    """How a worker gets the logits of response tokens (or, for a critic's body, the final hidden states under
+    its value head), and how it cuts a mini-batch for it.
 
     "shared_prefix" (when asked for, the model is covered and the self-check agrees): each prompt computed
     once per micro-batch for all its responses, packed tokens (`dapo.models.shared_prefix`); micro-batches
@@ -196,13 +197,15 @@ class ResponseForward:
         if self.shared is None:
             logits = _hf_response_logits(self.model, micro)
         else:
-            logits = _shared_response_logits(self.shared, micro)
+            prompts, row_prompt, response_lengths = prompt_sharing(micro)
+            logits = self.shared.response_logits(prompts, row_prompt, micro.response_ids, response_lengths)
         return logits if self.temperature == 1.0 else logits / self.temperature
 
-
-def _shared_response_logits(forward: SharedPrefixForward, micro: TrainBatch) -> Tensor:
-    prompts, row_prompt, response_lengths = prompt_sharing(micro)
-    return forward.response_logits(prompts, row_prompt, micro.response_ids, response_lengths)
+    def shared_hidden(self, micro: TrainBatch) -> tuple[Tensor, Tensor]:
+        """With the shared-prefix forward: the final hidden states that predict response tokens and their
+        (b, T) index (`SharedPrefixForward.response_hidden`)."""
+        prompts, row_prompt, response_lengths = prompt_sharing(micro)
+        return self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
 
 
 class _Accumulator:
@@ -413,19 +416,12 @@ class CriticWorker:
         self.value_clip = value_clip
         self.micro_batch_max_tokens = micro_batch_max_tokens
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim)
-        problem = shared_prefix_problem(self.model.body) if share_prompt_forward else "not asked for"
-        self.shared = SharedPrefixForward(self.model.body) if problem is None else None
-
-    def _micro_batches(self, batch: TrainBatch, rows: Tensor) -> list[Tensor]:
-        if self.shared is not None:
-            return grouped_micro_batches(batch, rows, self.micro_batch_max_tokens)
-        return micro_batches(_row_lengths(batch), rows, self.micro_batch_max_tokens)
+        self.forward = ResponseForward(self.model.body, share_prompt_forward)  # micro-batching and hidden states
 
     def _values(self, micro: TrainBatch) -> Tensor:
         # V(s_t) for response token t is read at the position that predicts it (the state before emitting it).
-        if self.shared is not None:
-            prompts, row_prompt, response_lengths = prompt_sharing(micro)
-            hidden, index = self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
+        if self.forward.shared is not None:
+            hidden, index = self.forward.shared_hidden(micro)
             return self.model.head(hidden).squeeze(-1)[index]
         values = self.model(micro.input_ids, micro.attention_mask.long(), position_ids(micro.attention_mask))
         width = micro.response_ids.shape[1]
@@ -435,7 +431,7 @@ class CriticWorker:
     def compute_values(self, batch: TrainBatch) -> Tensor:
         self.model.eval()
         values = torch.zeros(batch.response_mask.shape)
-        for rows in self._micro_batches(batch, torch.arange(batch.num_rows)):
+        for rows in self.forward.micro_batches(batch, torch.arange(batch.num_rows), self.micro_batch_max_tokens):
             micro = batch.select(rows)
             v = self._values(micro)
             values[rows, : v.shape[1]] = v
@@ -449,7 +445,7 @@ class CriticWorker:
                 weights = torch.zeros(batch.num_rows, dtype=torch.float64)
                 weights[rows] = algo.loss_row_weights(batch.response_mask[rows], "token-mean")
                 mini_loss = 0.0
-                for micro_rows in self._micro_batches(batch, rows):
+                for micro_rows in self.forward.micro_batches(batch, rows, self.micro_batch_max_tokens):
                     micro = batch.select(micro_rows)
                     values = self._values(micro)
                     loss, clipped = algo.clipped_value_loss(values, micro.old_values, micro.returns, self.value_clip)

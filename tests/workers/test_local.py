@@ -207,7 +207,7 @@ def test_critic_values_and_update_are_the_same_with_shared_prompts(model):
     results = []
     for share in (True, False):
         critic = CriticWorker(model, OPTIM, 0.5, 10_000, share_prompt_forward=share)
-        assert (critic.shared is not None) == share
+        assert (critic.forward.shared is not None) == share
         with torch.no_grad():  # a non-zero head, so that values and the body's gradient are not trivially 0
             critic.model.head.weight.copy_(torch.linspace(-1, 1, model.config.hidden_size)[None])
         critic.optimizer = torch.optim.SGD(critic.model.parameters(), lr=1.0)
