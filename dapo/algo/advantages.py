@@ -105,24 +105,28 @@ def gae_advantages(
 
     Conventions (pinned by tests/algo/test_advantages.py):
         * masked positions are skipped, not treated as terminal: the recursion jumps over them, so
-          garbage in masked rewards or values changes nothing (same semantics as verl's masked GAE).
+          garbage in masked rewards or values (NaN and ±inf included) changes nothing, in the outputs or in
+          the gradient w.r.t. the values (same semantics as verl's masked GAE).
         * the value after the last valid token is 0 (the episode ends with the response).
         * no whitening here; `masked_whiten` is a separate step the caller may apply.
     """
-    mask = mask.to(values.dtype)
-    rewards = token_rewards * mask
+    valid = mask.bool()
+    # `where`, never `* mask`: NaN·0 = NaN and inf·0 = NaN, so a multiplied-away garbage value would still
+    # reach `running` and from there every earlier token of its row (and, through whitening, the batch).
+    rewards = torch.where(valid, token_rewards.to(values.dtype), 0.0)
+    values = torch.where(valid, values, 0.0)
     next_value = torch.zeros_like(values[:, 0])
     running = torch.zeros_like(values[:, 0])
     advantages = torch.zeros_like(values)
     # One Python step per token position, vectorised over the batch; the recursion is inherently sequential.
     for t in reversed(range(values.shape[1])):
-        m = mask[:, t]
+        m = valid[:, t]
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         candidate = delta + gamma * lam * running
-        running = m * candidate + (1.0 - m) * running
-        next_value = m * values[:, t] + (1.0 - m) * next_value
-        advantages[:, t] = m * candidate
-    returns = (advantages + values) * mask
+        running = torch.where(m, candidate, running)
+        next_value = torch.where(m, values[:, t], next_value)
+        advantages[:, t] = torch.where(m, candidate, 0.0)
+    returns = torch.where(valid, advantages + values, 0.0)
     return advantages, returns
 
 
@@ -136,20 +140,31 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: fl
         mask: (B, T) 1 on entries that count.
     Returns:
         (B, T) whitened values, 0 at masked positions. The variance is Bessel-corrected, as verl.
+
+    Conventions (pinned by tests/algo/test_advantages.py):
+        * masked entries are replaced by 0 with `where` before any arithmetic, so garbage there (NaN, ±inf)
+          changes nothing; multiplying by the mask would not do (NaN·0 = NaN enters the mean).
+        * an empty mask gives all zeros, one valid entry gives 0 there (variance 0 with N − 1 clamped to 1).
     """
-    mask = mask.to(values.dtype)
-    count = mask.sum()
-    mean = (values * mask).sum() / count
-    var = (((values - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1.0)
-    whitened = (values - mean) * torch.rsqrt(var + eps)
+    valid = mask.bool()
+    values = torch.where(valid, values, 0.0)
+    count = valid.sum().to(values.dtype)
+    mean = values.sum() / count.clamp(min=1.0)
+    centered = torch.where(valid, values - mean, 0.0)
+    var = centered.square().sum() / (count - 1).clamp(min=1.0)
+    whitened = centered * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask
+    return torch.where(valid, whitened, 0.0)
 
 
 def broadcast_to_tokens(sequence_values: Tensor, mask: Tensor) -> Tensor:
-    """Give every valid token of response i the value of response i: (B,) × (B, T) -> (B, T)."""
-    return sequence_values.unsqueeze(-1) * mask.to(sequence_values.dtype)
+    """Give every valid token of response i the value of response i: (B,) × (B, T) -> (B, T), 0 elsewhere.
+
+    `where`, not `* mask`: a NaN/inf value of a row with no valid token (e.g. a filtered response) must give
+    zeros, not NaN·0 = NaN.
+    """
+    return torch.where(mask.bool(), sequence_values.unsqueeze(-1), 0.0)
 
 
 def token_level_rewards(sequence_rewards: Tensor, mask: Tensor) -> Tensor:

@@ -25,6 +25,8 @@ def kl_estimate(
     kind: str,
     log_ratio_clamp: float = 20.0,
     k3_clamp: float = 10.0,
+    *,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Per-token KL(π_θ ‖ π_ref) estimate, GRPO's penalty term β·D_KL (DAPO Eq. 4 restating DeepSeekMath).
 
@@ -34,9 +36,15 @@ def kl_estimate(
         kind: "k1", "abs", "k2" or "k3" (see the module table).
         log_ratio_clamp: for k3, δ is clamped to ±this before exp() so it cannot overflow (verl HEAD: 20).
         k3_clamp: k3 is clamped to [−k3_clamp, k3_clamp] (verl: 10): one runaway token cannot dominate.
+        mask: optional (B, T) valid-token mask. Masked inputs are replaced by 0 with `where` before the
+            subtraction, so the estimate there is 0 and its gradient exactly 0 whatever the padding holds:
+            masking only the reduced sum would leave 0·NaN = NaN in the backward (e.g. k2's δ·grad).
     Returns:
         (B, T) per-token estimates, unreduced. Reduce with `dapo.algo.aggregate`.
     """
+    if mask is not None:
+        valid = mask.bool()
+        logprobs, ref_logprobs = torch.where(valid, logprobs, 0.0), torch.where(valid, ref_logprobs, 0.0)
     delta = logprobs - ref_logprobs
     if kind == "k1":
         return delta
@@ -58,8 +66,11 @@ def kl_penalized_token_rewards(token_rewards: Tensor, token_kl: Tensor, kl_coef:
         token_kl: (B, T) per-token KL estimate (no gradient: it is part of the reward).
         kl_coef: β ≥ 0.
         mask: (B, T) valid tokens.
+    Returns:
+        (B, T) penalised rewards, 0 at masked positions: selected with `where`, so NaN/inf in either input
+        there gives 0 (multiplying by the mask would give NaN·0 = NaN).
     """
-    return (token_rewards - kl_coef * token_kl.detach()) * mask.to(token_rewards.dtype)
+    return torch.where(mask.bool(), token_rewards - kl_coef * token_kl.detach(), 0.0)
 
 
 def adaptive_kl_coef(kl_coef: float, observed_kl: float, target_kl: float, horizon: int, num_steps: int) -> float:

@@ -13,6 +13,13 @@ import torch
 from torch import Tensor
 
 
+def _where_valid(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor with its masked entries replaced by 0, by `where`: multiplying by the mask would keep
+    NaN·0 = NaN, and `where` on the OUTPUT alone would still let the backward compute 0·(garbage) = NaN."""
+    valid = mask.bool()
+    return tuple(torch.where(valid, t, 0.0) for t in tensors)
+
+
 @dataclass(frozen=True)
 class PolicyLossStats:
     """Per-token diagnostics of `clipped_policy_loss`, all (B, T), no gradient.
@@ -43,6 +50,8 @@ def clipped_policy_loss(
     clip_eps_high: float,
     dual_clip_c: float | None = None,
     log_ratio_clamp: float | None = 20.0,
+    *,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     """Per-token clipped surrogate loss with a decoupled clip range (Clip-Higher, DAPO §3.1).
 
@@ -63,8 +72,14 @@ def clipped_policy_loss(
         dual_clip_c: c > 1, or None to disable the dual clip.
         log_ratio_clamp: clamp log r to ±this before exp() so that a large policy drift cannot overflow
             (verl HEAD uses 20; e^20 ≈ 4.9e8). None disables it. Outside the clamp the gradient is 0.
+        mask: optional (B, T) valid-token mask. Where it is 0 the three inputs are replaced by 0 before any
+            arithmetic, so the loss is exactly 0 there and so is the gradient, whatever the padding holds
+            (NaN, ±inf). Pass it when the log-probs come from a model: reducing with a mask alone is not
+            enough, because the backward of exp() and of the products multiplies the aggregator's zero
+            gradient by the garbage (0·NaN = NaN), and a NaN at one padded position reaches every weight.
     Returns:
-        (loss, stats): loss is (B, T) and UNREDUCED; stats holds the per-token indicators.
+        (loss, stats): loss is (B, T) and UNREDUCED; stats holds the per-token indicators (no clip, ratio 1
+        and approx_kl 0 at masked positions when `mask` is given).
 
     Conventions (pinned by tests/algo/test_policy_loss.py):
         * a token on the clipped branch has exactly zero gradient; inside the clip range the gradient is
@@ -74,6 +89,8 @@ def clipped_policy_loss(
     if dual_clip_c is not None and dual_clip_c <= 1.0:
         raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
     advantages = advantages.expand_as(logprobs)
+    if mask is not None:
+        logprobs, old_logprobs, advantages = _where_valid(mask, logprobs, old_logprobs, advantages)
     log_ratio = logprobs - old_logprobs
     if log_ratio_clamp is not None:
         log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
@@ -103,6 +120,8 @@ def clipped_value_loss(
     old_values: Tensor,
     returns: Tensor,
     clip_range: float | None,
+    *,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-token clipped value loss of the PPO critic (as in PPO's reference code and verl).
 
@@ -114,10 +133,14 @@ def clipped_value_loss(
         old_values: (B, T) critic predictions when the rollout was scored, no gradient.
         returns: (B, T) value targets R_t (from `gae_advantages`).
         clip_range: c > 0, or None for the unclipped ½ (V − R)².
+        mask: optional (B, T) valid-token mask: masked inputs are replaced by 0 first, so the loss and the
+            gradient there are exactly 0 whatever they hold (see `clipped_policy_loss`).
     Returns:
         (loss, clipped): both (B, T); `clipped` is True where the clipped branch is larger
         (verl `critic/vf_clipfrac`). Reduce the loss with `dapo.algo.aggregate`.
     """
+    if mask is not None:
+        values, old_values, returns = _where_valid(mask, values, old_values, returns)
     unclipped = (values - returns) ** 2
     if clip_range is None:
         return 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
@@ -132,13 +155,15 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
         EV = 1 − Var_m(R − V) / Var_m(R)
 
     1 is a perfect critic, 0 is as good as predicting the mean, negative is worse. Returns a 0-dim tensor
-    (NaN when Var(R) = 0). Population variances are used on both sides, so the choice cancels.
+    (NaN when Var(R) = 0, including an empty mask). Population variances are used on both sides, so the
+    choice cancels. Masked entries are dropped with `where`, so garbage there (NaN, ±inf) changes nothing.
     """
-    mask = mask.to(values.dtype)
-    count = mask.sum()
+    values, returns = _where_valid(mask, values, returns)
+    valid = mask.bool()
+    count = valid.sum().to(values.dtype)
 
     def masked_var(x: Tensor) -> Tensor:
-        mean = (x * mask).sum() / count
-        return (((x - mean) * mask) ** 2).sum() / count
+        mean = x.sum() / count
+        return torch.where(valid, x - mean, 0.0).square().sum() / count
 
     return 1.0 - masked_var(returns - values) / masked_var(returns)

@@ -340,13 +340,14 @@ class PolicyWorker:
             logprobs = algo.token_logprobs(logits, micro.response_ids)
             # Exactly on-policy (one mini-batch, one epoch): π_old = π_θ, detached.
             old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+            mask = micro.response_mask
+            # mask=: whatever the padding holds never reaches the gradient (0·NaN would be NaN)
             pg_loss, pg_stats = algo.clipped_policy_loss(
                 logprobs, old, micro.advantages, params.clip_eps_low, params.clip_eps_high,
-                params.dual_clip_c, params.log_ratio_clamp,
+                params.dual_clip_c, params.log_ratio_clamp, mask=mask,
             )  # fmt: skip
-            total = algo.weighted_token_sum(pg_loss, micro.response_mask, micro_weights)
+            total = algo.weighted_token_sum(pg_loss, mask, micro_weights)
             mini_pg_loss += float(total.detach())
-            mask = micro.response_mask
             stats.add_masked("actor/pg_clipfrac", pg_stats.clipped_high | pg_stats.clipped_low, mask)
             stats.add_masked("actor/pg_clipfrac_higher", pg_stats.clipped_high, mask)
             stats.add_masked("actor/pg_clipfrac_low", pg_stats.clipped_low, mask)
@@ -356,7 +357,7 @@ class PolicyWorker:
             with torch.no_grad():
                 stats.add_masked("actor/entropy", algo.entropy_from_logits(logits.detach()), mask)
             if params.kl_loss_coef > 0 and micro.ref_logprobs is not None:
-                kl = algo.kl_estimate(logprobs, micro.ref_logprobs, params.kl_loss_type or "k3")
+                kl = algo.kl_estimate(logprobs, micro.ref_logprobs, params.kl_loss_type or "k3", mask=mask)
                 total = total + params.kl_loss_coef * algo.weighted_token_sum(kl, mask, micro_weights)
                 stats.add_masked("actor/kl_loss", kl.detach(), mask)
             if params.entropy_coeff > 0:
@@ -448,7 +449,9 @@ class CriticWorker:
                 for micro_rows in self.forward.micro_batches(batch, rows, self.micro_batch_max_tokens):
                     micro = batch.select(micro_rows)
                     values = self._values(micro)
-                    loss, clipped = algo.clipped_value_loss(values, micro.old_values, micro.returns, self.value_clip)
+                    loss, clipped = algo.clipped_value_loss(
+                        values, micro.old_values, micro.returns, self.value_clip, mask=micro.response_mask
+                    )
                     total = algo.weighted_token_sum(loss, micro.response_mask, weights[micro_rows])
                     total.backward()
                     mini_loss += float(total.detach())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dapo.algo import (
+    broadcast_to_tokens,
     drgrpo_advantages,
     gae_advantages,
     group_relative_advantages,
@@ -131,23 +132,40 @@ def test_gae_matches_loop_reference_with_holes_in_mask(seed):
     torch.testing.assert_close(ret, ref_ret)
 
 
-def test_gae_masked_positions_change_nothing():
+GAE_MASK = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]])
+
+
+def test_gae_masked_positions_change_nothing(garbage):
+    # Row 2 has holes, row 3 is fully masked (e.g. a filtered response); garbage in rewards AND values.
     gen = torch.Generator().manual_seed(7)
-    rewards = torch.randn(3, 6, generator=gen)
-    values = torch.randn(3, 6, generator=gen)
-    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0, 0]], dtype=torch.float32)
-    adv, ret = gae_advantages(rewards, values, mask, 0.99, 0.95)
-    garbage = torch.randn(3, 6, generator=gen) * 1e4
-    adv2, ret2 = gae_advantages(
-        torch.where(mask.bool(), rewards, garbage),
-        torch.where(mask.bool(), values, -garbage),
-        mask,
-        0.99,
-        0.95,
-    )
-    torch.testing.assert_close(adv, adv2)
-    torch.testing.assert_close(ret, ret2)
-    assert torch.equal(adv[mask == 0], torch.zeros(int((mask == 0).sum())))
+    rewards = torch.randn(4, 6, generator=gen)
+    values = torch.randn(4, 6, generator=gen)
+    adv, ret = gae_advantages(rewards, values, GAE_MASK, 0.99, 0.95)
+    bad_values = garbage(values, GAE_MASK, seed=1).requires_grad_()
+    adv2, ret2 = gae_advantages(garbage(rewards, GAE_MASK), bad_values, GAE_MASK, 0.99, 0.95)
+    torch.testing.assert_close(adv2, adv)
+    torch.testing.assert_close(ret2, ret)
+    masked = GAE_MASK == 0
+    assert torch.equal(adv2[masked], torch.zeros(int(masked.sum()))) and torch.equal(ret2[masked], adv2[masked])
+    # Gradient w.r.t. the values: as without garbage where valid, exactly 0 where masked (never 0·NaN).
+    clean_values = values.clone().requires_grad_()
+    gae_advantages(rewards, clean_values, GAE_MASK, 0.99, 0.95)[0].sum().backward()
+    adv2.sum().backward()
+    torch.testing.assert_close(bad_values.grad, clean_values.grad)
+    assert torch.equal(bad_values.grad[masked], torch.zeros(int(masked.sum())))
+
+
+def test_inf_reward_in_a_masked_row_does_not_reach_the_whitened_batch(garbage):
+    # The PPO path: GAE then whitening over the whole batch. Garbage in one fully masked row used to turn
+    # every advantage of the batch into NaN (inf·0 = NaN in the recursion, then in the batch mean).
+    gen = torch.Generator().manual_seed(4)
+    rewards = torch.randn(4, 6, generator=gen)
+    values = torch.randn(4, 6, generator=gen)
+    clean = masked_whiten(gae_advantages(rewards, values, GAE_MASK, 1.0, 1.0)[0], GAE_MASK)
+    dirty_rewards = garbage(rewards, GAE_MASK)
+    out = masked_whiten(gae_advantages(dirty_rewards, values, GAE_MASK, 1.0, 1.0)[0], GAE_MASK)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, clean)
 
 
 def test_gae_gradient_matches_finite_differences():
@@ -162,6 +180,52 @@ def test_masked_whiten_hand_computed():
     # valid [1, 2, 3]: mean 2, unbiased var (1 + 0 + 1) / 2 = 1 -> [−1, 0, 1]; masked entry -> 0
     out = masked_whiten(torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1, 1, 1, 0]]))
     torch.testing.assert_close(out, torch.tensor([[-1.0, 0.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+    # shift_mean=False keeps the mean: [−1, 0, 1] + 2 = [1, 2, 3]
+    out = masked_whiten(torch.tensor([[1.0, 2.0, 3.0, 100.0]]), torch.tensor([[1, 1, 1, 0]]), shift_mean=False)
+    torch.testing.assert_close(out, torch.tensor([[1.0, 2.0, 3.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_masked_whiten_nan_at_a_masked_position():
+    # Two valid values a = −148.01, b = 754169.33: x − mean = ∓(b − a)/2, unbiased var = 2·((b − a)/2)² / 1,
+    # so std = (b − a)/√2 and x̂ = ∓1/√2 = ∓0.70711, whatever a and b are. The masked NaN used to make all NaN.
+    out = masked_whiten(torch.tensor([[-148.01], [754169.33], [float("nan")]]), torch.tensor([[1], [1], [0]]))
+    torch.testing.assert_close(out, torch.tensor([[-(0.5**0.5)], [0.5**0.5], [0.0]]))
+
+
+def test_masked_whiten_garbage_changes_nothing_in_values_or_gradients(garbage):
+    gen = torch.Generator().manual_seed(5)
+    values = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    weights = torch.randn(3, 5, generator=gen, dtype=torch.float64)  # a generic downstream use
+    clean = values.clone().requires_grad_()
+    expected = masked_whiten(clean, mask)
+    (expected * weights).sum().backward()
+    dirty = garbage(values, mask).requires_grad_()
+    out = masked_whiten(dirty, mask)
+    (out * weights).sum().backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(dirty.grad, clean.grad)
+    assert torch.equal(dirty.grad[mask == 0], torch.zeros(int((mask == 0).sum()), dtype=torch.float64))
+
+
+def test_masked_whiten_degenerate_masks_give_zeros():
+    # empty mask: no mean to remove -> zeros (was 0/0 = NaN); one valid entry: x − mean = 0 -> 0
+    assert torch.equal(masked_whiten(torch.tensor([[3.0, float("nan")]]), torch.tensor([[0, 0]])), torch.zeros(1, 2))
+    assert torch.equal(masked_whiten(torch.tensor([[3.0, float("inf")]]), torch.tensor([[1, 0]])), torch.zeros(1, 2))
+
+
+def test_broadcast_to_tokens_garbage_in_an_empty_row(garbage):
+    # Row 1 has no valid token (filtered): its value may be anything and the row stays 0.
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    values = garbage(torch.tensor([2.0, 5.0, -1.0]), torch.tensor([1, 0, 1]))
+    out = broadcast_to_tokens(values, mask)
+    assert torch.equal(out, torch.tensor([[2.0, 2.0, 0.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]))
+
+
+def test_token_level_rewards_garbage_in_an_empty_row(garbage):
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]])
+    rewards = garbage(torch.tensor([2.0, 3.0]), torch.tensor([1, 0]))
+    assert torch.equal(token_level_rewards(rewards, mask), torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]))
 
 
 def test_token_level_rewards_on_last_valid_token():

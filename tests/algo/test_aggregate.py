@@ -106,11 +106,42 @@ def test_data_parallel_average_times_world_size_equals_whole(mode):
 
 
 @pytest.mark.parametrize("mode", AGGREGATION_MODES)
-def test_masked_positions_change_nothing_even_inf(mode):
+def test_masked_positions_change_nothing_in_value_or_gradient(mode, garbage):
     _, loss, mask, groups = _random_batch(9)
     weights = loss_row_weights(mask, mode, group_index=groups, norm_length=7.0)
-    garbage = torch.where(mask.bool(), loss, torch.full_like(loss, float("inf")))
-    torch.testing.assert_close(weighted_token_sum(garbage, mask, weights), weighted_token_sum(loss, mask, weights))
+    clean = loss.clone().requires_grad_()
+    expected = weighted_token_sum(clean, mask, weights)
+    expected.backward()
+    dirty = garbage(loss, mask).requires_grad_()
+    out = weighted_token_sum(dirty, mask, weights)
+    out.backward()
+    torch.testing.assert_close(out, expected)
+    # ∂L/∂ℓ = w_i where valid, exactly 0 where masked (the where's backward, not 0·garbage)
+    torch.testing.assert_close(dirty.grad, clean.grad)
+    assert torch.equal(dirty.grad[mask == 0], torch.zeros(int((mask == 0).sum()), dtype=loss.dtype))
+
+
+@pytest.mark.parametrize(
+    "reduce",
+    [
+        lambda loss, mask: token_mean(loss, mask, 6),
+        lambda loss, mask: seq_mean_token_mean(loss, mask, 3),
+        lambda loss, mask: seq_mean_token_sum(loss, mask, 3),
+        lambda loss, mask: seq_mean_token_sum_norm(loss, mask, 3, 3.0),
+        lambda loss, mask: group_token_mean(loss, mask, torch.tensor([5.0, 5.0, 1.0]), 2),
+        masked_mean,
+    ],
+    ids=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm", "group", "mean"],
+)
+def test_direct_reductions_ignore_masked_garbage(reduce, garbage):
+    clean = LOSS.clone().requires_grad_()
+    expected = reduce(clean, MASK)
+    expected.backward()
+    dirty = garbage(LOSS, MASK).requires_grad_()
+    out = reduce(dirty, MASK)
+    out.backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(dirty.grad, clean.grad)
 
 
 def test_empty_rows_are_not_counted_as_sequences():

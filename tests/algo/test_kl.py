@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dapo.algo import KL_ESTIMATORS, adaptive_kl_coef, kl_estimate, kl_penalized_token_rewards
+from dapo.algo import KL_ESTIMATORS, adaptive_kl_coef, kl_estimate, kl_penalized_token_rewards, masked_mean
 
 
 def test_estimators_hand_computed():
@@ -77,3 +77,41 @@ def test_adaptive_kl_controller_hand_computed():
     assert adaptive_kl_coef(0.1, 0.1, 0.1, horizon=1000, num_steps=100) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         adaptive_kl_coef(0.1, 0.1, 0.0, horizon=1000, num_steps=1)
+
+
+KL_MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("kind", KL_ESTIMATORS)
+def test_masked_garbage_changes_nothing_in_kl_or_its_gradient(kind, garbage):
+    # log π_θ = base + θ with ONE parameter θ shared by every position, as a model's weights are: a NaN gradient
+    # at a single padded position would make θ.grad NaN. With mask=, the masked inputs never reach the
+    # arithmetic, so the estimate there is 0 and its gradient exactly 0.
+    base = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.1, -0.2]])
+    ref = torch.tensor([[-1.2, -1.5, -0.7], [-0.9, -0.4, -0.1]])
+
+    def grad_and_kl(ref_logprobs, padding):
+        theta = torch.zeros((), requires_grad=True)
+        logprobs = torch.where(KL_MASK.bool(), base + theta, padding)
+        kl = kl_estimate(logprobs, ref_logprobs, kind, mask=KL_MASK)
+        masked_mean(kl, KL_MASK).backward()
+        return theta.grad, kl
+
+    clean_grad, clean_kl = grad_and_kl(ref, torch.zeros(()))
+    dirty_grad, dirty_kl = grad_and_kl(garbage(ref, KL_MASK), garbage(base, KL_MASK, seed=1))
+    torch.testing.assert_close(dirty_kl, clean_kl)
+    assert torch.equal(dirty_kl[KL_MASK == 0], torch.zeros(3))
+    torch.testing.assert_close(dirty_grad, clean_grad)
+    # Without a mask the estimate is elementwise: valid positions are still exactly the clean ones.
+    unmasked = kl_estimate(base, garbage(ref, KL_MASK), kind)
+    torch.testing.assert_close(unmasked[KL_MASK.bool()], clean_kl[KL_MASK.bool()])
+
+
+def test_in_reward_penalty_ignores_masked_garbage(garbage):
+    # KL estimates at padding are often inf/NaN (log π of a pad token); they must not make the rewards NaN.
+    mask = torch.tensor([[1, 1, 1, 0]])
+    rewards = garbage(torch.tensor([[0.0, 0.0, 1.0, 0.0]]), mask)
+    kl = garbage(torch.tensor([[0.1, 0.2, 0.3, 0.0]]), mask, seed=1)
+    out = kl_penalized_token_rewards(rewards, kl, 0.5, mask)
+    torch.testing.assert_close(out, torch.tensor([[-0.05, -0.1, 0.85, 0.0]]))
+    assert out[0, 3].item() == 0.0

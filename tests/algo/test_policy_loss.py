@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dapo.algo import clipped_policy_loss, clipped_value_loss, explained_variance
+from dapo.algo import clipped_policy_loss, clipped_value_loss, explained_variance, token_mean
 
 
 def test_decoupled_clip_values_and_grads():
@@ -125,3 +125,88 @@ def test_explained_variance_hand_computed():
     returns = torch.tensor([1.0, 2.0, 3.0, 4.0])
     torch.testing.assert_close(explained_variance(returns, returns, torch.ones(4)), torch.tensor(1.0))
     torch.testing.assert_close(explained_variance(torch.full((4,), 2.5), returns, torch.ones(4)), torch.tensor(0.0))
+
+
+# ---------------------------------------------------------------- masked garbage
+
+LOSS_MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+
+
+def _shared_theta_grad(loss_fn, padding):
+    """θ.grad for inputs base + θ, with ONE parameter θ shared by all positions (as a model's weights are):
+    a NaN gradient at a single masked position would make it NaN. `padding` fills the masked positions."""
+    theta = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    gen = torch.Generator().manual_seed(3)
+    base = -torch.rand(3, 4, generator=gen, dtype=torch.float64) * 2
+    out = loss_fn(torch.where(LOSS_MASK.bool(), base + theta, padding))
+    token_mean(out, LOSS_MASK, int(LOSS_MASK.sum())).backward()
+    return theta.grad, out
+
+
+@pytest.mark.parametrize("dual_clip_c", [None, 3.0])
+def test_policy_loss_masked_garbage_changes_nothing_in_loss_or_gradient(dual_clip_c, garbage):
+    gen = torch.Generator().manual_seed(0)
+    old = -torch.rand(3, 4, generator=gen, dtype=torch.float64) * 2
+    adv = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+
+    def loss_fn(old, adv):
+        return lambda logp: clipped_policy_loss(logp, old, adv, 0.2, 0.28, dual_clip_c, mask=LOSS_MASK)[0]
+
+    clean_grad, clean = _shared_theta_grad(loss_fn(old, adv), torch.zeros((), dtype=torch.float64))
+    dirty_grad, dirty = _shared_theta_grad(
+        loss_fn(garbage(old, LOSS_MASK), garbage(adv, LOSS_MASK, seed=1)), garbage(old, LOSS_MASK, seed=2)
+    )
+    assert torch.isfinite(dirty_grad)
+    torch.testing.assert_close(dirty_grad, clean_grad)
+    torch.testing.assert_close(dirty, clean)
+    assert torch.equal(dirty[LOSS_MASK == 0], torch.zeros(int((LOSS_MASK == 0).sum()), dtype=torch.float64))
+
+
+def test_policy_loss_mask_gives_neutral_stats_at_padding(garbage):
+    # Â broadcast from (B, 1); the fully masked row 2 holds garbage everywhere.
+    logp = garbage(torch.zeros(3, 4), LOSS_MASK)
+    adv = garbage(torch.tensor([[1.0], [-1.0], [1.0]]), torch.tensor([[1], [1], [0]]))
+    _, stats = clipped_policy_loss(logp, torch.log(torch.full((3, 4), 0.5)), adv, 0.2, 0.28, 3.0, mask=LOSS_MASK)
+    masked = LOSS_MASK == 0
+    assert not (stats.clipped_high | stats.clipped_low | stats.dual_clipped)[masked].any()
+    assert torch.equal(stats.ratio[masked], torch.ones(int(masked.sum())))
+    assert torch.equal(stats.approx_kl[masked], torch.zeros(int(masked.sum())))
+    # valid tokens: r = 1/0.5 = 2 -> Â = +1 clipped high (row 0), Â = −1 inside (row 1)
+    assert stats.clipped_high[0, :3].all() and not stats.clipped_low[1, :2].any()
+
+
+def test_policy_loss_without_mask_is_elementwise():
+    # No mask: garbage at a position can only affect that position's loss and gradient.
+    logp = torch.log(torch.tensor([1.5, 0.5, 1.1])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0, float("nan")])
+    loss, _ = clipped_policy_loss(logp, torch.zeros(3), adv, 0.2, 0.28)
+    loss[:2].sum().backward()
+    torch.testing.assert_close(loss[:2], torch.tensor([-1.28, 0.80]))
+    torch.testing.assert_close(logp.grad[:2], torch.zeros(2))
+
+
+@pytest.mark.parametrize("clip_range", [None, 0.2])
+def test_value_loss_masked_garbage_changes_nothing_in_loss_or_gradient(clip_range, garbage):
+    gen = torch.Generator().manual_seed(1)
+    old_values = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    returns = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+
+    def loss_fn(old_values, returns):
+        return lambda values: clipped_value_loss(values, old_values, returns, clip_range, mask=LOSS_MASK)[0]
+
+    clean_grad, clean = _shared_theta_grad(loss_fn(old_values, returns), torch.zeros((), dtype=torch.float64))
+    dirty_grad, dirty = _shared_theta_grad(
+        loss_fn(garbage(old_values, LOSS_MASK), garbage(returns, LOSS_MASK, seed=1)), garbage(returns, LOSS_MASK, 2)
+    )
+    assert torch.isfinite(dirty_grad)
+    torch.testing.assert_close(dirty_grad, clean_grad)
+    torch.testing.assert_close(dirty, clean)
+    assert torch.equal(dirty[LOSS_MASK == 0], torch.zeros(int((LOSS_MASK == 0).sum()), dtype=torch.float64))
+
+
+def test_explained_variance_ignores_masked_garbage(garbage):
+    # Same hand-computed case as above: EV = 2/3 over the three valid entries.
+    mask = torch.tensor([1, 1, 1, 0])
+    values = garbage(torch.tensor([1.0, 2.0, 2.0, 0.0]), mask)
+    returns = garbage(torch.tensor([1.0, 2.0, 3.0, 0.0]), mask, seed=1)
+    torch.testing.assert_close(explained_variance(values, returns, mask), torch.tensor(2 / 3))
