@@ -101,6 +101,12 @@ def groups_from_rollout(
     return groups
 
 
+def informative(groups: Sequence[ScoredGroup], metric: str) -> list[bool]:
+    """Dynamic sampling's decision (DAPO Eq. 11), made per whole group on `metric` (acc | score | reward):
+    keep a group unless every response has the same value. A kept group is kept with all its responses."""
+    return algo.informative_groups(torch.tensor([g.metric(metric) for g in groups])).tolist()
+
+
 def rollout_logprob_matrix(groups: Sequence[ScoredGroup], width: int) -> Tensor | None:
     """(B, width) the engine's log-probs of every response token, zero elsewhere; None if a group has none."""
     if any(g.rollout_logprobs is None for g in groups):

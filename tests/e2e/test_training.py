@@ -103,11 +103,17 @@ def test_dynamic_sampling_fills_the_batch_with_informative_groups(base_model_dir
     )
     _, rows = _run("cpu_dapo", overrides)
     assert all(r["train/num_groups"] == 8 for r in rows)
-    seen = [r for r in rows if r["train/num_gen_batches"] > 0]  # a step may be filled from the buffer alone
-    assert all(r["train/all_correct_group_frac"] > 0.2 for r in seen)
-    assert all(r["train/informative_group_frac"] < 0.8 for r in seen)
-    # one round of 8 prompts never has 8 informative groups: the trainer had to draw again
-    assert sum(r["train/num_gen_batches"] for r in rows) > len(rows)
+    # Over every generated group of the run (rounds of 8 prompts), not per step: a step drawn in two rounds
+    # sees only 16 groups, and with ~43 % all-correct (G = 8 at ~90 %), <= 20 % of 16 has a ~3 % chance on
+    # any machine. Over the run's >= 40 groups, 20 % and 80 % are > 2.9 standard deviations from 43 / 57 %
+    # (identical responses share a verdict, which only makes all-correct groups more common).
+    rounds = [r["train/num_gen_batches"] for r in rows]
+    assert sum(rounds) >= 5  # 4 steps of 8 informative groups, ~4.6 per round, some carried over
+    all_correct = sum(n * r["train/all_correct_group_frac"] for n, r in zip(rounds, rows, strict=True) if n)
+    informative = sum(n * r["train/informative_group_frac"] for n, r in zip(rounds, rows, strict=True) if n)
+    assert all_correct / sum(rounds) > 0.2 and informative / sum(rounds) < 0.8, rows
+    # one round of 8 prompts rarely has 8 informative groups (0.57^8 ~ 1 %): the trainer had to draw again
+    assert sum(rounds) > len(rows)
 
 
 def test_generation_round_cap_error_says_what_to_change(base_model_dir, tmp_path, e2e_overrides):
@@ -123,6 +129,14 @@ def test_generation_round_cap_error_says_what_to_change(base_model_dir, tmp_path
 
 
 def test_ppo_critic_learns(base_model_dir, tmp_path, e2e_overrides):
+    """The critic learns a return it can predict: every response scores +1 (minus the overlong penalty).
+
+    With the task's ±1 reward the return of a response is a coin flip the critic cannot predict, so how far
+    its loss falls depends on the trajectory (measured 0.28-0.79 of the first step's after 6 steps), which
+    differs between machines. Measured with this reward over seeds 0-2 at 1 and 2 threads: the loss falls
+    to 0.004-0.013 of the first step's, the gap between mean value and mean return to 0.001-0.04.
+    """
+    reward = Path(__file__).with_name("easy_reward.py")
     overrides = e2e_overrides(
         base_model_dir,
         tmp_path,
@@ -133,6 +147,7 @@ def test_ppo_critic_learns(base_model_dir, tmp_path, e2e_overrides):
             "data.gen_batch_size": 32,
             "actor.mini_batch_size": 16,
             "critic.lr": 3e-3,
+            "reward.custom_function": f"{reward}:always_right",
         },
     )
     trainer, rows = _run("cpu_ppo", overrides)
@@ -141,11 +156,21 @@ def test_ppo_critic_learns(base_model_dir, tmp_path, e2e_overrides):
     gap = [abs(r["critic/values/mean"] - r["critic/returns/mean"]) for r in rows]
     # The value head starts at zero: it explains nothing and misses the mean return by the whole return.
     assert rows[0]["critic/vf_explained_var"] == pytest.approx(0.0, abs=1e-6)
-    assert min(loss[-3:]) < 0.5 * loss[0], loss
-    assert min(gap[-3:]) < 0.5 * gap[0], gap
+    assert gap[0] > 0.5, gap
+    assert min(loss[-3:]) < 0.1 * loss[0], loss
+    assert min(gap[-3:]) < 0.25 * gap[0], gap
 
 
 def test_reward_rises_on_a_small_task(base_model_dir, tmp_path, e2e_overrides):
+    """The rule reward with DAPO's soft overlong punishment (Eq. 13) on a budget that makes working out cost:
+    L_max = 20, L_cache = 8, so a worked solution (~16 tokens) loses ~0.5 and a bare answer (~10 tokens)
+    nothing. The base has both habits; DAPO must find out from the reward that answering directly pays.
+
+    A setting with a strong effect, so that the test holds on any machine (float rounding differs between
+    CPUs, and with it the base and the whole trajectory). Measured over base/trainer seeds 0-2 at 1 and 2
+    threads (6 runs): score gain (last 5 steps vs first 5) +0.29 to +0.40, mean length 12.5-13.3 -> 10.5-10.8
+    tokens, accuracy 0.48-0.61 -> 0.56-0.70. The assertions take about half of the smallest effect.
+    """
     overrides = e2e_overrides(
         base_model_dir,
         tmp_path,
@@ -155,15 +180,24 @@ def test_reward_rises_on_a_small_task(base_model_dir, tmp_path, e2e_overrides):
             "data.train_batch_size": 16,
             "data.gen_batch_size": 16,
             "actor.mini_batch_size": 8,
+            "actor.lr": 2e-4,
+            "rollout.max_response_length": 20,
+            "algo.overlong.buffer_length": 8,
             "algo.dynamic_sampling.max_gen_batches": 0,
         },
     )
     _, rows = _run("cpu_dapo", overrides)
-    score = [r["critic/score/mean"] for r in rows]
-    generated = [r["train/generated_acc/mean"] for r in rows]
-    # Seeded and deterministic; recorded on this machine: score −0.72 -> −0.34, accuracy 0.07 -> 0.10.
-    assert sum(score[-5:]) / 5 > sum(score[:5]) / 5 + 0.15, score
-    assert sum(generated[-10:]) > sum(generated[:10]), generated
+
+    def first_and_last(key: str) -> tuple[float, float]:
+        values = [r[key] for r in rows]
+        return sum(values[:5]) / 5, sum(values[-5:]) / 5
+
+    score, length, accuracy = (
+        first_and_last(k) for k in ("critic/score/mean", "response_length/mean", "train/generated_acc/mean")
+    )
+    assert score[1] > score[0] + 0.15, score
+    assert length[1] < length[0] - 1.0, length
+    assert accuracy[1] > accuracy[0] - 0.1, accuracy  # shorter, not worse
 
 
 def test_grpo_uses_the_reference_and_the_kl_moves(base_model_dir, tmp_path, e2e_overrides):
