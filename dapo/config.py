@@ -70,8 +70,12 @@ class DataConfig:
     """prompts (groups) per training step after dynamic sampling (verl data.train_batch_size; paper: 512)"""
     gen_batch_size: int = 16
     """prompts drawn per generation round (verl data.gen_batch_size; paper run: 1536 = 3 x 512)"""
-    val_size: int = 200
-    """held-out prompts for the built-in task"""
+    val_size: int | None = None
+    """held-out prompts: the built-in task draws this many (None = 200); with `val_files`, a seeded subset of
+    this many of their prompts (None = all of them)"""
+    default_data_source: str | None = None
+    """data source (reward routing, docs/rewards.md) of rows that carry none and whose file name names none,
+    e.g. `aime` for a competition set such as hmmt_feb_test.jsonl"""
     seed: int = 1
     """seed of the prompt sampler's shuffling"""
 
@@ -83,7 +87,8 @@ class RewardConfig:
     compute_score(data_source, solution_str, ground_truth, extra_info) or TRL's batched
     fn(prompts, completions, **columns); None = route by data_source (docs/rewards.md)"""
     scorer_mode: str = "default"
-    """DAPO "Answer:" scorer: default (verl's verdicts plus fixes of its false negatives) | verl (exact parity)"""
+    """DAPO "Answer:" scorer: default (never accepts a wrong answer; fixes verl's false negatives) | verl (verl's
+    verdict, verdict for verdict)"""
     on_error: str = "raise"
     """a reward function that raises: raise (stop, naming the sample) | score_as_failure (−1, counted)"""
     num_workers: int = 0
@@ -110,6 +115,10 @@ class RolloutConfig:
     """validation top-p (paper: 0.7)"""
     val_n: int = 4
     """samples per validation prompt: avg@k, pass@k and maj@k use k = val_n"""
+    max_rows_in_flight: int = 0
+    """rows (prompt x sample) the built-in engine decodes at once; larger requests (an evaluation of
+    thousands of prompts) run in waves of whole prompts. 0 = as many as a quarter of this machine's memory
+    holds (KV cache + logits per row)"""
 
 
 @dataclass
@@ -405,7 +414,10 @@ def _check_batches(c: Config) -> None:
     )
     _require(a.ppo_epochs >= 1, "actor.ppo_epochs", "must be ≥ 1", a.ppo_epochs)
     _require(r.max_response_length >= 1, "rollout.max_response_length", "must be ≥ 1", r.max_response_length)
+    rows = r.max_rows_in_flight
+    _require(rows >= 0, "rollout.max_rows_in_flight", "must be ≥ 0 (0 = from memory)", rows)
     _require(d.max_prompt_length >= 1, "data.max_prompt_length", "must be ≥ 1", d.max_prompt_length)
+    _require(d.val_size is None or d.val_size >= 1, "data.val_size", "must be ≥ 1 (or null: the default)", d.val_size)
     longest = d.max_prompt_length + r.max_response_length
     _require(
         a.micro_batch_max_tokens >= longest,

@@ -8,6 +8,7 @@ Metric names follow verl: `val-core/<source>/acc/mean@k` for the headline number
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,9 @@ from typing import Any
 from dapo.data import PromptRecord
 from dapo.groups import reward_samples
 from dapo.rewards import RewardFunction
-from dapo.rollout import RolloutEngine, SamplingParams
+from dapo.rollout import RolloutEngine, SamplingParams, concat_rollouts, wave_seed
+
+PROMPTS_PER_CALL = 128  # an evaluation generates this many prompts per engine call, so its progress shows
 
 
 def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
@@ -24,10 +27,16 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
         pass@k = 1 − C(n − c, k) / C(n, k)
 
     the probability that at least one of k samples drawn without replacement from the n generated
-    ones is correct. Computed as a running product, which stays exact for large n.
+    ones is correct. C(n − c, k) / C(n, k) = Π_{i=n−c+1}^{n} (1 − k/i) is computed as that running product
+    (Chen et al.'s numerically stable form): no factorials, so no overflow for large n.
+
+    Edge cases (pinned by tests/test_evaluation.py): c = 0 gives 0; n − c < k (every k-subset holds a correct
+    sample, in particular c = n or k = n with c ≥ 1) gives 1. ValueError unless 1 ≤ k ≤ n and 0 ≤ c ≤ n.
     """
     if not 1 <= k <= num_samples:
         raise ValueError(f"need 1 ≤ k ≤ n, got k={k}, n={num_samples}")
+    if not 0 <= num_correct <= num_samples:
+        raise ValueError(f"need 0 ≤ c ≤ n, got c={num_correct}, n={num_samples}")
     if num_samples - num_correct < k:
         return 1.0
     fail = 1.0
@@ -39,9 +48,16 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
 def majority_correct(preds: Sequence[str | None], acc: Sequence[bool]) -> bool:
     """maj@k for one problem: is the most frequent extracted answer a correct one?
 
-    Responses with no answer do not vote. Ties go to the answer seen first, so the result is
-    deterministic. No answer at all counts as wrong.
+    Conventions (pinned by tests/test_evaluation.py):
+        * responses with no extracted answer (None) do not vote; no answer at all counts as wrong.
+        * a tie in votes goes to the tied answer that appears FIRST in `preds` (response order), so the
+          result is deterministic and does not depend on hash order.
+        * the winning answer counts as correct if ANY response that gave it was scored correct. Responses
+          with the same normalised answer normally share their score; when they do not (e.g. a format
+          check failed on one of them), the answer itself is judged, not its worst write-up.
     """
+    if len(preds) != len(acc):
+        raise ValueError(f"preds and acc must have one entry per response, got {len(preds)} and {len(acc)}")
     votes = Counter(p for p in preds if p is not None)
     if not votes:
         return False
@@ -59,12 +75,25 @@ def evaluate(
     n: int,
     seed: int,
     decode,
+    progress: bool = False,
+    prompts_per_call: int = PROMPTS_PER_CALL,
 ) -> dict[str, float]:
     """Generate n responses per prompt, score them, and return val-core / val-aux metrics per data source.
 
-    `decode(token_ids) -> str` turns a response into text (special tokens skipped).
+    `decode(token_ids) -> str` turns a response into text (special tokens skipped). The prompts are generated
+    `prompts_per_call` at a time (part i seeded `wave_seed(seed, i)`), with a progress bar over prompts when
+    `progress` is set.
     """
-    rollout = engine.generate(prompts, n, sampling, seed)
+    from tqdm.auto import tqdm
+
+    parts = []
+    bar = tqdm(total=len(prompts), desc="eval", unit="prompt", disable=not progress, mininterval=_bar_interval())
+    with bar:
+        for part, start in enumerate(range(0, len(prompts), prompts_per_call)):
+            chunk = prompts[start : start + prompts_per_call]
+            parts.append(engine.generate(chunk, n, sampling, wave_seed(seed, part)))
+            bar.update(len(chunk))
+    rollout = parts[0] if len(parts) == 1 else concat_rollouts(parts)
     lengths = rollout.response_lengths.tolist()
     samples = reward_samples(records, prompt_texts, rollout, decode)
     scored = reward_fn(samples)
@@ -96,13 +125,18 @@ def evaluate(
     return metrics
 
 
+def _bar_interval() -> float:
+    """Seconds between bar redraws: live on a terminal, sparse in a log file (CI, nohup)."""
+    return 0.1 if sys.stderr.isatty() else 10.0
+
+
 def format_eval(metrics: dict[str, float]) -> str:
     """One line per data source: 'arith: acc@4 41.2% | pass@4 70.0% | maj@4 45.0%'."""
     lines = []
     for key, value in sorted(metrics.items()):
         if key.startswith("val-core/") and "/acc/mean@" in key:
-            source = key.split("/")[1]
-            k = key.rsplit("@", 1)[1]
+            # Sources may contain "/" (verl's "lighteval/MATH", "HuggingFaceH4/MATH-500"): cut at the ends.
+            source, k = key.removeprefix("val-core/").rsplit("/acc/mean@", 1)
             parts = [f"{source}: avg@{k} {100 * value:.1f}%"]
             for name in (f"pass@{k}", f"maj@{k}"):
                 aux = metrics.get(f"val-aux/{source}/acc/{name}")

@@ -6,6 +6,7 @@ Side effects (files, tokenisation) live here so that the trainer's step stays ab
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from dapo.data import PromptRecord, PromptSampler, make_arith_records, read_data
 from dapo.models import load_model_and_tokenizer
 
 Say = Callable[[str], None]
+BUILTIN_VAL_SIZE = 200  # held-out problems of the built-in task when data.val_size is not set
 
 
 @dataclass
@@ -68,6 +70,7 @@ def _read_files(paths: Sequence[str], config: Config, say: Say) -> list[PromptRe
             apply_template=config.data.prompt_template,
             dedup=config.data.dedup,
             skip_bad_rows=config.data.skip_bad_rows,
+            default_data_source=config.data.default_data_source,
         )
         say(
             f"[data] {path}: {len(loaded.records)} prompts "
@@ -103,16 +106,26 @@ def _tokenise(records, tokenizer, config: Config, run: RunData, say: Say, label:
     return kept
 
 
+def _val_subset(records: list[PromptRecord], size: int | None, seed: int, say: Say) -> list[PromptRecord]:
+    """`size` of the validation prompts, drawn with `seed` and kept in file order; all of them for None."""
+    if size is None or size >= len(records):
+        return records
+    chosen = sorted(random.Random(f"val-subset:{seed}").sample(range(len(records)), size))
+    say(f"[data] validation: a seeded subset of {size} of {len(records)} prompts (data.val_size)")
+    return [records[i] for i in chosen]
+
+
 def load_run_data(config: Config, tokenizer, say: Say = print) -> RunData:
     d = config.data
     if d.train_files:
-        train = _read_files(d.train_files, config, say)
-        val = _read_files(d.val_files, config, say) if d.val_files else []
+        train, val = _read_files(d.train_files, config, say), []
     elif d.task == "arith":
         train = make_arith_records("train", 20_000, seed=d.seed, level=d.task_level)
-        val = make_arith_records("test", d.val_size, seed=d.seed, level=d.task_level)
+        val = make_arith_records("test", d.val_size or BUILTIN_VAL_SIZE, seed=d.seed, level=d.task_level)
     else:
         raise ConfigError("data.train_files is empty and data.task is not a built-in task (arith)")
+    if d.val_files:  # given files are what is evaluated, with the built-in task's training prompts too
+        val = _val_subset(_read_files(d.val_files, config, say), d.val_size, d.seed, say)
     run = RunData([], [], {}, {}, sampler=None)  # type: ignore[arg-type]
     run.train_records = _tokenise(_unique_uids(train, "train:"), tokenizer, config, run, say, "train")
     run.val_records = _tokenise(_unique_uids(val, "val:"), tokenizer, config, run, say, "val") if val else []

@@ -29,18 +29,20 @@ from torch import Tensor
 
 from dapo import algo
 from dapo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-from dapo.config import Config, config_diff
+from dapo.config import Config, ConfigError, config_diff
 from dapo.errors import DapoError
 from dapo.evaluation import evaluate, format_eval
 from dapo.groups import (
     ScoredGroup,
     build_train_batch,
     groups_from_rollout,
+    informative,
     reward_samples,
     rollout_logprob_matrix,
     sequence_mask,
 )
 from dapo.metrics import MetricsLogger, ProgressView, stats_dict
+from dapo.models import save_pretrained_pair
 from dapo.rewards import build_reward_function
 from dapo.rollout import BuiltinEngine, SamplingParams, build_engine
 from dapo.runtime import RunData, load_policy, load_run_data, measure_matmul_peak
@@ -102,7 +104,9 @@ class Trainer:
             overlong_buffer_length=config.algo.overlong.buffer_length,
             overlong_penalty_factor=config.algo.overlong.penalty_factor,
         )
-        self.engine = build_engine(config.rollout.engine, self.model, self.tokenizer)
+        builtin = config.rollout.engine == "builtin"
+        engine_options = {"max_rows_in_flight": config.rollout.max_rows_in_flight or None} if builtin else {}
+        self.engine = build_engine(config.rollout.engine, self.model, self.tokenizer, **engine_options)
         self.policy = PolicyWorker(
             self.model,
             self._optim_params(config.actor.lr, config.actor.weight_decay, config.actor.grad_clip),
@@ -302,8 +306,7 @@ class Trainer:
         return groups_from_rollout(records, prompts, rollout, scored), scored.metrics
 
     def _informative(self, groups: list[ScoredGroup]) -> list[bool]:
-        metric = torch.tensor([g.metric(self.cfg.algo.dynamic_sampling.metric) for g in groups])
-        return algo.informative_groups(metric).tolist()
+        return informative(groups, self.cfg.algo.dynamic_sampling.metric)
 
     def _sampling_metrics(self, generated, rounds: int, from_buffer: int, discarded: int) -> dict[str, float]:
         """Statistics over every group generated this step (before filtering): what dynamic sampling saw."""
@@ -332,7 +335,7 @@ class Trainer:
         if cfg.use_kl_in_reward and self.policy.reference is not None:
             # In-reward KL (InstructGPT-style): −β·KL_t on every token. GAE sees it per token; the group
             # estimators see its sum per response (the same total).
-            token_kl = algo.kl_estimate(old_logprobs, batch.ref_logprobs, cfg.kl_reward_type) * all_tokens
+            token_kl = algo.kl_estimate(old_logprobs, batch.ref_logprobs, cfg.kl_reward_type, mask=all_tokens)
             token_rewards = algo.kl_penalized_token_rewards(
                 token_rewards, token_kl, self.counters.kl_reward_coef, all_tokens
             )
@@ -436,7 +439,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ 7. evaluation
 
-    def _evaluate(self, step: int) -> dict[str, float]:
+    def _evaluate(self, step: int, progress: bool | None = None) -> dict[str, float]:
         start = time.perf_counter()
         records = self.data.val_records
         metrics = evaluate(
@@ -449,15 +452,17 @@ class Trainer:
             self.cfg.rollout.val_n,
             seed=(self.cfg.trainer.seed * 7_777_777 + step) % 2**31,
             decode=self._decode,
+            progress=self.cfg.trainer.progress if progress is None else progress,
         )
         metrics["timing_s/testing"] = time.perf_counter() - start
         return metrics
 
-    def evaluate_now(self) -> dict[str, float]:
-        """Evaluate the current policy on the validation set (`dapo eval`); nothing is logged."""
+    def evaluate_now(self, progress: bool = True) -> dict[str, float]:
+        """Evaluate the current policy on the validation set (`dapo eval`), with a progress bar over prompts;
+        nothing is logged."""
         if not self.data.val_records:
-            raise ValueError("no validation data: set data.val_files (or use the built-in task)")
-        return self._evaluate(self.counters.step)
+            raise ConfigError("no validation data: set data.val_files (or use the built-in task)")
+        return self._evaluate(self.counters.step, progress)
 
     def _evaluate_and_log(self, step: int, progress: ProgressView) -> dict[str, float]:
         metrics = self._evaluate(step)
@@ -524,9 +529,8 @@ class Trainer:
 
     def export(self, path: str | Path) -> Path:
         """Write the trained policy as a Hugging Face model directory (model + tokenizer + run config)."""
-        path = Path(path)
-        self.model.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+        # The same save as a base model's: a policy trained from a GGUF checkpoint is written as plain weights.
+        path = save_pretrained_pair(self.model, self.tokenizer, path)
         (path / "dapo_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
         return path
 

@@ -10,6 +10,7 @@ from dapo.data.filtering import (
 )
 from dapo.data.records import (
     ChatMessage,
+    DatasetFileError,
     DatasetRowError,
     LoadedDataset,
     PromptRecord,
@@ -29,6 +30,7 @@ __all__ = [
     "LENGTH_MODES",
     "LEVELS",
     "ChatMessage",
+    "DatasetFileError",
     "DatasetRowError",
     "LoadedDataset",
     "PromptLengthReport",

@@ -105,6 +105,10 @@ class DatasetRowError(DapoError, ValueError):
         super().__init__(f"{path}: row {row}: field {field_name!r}: {problem}")
 
 
+class DatasetFileError(DapoError, FileNotFoundError):
+    """A data file that cannot be read at all (missing, or of an unknown format)."""
+
+
 # --- field conversion ----------------------------------------------------------------------------------
 def normalize_ground_truth(value: Any) -> str:
     """A ground truth as a string: integral floats lose ".0" (AMC 2023 stores 27.0), ints and strings
@@ -150,7 +154,9 @@ def _infer_source(path: Path, row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _record_from_row(path: Path, row_number: int, row: Mapping[str, Any], data_source: str | None) -> PromptRecord:
+def _record_from_row(
+    path: Path, row_number: int, row: Mapping[str, Any], data_source: str | None, default_data_source: str | None
+) -> PromptRecord:
     def bad(field_name: str, problem: str) -> DatasetRowError:
         return DatasetRowError(path, row_number, field_name, problem)
 
@@ -191,9 +197,13 @@ def _record_from_row(path: Path, row_number: int, row: Mapping[str, Any], data_s
     except (TypeError, ValueError) as exc:
         raise bad(gt_field, str(exc)) from None
 
-    source = data_source or row.get("data_source") or _infer_source(path, row)
+    source = data_source or row.get("data_source") or _infer_source(path, row) or default_data_source
     if not isinstance(source, str) or not source:
-        raise bad("data_source", "missing and not inferable from the file name; pass data_source=...")
+        raise bad(
+            "data_source",
+            "missing and not inferable from the file name; set data.default_data_source "
+            "(e.g. data.default_data_source=aime for a competition set scored on its final answer)",
+        )
     uid_value = extra.get("index")
     if uid_value is None:
         uid_value = next((row[f] for f in _ID_FIELDS if row.get(f) is not None), row_number)
@@ -246,7 +256,7 @@ def _detect_format(path: Path) -> str:
         return "jsonl"
     if suffix == "json":
         return "json"
-    raise ValueError(f"cannot tell the format of {path} from its extension; pass format= one of {list(_FORMATS)}")
+    raise ValueError(f"cannot tell the format of {path} from its extension: use .parquet, .jsonl or .json")
 
 
 def read_dataset(
@@ -254,6 +264,7 @@ def read_dataset(
     *,
     format: str = "auto",
     data_source: str | None = None,
+    default_data_source: str | None = None,
     apply_template: str | None = None,
     dedup: bool = True,
     skip_bad_rows: bool = False,
@@ -265,6 +276,8 @@ def read_dataset(
         path: the file.
         format: "auto" (by extension), "parquet", "jsonl" or "json".
         data_source: overrides the file's `data_source` (or the one inferred from the file name).
+        default_data_source: used for rows that have no `data_source` and whose file name names none
+            (`data.default_data_source`).
         apply_template: None, or "dapo" to wrap raw problems in the DAPO prompt template (prompts that
             already carry it are left as they are, so it is never applied twice).
         dedup: drop rows whose prompt messages (after templating) repeat an earlier row (DAPO-Math-17K
@@ -275,8 +288,11 @@ def read_dataset(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data set not found: {path}")
-    fmt = _detect_format(path) if format == "auto" else format
+        raise DatasetFileError(f"data set not found: {path} (check data.train_files / data.val_files)")
+    try:
+        fmt = _detect_format(path) if format == "auto" else format
+    except ValueError as exc:
+        raise DatasetFileError(str(exc)) from None
     if fmt not in _FORMATS:
         raise ValueError(f"unknown format {format!r}; expected 'auto' or one of {list(_FORMATS)}")
     if apply_template not in (None, "dapo"):
@@ -291,7 +307,7 @@ def read_dataset(
         try:
             if isinstance(row, _BadJson):
                 raise DatasetRowError(path, row_number, "<line>", row.problem)
-            record = _record_from_row(path, row_number, row, data_source)
+            record = _record_from_row(path, row_number, row, data_source, default_data_source)
         except DatasetRowError as exc:
             if not skip_bad_rows:
                 raise

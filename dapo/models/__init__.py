@@ -6,13 +6,19 @@ path = save_pretrained_pair(model, tok, "/tmp/m")
 model, tok = load_model_and_tokenizer(path)       # or a hub id, or a .gguf file
 """
 
-from dapo.models.loading import load_model_and_tokenizer, save_pretrained_pair, smollm2_gguf_path
+from dapo.models.loading import (
+    ModelPathError,
+    load_model_and_tokenizer,
+    save_pretrained_pair,
+    smollm2_gguf_path,
+)
 from dapo.models.tiny import SIZES, build_tiny_model, num_parameters
 from dapo.models.tokenizer import DEFAULT_CHARSET, build_char_tokenizer
 
 __all__ = [
     "DEFAULT_CHARSET",
     "SIZES",
+    "ModelPathError",
     "build_char_tokenizer",
     "build_tiny_model",
     "load_model_and_tokenizer",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -21,7 +22,19 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from dapo.errors import DapoError
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ACCEPTED_MODEL_PATHS = (
+    "a Hugging Face model directory (with config.json), a .gguf file, builtin:tiny-1m|5m|20m, "
+    "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct (needs network or a local cache)"
+)
+# What the hub accepts as a repo id: "name" or "owner/name" of letters, digits, '-', '_', '.'.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+class ModelPathError(DapoError):
+    """`model.path` names nothing that can be loaded."""
 
 
 def save_pretrained_pair(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
@@ -75,17 +88,43 @@ def load_model_and_tokenizer(
     if gguf_file is None and name_or_path.endswith(".gguf"):
         p = Path(name_or_path)
         if not p.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {p}")
+            raise ModelPathError(f"model.path={p}: GGUF file not found")
         name_or_path, gguf_file = str(p.parent), p.name
     if gguf_file is not None and importlib.util.find_spec("gguf") is None:
         raise ImportError("loading a GGUF file needs the 'gguf' package: pip install -e .[gguf]")
+    _check_model_path(name_or_path, gguf_file)
     extra = {"gguf_file": gguf_file} if gguf_file is not None else {}
-    tokenizer = _load_tokenizer(name_or_path, extra)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra)
+    try:
+        tokenizer = _load_tokenizer(name_or_path, extra)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra)
+    except OSError as error:  # transformers' "not a valid model identifier / cannot connect" family
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelPathError(
+            f"model.path={name_or_path}: could not be loaded ({first_line}); it accepts {ACCEPTED_MODEL_PATHS}"
+        ) from error
     if tokenizer.pad_token_id is None:
         # Generation pads batches; a model without a pad token reuses EOS (masked out anyway).
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
+
+
+def _check_model_path(name_or_path: str, gguf_file: str | None) -> None:
+    """Refuse, in one line, a path that cannot be a model, before transformers turns it into a traceback
+    about repo-id characters. Only what is neither an existing path nor a possible hub id is refused here."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if gguf_file is not None and not (path / gguf_file).is_file():
+            raise ModelPathError(f"model.gguf_file={gguf_file}: no such file in {path}")
+        if gguf_file is None and not (path / "config.json").is_file():
+            raise ModelPathError(
+                f"model.path={name_or_path} is a directory but not a Hugging Face model directory (no config.json); "
+                f"it accepts {ACCEPTED_MODEL_PATHS}"
+            )
+        return
+    if path.exists():
+        raise ModelPathError(f"model.path={name_or_path} is a file, not a model; it accepts {ACCEPTED_MODEL_PATHS}")
+    if not _HUB_ID.match(name_or_path):
+        raise ModelPathError(f"model.path={name_or_path} does not exist; it accepts {ACCEPTED_MODEL_PATHS}")
 
 
 def _load_tokenizer(name_or_path: str, extra: dict) -> PreTrainedTokenizerBase:

@@ -9,7 +9,15 @@ vLLM is imported only when asked for.
 
 from __future__ import annotations
 
-from dapo.rollout.base import FINISH_REASONS, RolloutBatch, RolloutEngine, SamplingParams, validate_request
+from dapo.rollout.base import (
+    FINISH_REASONS,
+    RolloutBatch,
+    RolloutEngine,
+    SamplingParams,
+    concat_rollouts,
+    validate_request,
+    wave_seed,
+)
 from dapo.rollout.builtin import BuiltinEngine
 
 
@@ -32,5 +40,7 @@ __all__ = [
     "RolloutEngine",
     "SamplingParams",
     "build_engine",
+    "concat_rollouts",
     "validate_request",
+    "wave_seed",
 ]

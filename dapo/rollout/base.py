@@ -177,3 +177,57 @@ def validate_request(
             raise ValueError(f"prompt {i} holds token id {bad[0]} outside the vocabulary (size {vocab_size})")
         out.append(ids)
     return out
+
+
+def wave_seed(seed: int, wave: int) -> int:
+    """Seed of part `wave` of a request seeded `seed` that is generated in parts: part 0 keeps `seed` (a
+    request that fits in one part is generated as if it were not split); later parts get distinct streams."""
+    return seed if wave == 0 else (seed * 1_000_003 + wave * 7_919) % 2**63
+
+
+def _padding_id(parts: Sequence[RolloutBatch]) -> int:
+    for p in parts:
+        for ids, mask in ((p.response_ids, p.response_mask), (p.prompt_ids, p.prompt_mask)):
+            padded = ids[~mask]
+            if padded.numel():
+                return int(padded[0])
+    return 0
+
+
+def concat_rollouts(parts: Sequence[RolloutBatch], pad_token_id: int | None = None) -> RolloutBatch:
+    """The batches of consecutive prompt sets (waves of one request) as one batch, in order.
+
+    Prompts stay left-padded and responses right-padded to the widest of all parts, with `pad_token_id`
+    (None: the id the parts already pad with, 0 if they hold no padding); `group_index` counts on across
+    parts, so row i·n … i·n + n − 1 is still prompt i of the whole request.
+    """
+    n = parts[0].n
+    if pad_token_id is None:
+        pad_token_id = _padding_id(parts)
+    if any(p.n != n for p in parts):
+        raise ValueError("every part must have the same n")
+    prompt_width = max(p.prompt_ids.shape[1] for p in parts)
+    response_width = max(p.response_ids.shape[1] for p in parts)
+
+    def left(t: Tensor, fill) -> Tensor:
+        return torch.nn.functional.pad(t, (prompt_width - t.shape[1], 0), value=fill)
+
+    def right(t: Tensor, fill) -> Tensor:
+        return torch.nn.functional.pad(t, (0, response_width - t.shape[1]), value=fill)
+
+    offsets = [0]
+    for p in parts[:-1]:
+        offsets.append(offsets[-1] + p.num_prompts)
+    has_sampling = parts[0].sampling_logprobs is not None
+    return RolloutBatch(
+        prompt_ids=torch.cat([left(p.prompt_ids, pad_token_id) for p in parts]),
+        prompt_mask=torch.cat([left(p.prompt_mask, False) for p in parts]),
+        response_ids=torch.cat([right(p.response_ids, pad_token_id) for p in parts]),
+        response_mask=torch.cat([right(p.response_mask, False) for p in parts]),
+        logprobs=torch.cat([right(p.logprobs, 0.0) for p in parts]),
+        sampling_logprobs=torch.cat([right(p.sampling_logprobs, 0.0) for p in parts]) if has_sampling else None,
+        response_lengths=torch.cat([p.response_lengths for p in parts]),
+        finish_reasons=tuple(r for p in parts for r in p.finish_reasons),
+        group_index=torch.cat([p.group_index + offset for p, offset in zip(parts, offsets, strict=True)]),
+        n=n,
+    )

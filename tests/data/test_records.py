@@ -9,6 +9,7 @@ import pytest
 
 from dapo.data import (
     DAPO_PREFIX,
+    DatasetFileError,
     DatasetRowError,
     has_dapo_template,
     read_dataset,
@@ -103,9 +104,25 @@ def test_skip_bad_rows_counts_them(tmp_path):
     assert loaded.num_rows == len(rows) and all("x.jsonl: row" in line for line in loaded.bad_rows)
 
 
-def test_missing_data_source_is_an_error(tmp_path):
-    with pytest.raises(DatasetRowError, match="data_source"):
-        read_dataset(_write_jsonl(tmp_path / "plain.jsonl", [{"question": "q", "answer": "1"}]))
+def test_missing_data_source_is_an_error_that_names_the_setting(tmp_path):
+    with pytest.raises(DatasetRowError, match=r"hmmt_feb_test\.jsonl: row 0: field 'data_source'.*default_data_source"):
+        read_dataset(_write_jsonl(tmp_path / "hmmt_feb_test.jsonl", [{"question": "q", "answer": "1"}]))
+
+
+def test_default_data_source_applies_only_where_the_row_and_file_name_give_none(tmp_path):
+    rows = [{"question": "a", "answer": "1"}, {"question": "b", "answer": "2", "data_source": "math_dapo"}]
+    loaded = read_dataset(_write_jsonl(tmp_path / "hmmt_feb_test.jsonl", rows), default_data_source="aime")
+    assert [r.data_source for r in loaded] == ["aime", "math_dapo"]
+    named = read_dataset(_write_jsonl(tmp_path / "gsm8k_extra.jsonl", rows[:1]), default_data_source="aime")
+    assert named[0].data_source == "gsm8k"  # the file name still says what it is
+
+
+def test_a_missing_or_unreadable_file_is_a_one_line_user_error(tmp_path):
+    with pytest.raises(DatasetFileError, match=r"data set not found: .*nope\.parquet.*data\.train_files"):
+        read_dataset(tmp_path / "nope.parquet")
+    (tmp_path / "rows.csv").write_text("a,b\n")
+    with pytest.raises(DatasetFileError, match=r"\.parquet, \.jsonl or \.json"):
+        read_dataset(tmp_path / "rows.csv")
 
 
 def test_conflicting_duplicates_are_counted(tmp_path):

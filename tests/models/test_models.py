@@ -5,6 +5,7 @@ import torch
 
 from dapo.models import (
     SIZES,
+    ModelPathError,
     build_char_tokenizer,
     build_tiny_model,
     load_model_and_tokenizer,
@@ -76,8 +77,35 @@ def test_save_load_round_trip_identical_logits(tok, tmp_path, arch):
 
 
 def test_load_missing_gguf_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nope\.gguf"):
+    with pytest.raises(ModelPathError, match=r"nope\.gguf"):
         load_model_and_tokenizer(tmp_path / "nope.gguf")
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda tmp: "/nonexistent", "does not exist"),
+        (lambda tmp: str(tmp / "missing-model"), "does not exist"),
+        (lambda tmp: "../no/such/dir", "does not exist"),
+        (lambda tmp: str(tmp), "not a Hugging Face model directory"),
+        (lambda tmp: str((tmp / "weights.bin").resolve()), "is a file, not a model"),
+    ],
+)
+def test_a_bad_model_path_says_what_is_accepted(tmp_path, make, says):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ModelPathError, match=says) as caught:
+        load_model_and_tokenizer(make(tmp_path))
+    message = str(caught.value)
+    assert "\n" not in message and "config.json" in message and "builtin:tiny" in message
+
+
+def test_the_cli_reports_a_bad_model_path_in_one_line(capsys):
+    from dapo.cli import main
+
+    assert main(["eval", "model.path=/nonexistent"]) == 1
+    err = capsys.readouterr().err
+    assert "model.path=/nonexistent does not exist" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import torch
 from transformers import GenerationConfig
 
 from dapo.models import build_tiny_model
-from dapo.rollout import BuiltinEngine, RolloutEngine, SamplingParams, build_engine
+from dapo.rollout import BuiltinEngine, RolloutEngine, SamplingParams, build_engine, concat_rollouts, wave_seed
 
 BACKENDS = ["fused", "static", "hf"]
 
@@ -283,3 +283,75 @@ def test_auto_falls_back_to_static_for_an_architecture_fused_does_not_cover(tok)
     with pytest.raises(NotImplementedError, match="gpt2"):
         FusedDecoder(model)
     assert BuiltinEngine(model, tok).backend_name in ("static", "hf")
+
+
+def _same_rollout(a, b) -> None:
+    for name in ("prompt_ids", "prompt_mask", "response_ids", "response_mask", "logprobs", "response_lengths"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.finish_reasons == b.finish_reasons and torch.equal(a.group_index, b.group_index)
+
+
+def test_a_request_over_the_row_budget_runs_in_waves_of_whole_prompts(sharp_model, tok, prompts, monkeypatch):
+    many = [*prompts, *prompts, prompts[0]]  # 7 prompts of mixed lengths
+    sp = SamplingParams(max_new_tokens=12)
+    whole = BuiltinEngine(sharp_model, tok).generate(many, 3, sp, seed=4)
+    limited = BuiltinEngine(sharp_model, tok, max_rows_in_flight=7)  # 2 prompts x 3 rows per wave
+    waves = []
+    original = limited._generate
+
+    def spy(wave_prompts, n, sampling, seed):
+        waves.append((len(wave_prompts) * n, seed))
+        return original(wave_prompts, n, sampling, seed)
+
+    monkeypatch.setattr(limited, "_generate", spy)
+    batched = limited.generate(many, 3, sp, seed=4)
+    assert [rows for rows, _ in waves] == [6, 6, 6, 3] and max(rows for rows, _ in waves) <= 7
+    assert [seed for _, seed in waves] == [wave_seed(4, w) for w in range(4)] and waves[0][1] == 4
+    # The layout of one request: row i·n … i·n + n − 1 answers prompt i, prompts left-padded to the longest.
+    assert batched.response_ids.shape[0] == 21
+    assert batched.group_index.tolist() == [p for p in range(7) for _ in range(3)]
+    for i, p in enumerate(many):
+        row = 3 * i
+        assert batched.prompt_ids[row][batched.prompt_mask[row]].tolist() == p
+    # Each wave is what generating its prompts alone with the wave's seed gives.
+    alone = BuiltinEngine(sharp_model, tok).generate(many[2:4], 3, sp, seed=wave_seed(4, 1))
+    width = int(alone.response_mask.sum(1).max())
+    torch.testing.assert_close(batched.response_ids[6:12, :width], alone.response_ids[:, :width], rtol=0, atol=0)
+    assert torch.equal(batched.response_lengths[6:12], alone.response_lengths)
+    # Deterministic for a fixed seed and budget; a request that fits in one wave is generated as without it.
+    _same_rollout(batched, limited.generate(many, 3, sp, seed=4))
+    _same_rollout(BuiltinEngine(sharp_model, tok, max_rows_in_flight=21).generate(many, 3, sp, seed=4), whole)
+    # n larger than the budget still makes progress: one prompt per wave.
+    assert BuiltinEngine(sharp_model, tok, max_rows_in_flight=2).generate(prompts, 3, sp, seed=0).n == 3
+
+
+def test_the_automatic_row_budget_follows_memory(sharp_model, tok, prompts, monkeypatch):
+    import dapo.rollout.builtin as builtin
+
+    engine = BuiltinEngine(sharp_model, tok)
+    sp = SamplingParams(max_new_tokens=100)
+    config = sharp_model.config
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    per_row = kv_per_token * (max(len(p) for p in prompts) + 100) + 6 * 4 * engine.vocab_size
+    monkeypatch.setattr(builtin, "machine_memory_bytes", lambda: 4 * 50 * per_row)
+    assert engine.rows_per_wave(prompts, sp) == 50
+    monkeypatch.setattr(builtin, "machine_memory_bytes", lambda: 1)
+    assert engine.rows_per_wave(prompts, sp) == 1
+    with pytest.raises(ValueError, match="max_rows_in_flight"):
+        BuiltinEngine(sharp_model, tok, max_rows_in_flight=0)
+
+
+def test_concat_rollouts_pads_to_the_widest_part(sharp_model, tok, prompts):
+    sp = SamplingParams(max_new_tokens=6)
+    engine = BuiltinEngine(sharp_model, tok)
+    first, second = engine.generate(prompts[:1], 2, sp, seed=0), engine.generate(prompts[1:], 2, sp, seed=1)
+    joined = concat_rollouts([first, second])
+    assert joined.n == 2 and joined.num_prompts == 3 and joined.group_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert joined.prompt_ids.shape[1] == max(first.prompt_ids.shape[1], second.prompt_ids.shape[1])
+    for part, rows in ((first, slice(0, 2)), (second, slice(2, 6))):
+        t = part.response_ids.shape[1]
+        assert torch.equal(joined.response_ids[rows, :t], part.response_ids)
+        assert not joined.response_mask[rows, t:].any() and (joined.logprobs[rows, t:] == 0).all()
+        assert torch.equal(joined.prompt_ids[rows][joined.prompt_mask[rows]], part.prompt_ids[part.prompt_mask])
+    assert (joined.prompt_ids[~joined.prompt_mask] == engine.pad_token_id).all()
+    assert (joined.response_ids[~joined.response_mask] == engine.pad_token_id).all()
