@@ -2,10 +2,11 @@
 the same exact value.
 
 Where the prediction is read, in order: the last `#### N` in the tail of the response (GSM8K's own
-format), else the last `Answer:` line (DAPO format), else the last `\\boxed{}`. Within that segment the
-number is the first numeral after the last `=` ("Answer: 3 + 15 = 18" -> 18); `$`, thousands separators,
-units and a trailing period are ignored. There is deliberately no "last number anywhere" fallback: a
-response without an answer marker scores as no answer.
+format), else the last `Answer:` line (DAPO format), else a `\\boxed{}` that ends the response
+(`text.final_answer`). Within that segment the number is the first numeral after the last `=`
+("Answer: 3 + 15 = 18" -> 18); `$`, thousands separators, units and a trailing period are ignored.
+There is deliberately no "last number anywhere" fallback: a response without an answer marker scores
+as no answer.
 
 Worked example (ground truth "#### 1,000" or "1000"):
     "... so she earns $1,000.\\n#### 1,000"  -> +1
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import re
 
-from dapo.rewards.dapo_answer import _tolerant_prediction
-from dapo.rewards.text import parse_number, tail
+from dapo.rewards.text import final_answer, parse_number, tail
 from dapo.rewards.types import ScoreResult, verdict
 
 GSM8K_TAIL_CHARS = 2000
@@ -48,7 +48,7 @@ def score_gsm8k(response: str | bytes, ground_truth: str) -> ScoreResult:
     """
     window = tail(response, GSM8K_TAIL_CHARS)
     hashes = _HASHES.findall(window)
-    segment = hashes[-1] if hashes else _tolerant_prediction(window)
+    segment = hashes[-1] if hashes else final_answer(window)
     pred = None if segment is None else _number_in(segment)
     if pred is None:
         return verdict(False, None if segment is None else segment.strip())

@@ -29,7 +29,7 @@ from dapo.rewards.custom import (
     error_result,
     load_callable,
 )
-from dapo.rewards.dapo_answer import MAX_ANSWER_CHARS, SCORER_MODES, VERL_TAIL_CHARS, score_dapo
+from dapo.rewards.dapo_answer import DEFAULT_READ_CHARS, SCORER_MODES, score_dapo
 from dapo.rewards.gsm8k import score_gsm8k
 from dapo.rewards.math_answer import check_math_answer
 from dapo.rewards.pool import KillablePool
@@ -57,9 +57,6 @@ EXACT_ROUTES: Mapping[str, str] = {
     "openai/gsm8k": GSM8K,
 }
 PREFIX_ROUTES: Mapping[str, str] = {"aime": DAPO, "amc": DAPO}
-
-# Responses are cut to what a scorer can read before they are sent to a worker process.
-_DAPO_READ_CHARS = VERL_TAIL_CHARS + MAX_ANSWER_CHARS + 4096
 
 
 class RewardFunctionError(DapoError, RuntimeError):
@@ -215,11 +212,11 @@ class RewardFunction:
                     results[i] = check
                 elif check.needs_symbolic:
                     pending.append(i)
-                    results[i] = check.pred  # placeholder: the prediction, until the pool decides
+                    results[i] = check  # placeholder: the in-process check, until the pool decides
                 else:
                     results[i] = check.result
         if pending:
-            self._score_symbolic(samples, pending, results)
+            self._score_symbolic(pending, results)
         return results, len(pending)  # type: ignore[return-value]
 
     def _guarded(self, index: int, sample: RewardSample, fn: Callable[[RewardSample], Any]) -> Any:
@@ -241,7 +238,7 @@ class RewardFunction:
             chunks = [idx[k :: self.num_workers] for k in range(self.num_workers)]
             args = [
                 (
-                    [samples[i].response[-_DAPO_READ_CHARS:] for i in c],
+                    [samples[i].response[-DEFAULT_READ_CHARS:] for i in c],  # all a DAPO scorer reads
                     [samples[i].ground_truth for i in c],
                     self.scorer_mode,
                 )
@@ -262,11 +259,11 @@ class RewardFunction:
     def _dapo_one(self, s: RewardSample) -> ScoreResult:
         return score_dapo(s.response, s.ground_truth, self.scorer_mode)
 
-    def _score_symbolic(self, samples: Sequence[RewardSample], pending: list[int], results: list) -> None:
-        preds = [results[i] for i in pending]
-        args = [
-            (samples[i].ground_truth.strip(), p, self.symbolic_timeout_s) for i, p in zip(pending, preds, strict=True)
-        ]
+    def _score_symbolic(self, pending: list[int], results: list) -> None:
+        checks = [results[i] for i in pending]
+        preds = [check.pred for check in checks]
+        # What math-verify compares is the check's (gold, pred), not the raw texts (decimals made exact).
+        args = [(*check.symbolic_args, self.symbolic_timeout_s) for check in checks]
         # The hard deadline leaves math-verify's own (SIGALRM) timeouts room to fire first.
         deadline = self.symbolic_timeout_s + 1.0
         outcomes = self._get_pool().map("dapo.rewards.symbolic:symbolic_equal", args, deadline)
@@ -374,7 +371,7 @@ def build_reward_function(
         num_workers: worker processes. Symbolic (math-verify) checks always run in a pool of
             max(1, num_workers) processes; the DAPO scorer runs in it too for batches of at least
             `parallel_min_batch` responses when num_workers > 0.
-        scorer_mode: "default" or "verl" (exact parity with verl's math_dapo, false negatives included).
+        scorer_mode: "default" (never accepts a wrong answer) or "verl" (verl's math_dapo verdict for verdict).
         symbolic_timeout_s: math-verify's budget per symbolic check; the worker is killed 1 s after it.
         parallel_min_batch: smallest batch scored in the pool (the default never does: bench/results
             shows the in-process DAPO scorer is faster than shipping text to workers).

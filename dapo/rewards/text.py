@@ -1,5 +1,5 @@
 """Bounded text helpers shared by the scorers: sanitising untrusted model output, taking its tail, finding
-the last `\\boxed{...}`, reading plain numbers.
+the last `\\boxed{...}` and the final answer, reading plain numbers.
 
 Every function here runs in time linear in a bounded window of its input (never in the size of the whole
 response beyond one C-level scan), so a megabyte of text, invalid UTF-8, control characters, deeply nested
@@ -12,9 +12,13 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-# Control characters other than tab and newline carry no meaning in an answer and can confuse regexes
-# and terminals; carriage returns become newlines so that "Answer: 5\r\n" is one line.
-_CONTROL = re.compile(r"\x1b\[[0-9;?]{0,32}[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# ANSI escape sequences are terminal formatting: they render as nothing, so they are removed. Other control
+# characters (C0 and C1 except tab and newline) become a space, never nothing: deleting one could join its
+# neighbours into a different answer ("1\x0044" must not read as "144").
+_ANSI = re.compile(r"\x1b\[[0-9;?]{0,32}[A-Za-z]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What `printable` escapes: control characters (here also tab and newline) and lone surrogates.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 # Longest answer (inside \boxed{...} or after "Answer:") a scorer looks at. The longest MATH-500 answer
 # has 159 characters; anything beyond this bound is treated as no answer rather than parsed.
@@ -24,16 +28,33 @@ MAX_ANSWER_CHARS = 2000
 # refuses int() beyond 4300 digits), so longer numerals are compared as strings only.
 MAX_NUMBER_CHARS = 64
 
+# A text-mode group without nested braces: `\text{ cm}`, `\mbox{and}`. Unwrapping it keeps its words.
+TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}")
+
+
+def decode_tail(text: str | bytes, num_chars: int) -> str:
+    """The last `num_chars` characters of `text` as str, nothing else changed (bytes are decoded as UTF-8
+    with U+FFFD for invalid sequences; decoding only the tail keeps it O(num_chars))."""
+    if isinstance(text, bytes | bytearray):
+        # 4 bytes per character at most, plus 3 for a character cut at the start of the slice.
+        text = bytes(text[-(4 * num_chars + 3) :]).decode("utf-8", errors="replace")
+    elif not isinstance(text, str):
+        raise TypeError(f"expected str or bytes, got {type(text).__name__}")
+    return text[-num_chars:]
+
 
 def sanitize(text: str | bytes) -> str:
     """Return `text` as valid, printable-safe str.
 
     bytes are decoded as UTF-8 with U+FFFD for invalid sequences; lone surrogates (what
     `errors="surrogateescape"` produces from invalid UTF-8) are replaced the same way; "\\r\\n" and "\\r"
-    become "\\n"; ANSI escape sequences and other C0/C1 control characters except tab are removed.
+    become "\\n"; ANSI escape sequences are removed and other C0/C1 control characters except tab become
+    a space.
 
     >>> sanitize(b"Answer: 5\\xff\\r\\n")
     'Answer: 5\\ufffd\\n'
+    >>> sanitize("Answer: 1\\x0044 \\x1b[1mbold\\x1b[0m")
+    'Answer: 1 44 bold'
     """
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", errors="replace")
@@ -45,14 +66,23 @@ def sanitize(text: str | bytes) -> str:
         text = text.encode("utf-8", errors="replace").decode("utf-8")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("", text)
+    return _CONTROL.sub(" ", _ANSI.sub("", text))
 
 
 def tail(text: str | bytes, num_chars: int) -> str:
     """Sanitised last `num_chars` characters of `text` (sanitising only the tail keeps it O(num_chars))."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text[-4 * num_chars :]).decode("utf-8", errors="replace")
-    return sanitize(text[-num_chars:])
+    return sanitize(decode_tail(text, num_chars))
+
+
+def printable(text: str) -> str:
+    """`text` with control characters and lone surrogates written as escapes ("\\x1b", "\\udcff").
+
+    For showing an unsanitised prediction (verl mode) in logs without changing what it is.
+
+    >>> printable("\\x1b[1m144\\r")
+    '\\\\x1b[1m144\\\\r'
+    """
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def matching_brace(text: str, open_index: int, max_chars: int = MAX_ANSWER_CHARS) -> int | None:
@@ -78,6 +108,25 @@ def matching_brace(text: str, open_index: int, max_chars: int = MAX_ANSWER_CHARS
 
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BARE_BOX = re.compile(r" +([^\s$]+)")  # `\boxed 5`
+
+
+def _last_box(text: str, max_chars: int) -> tuple[str, int] | None:
+    """(content, end index) of the last box in `text`, or None (no box, unterminated, or too long)."""
+    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
+    i = start + len(cmd)
+    if text.startswith(" ", i) and not text.startswith(" {", i):
+        m = _BARE_BOX.match(text, i, i + max_chars + 8)
+        return (m.group(1), m.end()) if m and len(m.group(1)) <= max_chars else None
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    close = matching_brace(text, i, max_chars)
+    return None if close is None else (text[i + 1 : close], close + 1)
 
 
 def last_boxed(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str | None:
@@ -89,20 +138,111 @@ def last_boxed(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str | None:
     >>> last_boxed(r"so \\boxed{1} or rather $\\boxed{\\frac{1}{2}}$.")
     '\\\\frac{1}{2}'
     """
-    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
-    if start < 0:
+    box = _last_box(text, max_chars)
+    return None if box is None else box[0]
+
+
+# What may follow a final box: math delimiters, markdown emphasis, a full stop, whitespace ("!" may be a
+# factorial), and end-of-sequence markers a decode that keeps special tokens leaves (`</s>`, `<|im_end|>`):
+# none of them states an answer.
+_AFTER_FINAL_BOX = re.compile(r"(?:[\s$.*_]|\\\]|\\\)|</s>|<eos>|<end_of_turn>|<\|[a-z_]{1,32}\|>)*")
+
+
+def final_boxed(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str | None:
+    """Content of the last box when it ends `text` (only delimiters, `.`, whitespace or end-of-sequence
+    markers after it), else None.
+
+    A box followed by more words is not a final answer: "\\boxed{5}. Wait, that is wrong: it is 6." has
+    none, rather than the retracted 5.
+
+    >>> final_boxed(r"so $\\boxed{5}$."), final_boxed(r"\\boxed{5}$</s>"), final_boxed(r"\\boxed{5} is wrong, it is 6")
+    ('5', '5', None)
+    """
+    box = _last_box(text, max_chars)
+    if box is None or not _AFTER_FINAL_BOX.fullmatch(text, box[1]):
         return None
-    cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
-    i = start + len(cmd)
-    if text.startswith(" ", i) and not text.startswith(" {", i):
-        m = re.match(r" +([^\s$]+)", text[i : i + max_chars + 8])
-        return m.group(1) if m and len(m.group(1)) <= max_chars else None
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i >= len(text) or text[i] != "{":
+    return box[0]
+
+
+_ANSWER_LABEL = re.compile(r"(?i)Answer\s*\**\s*:\s*\**([^\n]+)")
+
+
+def strip_markdown(s: str) -> str:
+    """`s` without surrounding whitespace and markdown emphasis or code marks (`**540**` -> `540`)."""
+    return s.strip().strip("*_`").strip()
+
+
+def final_answer(window: str) -> str | None:
+    """The final answer of a response window: the rest of the last `Answer:` line (markdown around the
+    label tolerated: `**Answer:** 540`), else a box that ends the window (`final_boxed`). None when there
+    is neither, or the answer is longer than MAX_ANSWER_CHARS (not parsed, rather than cut to a prefix).
+
+    >>> final_answer("work\\n**Answer:** $540$\\nDone."), final_answer("so\\n\\\\boxed{540}")
+    ('$540$', '540')
+    """
+    matches = _ANSWER_LABEL.findall(window)
+    answer = strip_markdown(matches[-1]) if matches else final_boxed(window)
+    if answer is None or len(answer) > MAX_ANSWER_CHARS:
         return None
-    close = matching_brace(text, i, max_chars)
-    return None if close is None else text[i + 1 : close]
+    return answer
+
+
+# An `=` that is not part of `<=`, `>=`, `==` or `!=`.
+_ASSIGNMENT = re.compile(r"(?<![<>!=])=(?![=<>])")
+_NOT_A_NAME = re.compile(r"(?i)[,;<>]|\bor\b|\band\b|\\(?:lor|[lgn]eq?|lt|gt|approx|sim|pm|mp)(?![A-Za-z])")
+_OPERATOR = re.compile(r"[-+*/^!]|\\(?:cdot|times|div)(?![A-Za-z])")
+_COMMAND_OR_SUBSCRIPT = re.compile(r"\\[A-Za-z]+|_(?:\{[^{}]*\}|\w)")
+
+
+def _top_level(s: str) -> str:
+    """`s` without anything inside brackets: `f(1, 2) + a_{n}` -> `f + a_`."""
+    depth, kept = 0, []
+    for ch in s:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth = max(depth - 1, 0)
+        elif depth == 0:
+            kept.append(ch)
+    return "".join(kept)
+
+
+def names_or_computes(left: str) -> bool:
+    """Whether `left`, the text before an `=`, names a quantity (letters only, arguments and subscripts
+    aside: `x`, `m + n`, `f(3)`, `a_{10}`, `\\angle ABC`) or is a computation (digits and an operator:
+    `3 + 5`, `12 \\times 45`), or is empty (a stray `=`). Not when it mixes digits and letters (`2x`,
+    `x^2`, `5x - 7y + 4`, `x = 5 or x`): that is an equation, whose right side is not its solution; nor a
+    list, a hedge or a relation (`a, b`, `x or y`, `0 < x`), a bare number (`1 = 540`) or symbols only."""
+    if not left.strip():
+        return True
+    top = _top_level(left)
+    if _NOT_A_NAME.search(top):
+        return False
+    bare = _COMMAND_OR_SUBSCRIPT.sub(" ", top)
+    has_digit, has_letter = re.search(r"\d", bare) is not None, re.search(r"[A-Za-z]", bare) is not None
+    if has_letter:
+        return not has_digit
+    return has_digit and _OPERATOR.search(top) is not None
+
+
+def after_assignment(s: str) -> str:
+    """`x = 540` -> `540`: the value after the last `=`, as verl reads it, when the left side names what
+    was asked or computes it (`names_or_computes`); otherwise (`2x = 8`, `x >= 5`: not an assignment)
+    unchanged. Shared by the DAPO default mode and the MATH scorer, so that both read `x = 540` as 540 and
+    neither reads `2x = 540` as 540.
+
+    >>> after_assignment("m + n = 540"), after_assignment("2x = 540")
+    ('540', '2x = 540')
+    """
+    positions = [m.start() for m in _ASSIGNMENT.finditer(s)]
+    if not positions or not names_or_computes(s[: positions[-1]]):
+        return s
+    return s[positions[-1] + 1 :].strip()
+
+
+def has_equals(s: str) -> bool:
+    """Whether `s` contains an `=` (not `<=`, `>=`, `==`, `!=`): after `after_assignment`, an equation."""
+    return _ASSIGNMENT.search(s) is not None
 
 
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
@@ -113,18 +253,20 @@ def parse_number(text: str) -> Fraction | None:
     """Exact value of a plain numeral, or None.
 
     Accepts integers and decimals (`-12`, `3.50`, `.5`), thousands separators in groups of three
-    (`1,000,000`, `1{,}000`, `1\\,000`), and integer fractions (`\\frac{3}{4}`, `\\dfrac{-3}{4}`, `3/4`).
-    Nothing else: no powers, no expressions, so the cost is bounded by MAX_NUMBER_CHARS.
+    (`1,000,000`, `1{,}000`, `1\\,000`, `1 000`), and integer fractions (`\\frac{3}{4}`, `\\dfrac{-3}{4}`,
+    `3/4`). Nothing else: no powers, no expressions, so the cost is bounded by MAX_NUMBER_CHARS. Digits
+    not in groups of three after a leading 1–999 are not a number (`1,2` and `0,540` are lists, `1 2` two
+    numbers).
 
-    >>> parse_number("1,234.50") == Fraction(2469, 2)
-    True
+    >>> parse_number("1,234.50") == Fraction(2469, 2), parse_number("1,2")
+    (True, None)
     """
     s = text.strip()
     if not s or len(s) > MAX_NUMBER_CHARS:
         return None
-    s = s.replace("{,}", ",").replace("\\,", ",").replace("\\!", "")
+    s = s.replace("{,}", ",").replace("\\,", ",").replace("\\!", "").replace(" ", ",")
     if "," in s:
-        if not re.fullmatch(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?", s):
+        if not re.fullmatch(r"[+-]?[1-9]\d{0,2}(,\d{3})+(\.\d+)?", s):
             return None
         s = s.replace(",", "")
     if _PLAIN_NUMBER.fullmatch(s):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dapo.rewards import RewardSample, check_math_answer, last_boxed, normalize_latex
+from dapo.rewards import RewardSample, check_math_answer, extract_math_answer, last_boxed, normalize_latex
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,33 @@ def test_normalize_latex():
     assert normalize_latex("90^\\circ") == "90"
     assert normalize_latex("x = 5") == "5"
     assert normalize_latex("\\text{Evelyn}") == "Evelyn"
+    # The DAPO canonical form: two numerals stay apart, the percent sign stays (check_math_answer decides it).
+    assert normalize_latex("5 40") == "5 40"
+    assert normalize_latex("5\\;40") == "5 40"
+    assert normalize_latex("50\\%") == "50%"
+    assert normalize_latex("2x = 540") == "2x=540"
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("The answer is $\\boxed{5}$.", "5"),
+        ("so\n\\[\\boxed{5}\\]\n", "5"),
+        ("\\boxed{5}$</s>", "5"),
+        ("\\boxed{5}<|im_end|>", "5"),
+        ("first \\boxed{4}, then \\boxed{5}.", "5"),
+        ("\\boxed{5}. Wait, that is wrong: it is 6.", None),
+        ("\\boxed{5}\nHmm, no: 6.", None),
+        ("So $\\boxed{5}$!", None),
+        ("The final answer is $\\boxed{5}$. I hope it is correct.", None),
+        ("\\boxed{5}. Wait, that is wrong.\nAnswer: 6", "6"),
+        ("Work.\nAnswer: 6", "6"),
+        ("Answer: \\boxed{5} no, 6", None),
+        ("So \\boxed{\\frac{1}{2}", None),
+    ],
+)
+def test_the_answer_is_a_box_that_ends_the_response(response, expected):
+    assert extract_math_answer(response) == expected
 
 
 def test_fast_path_decides_without_sympy():
@@ -38,6 +65,43 @@ def test_fast_path_decides_without_sympy():
     assert not check_math_answer("\\boxed{0.6}", "\\frac{1}{2}").result.acc
     assert check_math_answer("no answer", "1").result.failure == "no_answer"
     assert check_math_answer("\\boxed{\\sin(\\pi/6)}", "\\frac12").needs_symbolic
+
+
+# (ground truth, boxed prediction, verdict): decided in-process, without math-verify. math-verify alone
+# accepts every False row from `50\%` to `3r^2`: it drops trailing words, solves `2x = 540` for 540, forgives
+# `\ldots`, `\approx`, `\pm 0`, a prime and a degree sign, ignores the case of a variable and takes a
+# percentage for a number.
+IN_PROCESS_CASES = [
+    ("540", "5 40", False),
+    ("540", "5\\,40", False),
+    ("50\\%", "50", True),
+    ("50\\%", "50\\%", True),
+    ("50", "50\\%", False),
+    ("\\frac{1}{2}", "50\\%", False),
+    ("540", "540 apples", False),
+    ("540", "540\\text{ thousand}", False),
+    ("540", "540 \\text{ or more}", False),
+    ("12\\pi", "12\\pi \\text{ apples}", False),
+    ("12\\pi", "12\\pi\\!apples", False),
+    ("540", "540 \\text{ cm}", True),
+    ("540", "2x = 540", False),
+    ("540", "x = 540", True),
+    ("540", "540 \\ldots", False),
+    ("540", "x \\approx 540", False),
+    ("540", "540 \\pm 0", False),
+    ("540", "540'", False),
+    ("\\frac{\\pi}{2}", "\\frac{\\pi}{2}^\\circ", False),
+    ("3R^2", "3r^2", False),
+    ("2k", "2n", False),
+    ("\\text{(B)}", "\\text{(B) and (C)}", False),
+]
+
+
+@pytest.mark.parametrize(("gt", "pred", "expected"), IN_PROCESS_CASES)
+def test_in_process_verdicts(gt, pred, expected):
+    check = check_math_answer(f"So $\\boxed{{{pred}}}$.", gt)
+    assert not check.needs_symbolic
+    assert check.result.acc is expected
 
 
 def _sample(response: str, gt: str) -> RewardSample:
@@ -59,6 +123,18 @@ SYMBOLIC_CASES = [
     ("10\\%", "10", True),
     ("3, 5, 7", "7, 5, 3", True),
     ("\\frac{14}{3}", "\\frac{15}{3}", False),
+    ("y = 2x + 3", "2y = 4x + 6", True),
+    ("x=5", "2x = 5", False),
+    ("\\cot x", "\\frac{\\cos x}{\\sin x}", True),
+    ("540", "5.4 \\times 10^2", True),
+    ("540", "540 \\times 10^3", False),
+    ("540", "540!", False),
+    # decimals are the exact fractions they write: math-verify alone rounds to 6 places and accepts these
+    ("\\sqrt{2}", "1.414214", False),
+    ("\\sqrt{2}", "1.41421356", False),
+    (".0000672", "6.73 \\times 10^{-5}", False),
+    (".0000672", "6.72 \\times 10^{-5}", True),
+    ("1\\frac{4}{5}", "1.8", True),
 ]
 
 # Decided in-process because math-verify gets them wrong (it drops base subscripts).

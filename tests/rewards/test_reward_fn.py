@@ -153,6 +153,7 @@ def test_parallel_dapo_scoring_matches_serial():
         ("#### $1,000.", "1000", True),
         ("Answer: 3 + 15 = 18", "18", True),
         ("\\boxed{18}", "18", True),
+        ("\\boxed{18}. Wait, that is wrong: 19.", "18", False),
         ("Answer: 18.00 dollars", "18", True),
         ("#### -4", "-4", True),
         ("#### 0.5", "1/2", True),
