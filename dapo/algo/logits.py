@@ -5,10 +5,13 @@ tensor of a step; a naive log_softmax would allocate a second one of the same si
 it (and more) for the backward. Both functions below walk over the B·T positions in chunks and use a
 `torch.autograd.Function` per chunk that saves only its input (a view of the logits, no copy) and per-row
 scalars; the backward recomputes what it needs. Extra memory is at most two (chunk, V) float32 buffers at
-any time, forward or backward (one for log-probs in backward), and never a full-size copy.
+any time, forward or backward, and never a full-size copy. The price is the recomputation: against a plain
+`log_softmax(z).gather(ids)` under autograd, which keeps a float32 (B, T, V) copy for its backward, the
+log-prob pass (forward + backward) takes 1.4x as long at a 49k vocabulary and 2x at the tiny model's 80
+tokens (about 1 ms a micro-batch); log-probs and entropy together take the same time (bench/bench_logits.py).
 
 Numerics. Everything is computed on max-shifted logits s = (z − max_v z)/τ, in float32 (bf16/fp16 logits
-are upcast; float64 stays float64):
+are upcast; float64 stays float64); torch's fused log_softmax and softmax do the shift themselves:
 
     log p_v = s_v − log S,   S = Σ_v exp(s_v)   (S ≥ 1: the max contributes exp(0) = 1)
 
@@ -63,26 +66,32 @@ def _log_normaliser(e: Tensor, argmax: Tensor) -> tuple[Tensor, Tensor]:
     return torch.log1p(rest), 1.0 + rest
 
 
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """z/τ in the compute dtype (bf16/fp16 upcast to float32, float64 kept); no copy when nothing changes."""
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return z if temperature == 1.0 else z / temperature
+
+
 class _TokenLogprobs(torch.autograd.Function):
-    """log p(o) = s_o − log S on one (N, V) chunk;  ∂/∂z_v = (1[v = o] − p_v)/τ."""
+    """log p(o) = log_softmax(z/τ)_o on one (N, V) chunk;  ∂/∂z_v = (1[v = o] − p_v)/τ.
+
+    torch's fused log_softmax subtracts the row max itself (shift-invariant, no cancellation at large
+    logits) and is the fastest pass over the chunk; the backward recomputes p with the fused softmax
+    instead of keeping the (N, V) log-probs (measured in bench/bench_logits.py)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, ids: Tensor, temperature: float) -> Tensor:
-        row_max, argmax = _row_max(logits)
-        s = _shifted(logits, row_max, temperature)
-        log_normaliser, _ = _log_normaliser(s.exp(), argmax)  # (N, 1); the exp buffer is freed here
-        ctx.save_for_backward(logits, ids, row_max, log_normaliser)
+        ctx.save_for_backward(logits, ids)
         ctx.temperature = temperature
-        return (s.gather(-1, ids.unsqueeze(-1)) - log_normaliser).squeeze(-1)
+        return torch.log_softmax(_scaled(logits, temperature), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        logits, ids, row_max, log_normaliser = ctx.saved_tensors
+        logits, ids = ctx.saved_tensors
         scale = (grad / ctx.temperature).unsqueeze(-1)  # (N, 1)
-        # One buffer: s -> p -> −p·g/τ, then +g/τ at the sampled token.
-        out = _shifted(logits, row_max, ctx.temperature).sub_(log_normaliser).exp_().mul_(-scale)
-        out.scatter_add_(-1, ids.unsqueeze(-1), scale)
+        out = torch.softmax(_scaled(logits, ctx.temperature), dim=-1).mul_(-scale)  # −p·g/τ ...
+        out.scatter_add_(-1, ids.unsqueeze(-1), scale)  # ... + g/τ at the sampled token
         return out.to(logits.dtype), None, None
 
 

@@ -14,38 +14,33 @@ pytestmark = [
 ]
 
 
-def test_a_gguf_model_trains_a_step_and_exports_as_a_hugging_face_model(tmp_path, capsys):
+def test_a_gguf_model_trains_a_step_and_exports_as_a_hugging_face_model(tmp_path, capsys, e2e_overrides):
     pytest.importorskip("gguf")
     from transformers import AutoModelForCausalLM
 
     from dapo.cli import main
 
-    overrides = {
-        "model.path": str(smollm2_gguf_path()),
-        "data.task_level": 1,
-        "data.max_prompt_length": 128,
-        "data.train_batch_size": 2,
-        "data.gen_batch_size": 2,
-        "rollout.group_size": 2,
-        "rollout.max_response_length": 8,
-        "algo.overlong.buffer_length": 4,
-        "algo.dynamic_sampling.enable": False,
-        # A 135M chat model rarely solves these in 8 tokens: a length reward gives every group a gradient.
-        "reward.custom_function": f"{Path(__file__).with_name('easy_reward.py')}:shorter_is_better",
-        "actor.mini_batch_size": 2,
-        "actor.micro_batch_max_tokens": 512,
-        "actor.lr": 1e-5,
-        "trainer.total_steps": 1,
-        "trainer.test_freq": 0,
-        "trainer.val_before_train": False,
-        "trainer.save_freq": 0,
-        "trainer.tensorboard": False,
-        "trainer.progress": False,
-        "trainer.resume": "disable",
-        "trainer.output_dir": str(tmp_path),
-        "trainer.run_name": "smollm2",
-    }
-    assert main(["train", "--no-plot", *(f"{k}={v}" for k, v in overrides.items())]) == 0
+    overrides = e2e_overrides(
+        smollm2_gguf_path(),
+        tmp_path,
+        "smollm2",
+        **{
+            "data.max_prompt_length": 128,
+            "data.train_batch_size": 2,
+            "data.gen_batch_size": 2,
+            "rollout.group_size": 2,
+            "rollout.max_response_length": 8,
+            "algo.overlong.buffer_length": 4,
+            "algo.dynamic_sampling.enable": False,
+            # A 135M chat model rarely solves these in 8 tokens: a length reward gives every group a gradient.
+            "reward.custom_function": f"{Path(__file__).with_name('easy_reward.py')}:shorter_is_better",
+            "actor.mini_batch_size": 2,
+            "actor.micro_batch_max_tokens": 512,
+            "actor.lr": 1e-5,
+            "trainer.total_steps": 1,
+        },
+    )
+    assert main(["train", "--no-plot", *overrides]) == 0
     assert "policy:" in capsys.readouterr().out
     policy = tmp_path / "smollm2" / "policy"
     rows = [json.loads(line) for line in (tmp_path / "smollm2" / "metrics.jsonl").read_text().splitlines()]
