@@ -121,8 +121,8 @@ def _evaluate(args) -> int:
         if args.checkpoint:
             path = Path(args.checkpoint)
             step, state = CheckpointManager(path.parent).load(int(path.name.rsplit("_", 1)[-1]))
-            trainer.model.load_state_dict(state["model"])
-            trainer.engine.update_weights(trainer.model)
+            trainer.policy.load_weights(state["model"])
+            trainer.policy.push_weights(trainer.engine)
             print(f"[eval] policy from {path} (step {step})")
         metrics = trainer.evaluate_now()
     finally:

@@ -14,7 +14,6 @@ Side effects (generation, optimisation, files) are orchestrated here; the math i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from dapo import algo
 from dapo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from dapo.components import Components, build_components
 from dapo.config import Config, ConfigError, config_diff
 from dapo.errors import DapoError
 from dapo.evaluation import evaluate, format_eval
@@ -36,21 +36,15 @@ from dapo.groups import (
     ScoredGroup,
     build_train_batch,
     groups_from_rollout,
-    informative,
     reward_samples,
     rollout_logprob_matrix,
     sequence_mask,
 )
 from dapo.metrics import MetricsLogger, ProgressView, stats_dict
-from dapo.models import save_pretrained_pair
-from dapo.rewards import build_reward_function
-from dapo.rollout import BuiltinEngine, SamplingParams, build_engine
-from dapo.runtime import RunData, load_policy, load_run_data, measure_matmul_peak
-from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker, rows_to_compute
-
-
-class DynamicSamplingError(DapoError, RuntimeError):
-    """The generation-round cap was reached before the batch had enough informative groups."""
+from dapo.rollout import RolloutEngine, SamplingParams
+from dapo.runtime import measure_matmul_peak
+from dapo.workers.base import CriticWorkers, PolicyWorkers
+from dapo.workers.local import PolicyLossParams, rows_to_compute
 
 
 class ResumeConfigError(DapoError, RuntimeError):
@@ -63,7 +57,6 @@ class Counters:
 
     step: int = 0
     kl_reward_coef: float = 0.0
-    total_gen_batches: int = 0
 
 
 class Timer:
@@ -84,7 +77,7 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, config: Config, *, log_to_console: bool = True):
+    def __init__(self, config: Config, *, log_to_console: bool = True, components: Components | None = None):
         self.cfg = config.validate()
         torch.set_num_threads(config.trainer.num_threads)
         seed_everything(config.trainer.seed)
@@ -92,51 +85,16 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.say = print if log_to_console else (lambda *_: None)
 
-        self.model, self.tokenizer = load_policy(config, say=self.say)
-        self.data: RunData = load_run_data(config, self.tokenizer, say=self.say)
-        self.reward_fn = build_reward_function(
-            custom=config.reward.custom_function,
-            scorer_mode=config.reward.scorer_mode,
-            on_error=config.reward.on_error,
-            num_workers=config.reward.num_workers,
-            overlong_enable=config.algo.overlong.enable,
-            max_response_length=config.rollout.max_response_length,
-            overlong_buffer_length=config.algo.overlong.buffer_length,
-            overlong_penalty_factor=config.algo.overlong.penalty_factor,
-        )
-        builtin = config.rollout.engine == "builtin"
-        engine_options = {"max_rows_in_flight": config.rollout.max_rows_in_flight or None} if builtin else {}
-        self.engine = build_engine(config.rollout.engine, self.model, self.tokenizer, **engine_options)
-        self.policy = PolicyWorker(
-            self.model,
-            self._optim_params(config.actor.lr, config.actor.weight_decay, config.actor.grad_clip),
-            with_reference=config.uses_reference,
-            micro_batch_max_tokens=config.actor.micro_batch_max_tokens,
-            share_prompt_forward=config.actor.share_prompt_forward,
-            temperature=config.rollout.temperature,
-        )
-        # π_old may come from the rollout only when it is this very module's float32, untempered log-prob.
-        self.rollout_logprobs_are_policy_logprobs = (
-            config.actor.reuse_rollout_logprobs
-            and isinstance(self.engine, BuiltinEngine)
-            and self.engine.model is self.model  # the module being trained, not a copy with other weights
-            and config.rollout.temperature == 1.0  # the engine reports untempered log-probs
-            and all(p.dtype == torch.float32 for p in self.model.parameters())
-        )
-        if config.actor.share_prompt_forward and self.policy.forward.shared is None:
-            self.say(f"actor.share_prompt_forward: falling back to the model's own forward "
-                     f"({self.policy.forward.fallback_reason})")  # fmt: skip
-        self.critic = None
-        if config.uses_critic:
-            critic_optim = self._optim_params(config.critic.lr, config.critic.weight_decay, config.critic.grad_clip)
-            self.critic = CriticWorker(
-                self.model, critic_optim, config.critic.value_clip, config.actor.micro_batch_max_tokens,
-                share_prompt_forward=config.actor.share_prompt_forward,
-            )  # fmt: skip
+        parts = components or build_components(config, say=self.say)
+        self.tokenizer, self.data, self.reward_fn = parts.tokenizer, parts.data, parts.reward_fn
+        self.engine: RolloutEngine = parts.engine
+        self.policy: PolicyWorkers = parts.policy
+        self.critic: CriticWorkers | None = parts.critic
+        self.sampling = parts.sampling
+        self.rollout_logprobs_are_policy_logprobs = parts.rollout_logprobs_are_policy_logprobs
         self.counters = Counters(kl_reward_coef=config.algo.kl_reward_coef)
-        self.buffer: list[ScoredGroup] = []
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=config.trainer.keep_last)
-        self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.num_params = self.policy.num_parameters()
         self.peak_flops = measure_matmul_peak(config.trainer.num_threads)
         resumed_step = self._maybe_resume()
         self.logger = MetricsLogger(
@@ -148,13 +106,6 @@ class Trainer:
             resume_step=resumed_step,
         )
         (self.run_dir / "config.yaml").write_text(config.to_yaml())
-
-    def _optim_params(self, lr: float, weight_decay: float, grad_clip: float) -> OptimParams:
-        a = self.cfg.actor
-        return OptimParams(
-            lr, a.betas, weight_decay, grad_clip, a.lr_warmup_steps, a.lr_schedule, self.cfg.trainer.total_steps,
-            a.min_lr_ratio,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -189,7 +140,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         with timer("step"):
             # 1-2. Sample, score, and keep informative groups until the batch is full (DAPO Alg. 1, lines 3-7).
-            groups = self._collect_groups(step, timer, metrics)
+            groups, sampling_metrics = self.sampling.collect(step, lambda r: self._generation_round(step, r, timer))
+            metrics.update(sampling_metrics)
             batch = build_train_batch(groups, self.tokenizer.pad_token_id, cfg.algo.overlong.filter)
             all_tokens = sequence_mask(groups)  # (B, T) every generated token, truncated ones included
 
@@ -205,7 +157,7 @@ class Trainer:
                         old_logprobs = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
             if not on_policy:
                 batch = batch.replace(old_logprobs=old_logprobs)
-            if self.policy.reference is not None:
+            if self.policy.has_reference:
                 with timer("ref"):
                     ref_logprobs = self.policy.compute_logprobs(batch.replace(response_mask=all_tokens), reference=True)
                 batch = batch.replace(ref_logprobs=ref_logprobs)
@@ -229,51 +181,13 @@ class Trainer:
 
             # 6. New weights reach the rollout engine (free when it shares the trainer's module).
             with timer("update_weights"):
-                self.engine.update_weights(self.model)
+                self.policy.push_weights(self.engine)
         metrics.update(self._data_metrics(groups, batch, all_tokens))
         metrics.update({f"timing_s/{k}": v for k, v in timer.seconds.items()})
         metrics.update(self._perf_metrics(batch, timer))
         return metrics
 
     # ------------------------------------------------------------------------------ 1-2. dynamic sampling
-
-    def _collect_groups(self, step: int, timer: Timer, metrics: dict[str, float]) -> list[ScoredGroup]:
-        cfg = self.cfg
-        ds = cfg.algo.dynamic_sampling
-        needed = cfg.data.train_batch_size
-        ready: list[ScoredGroup] = list(self.buffer) if ds.enable else []
-        from_buffer = len(ready)
-        self.buffer = []
-        generated: list[ScoredGroup] = []
-        reward_metrics: list[dict[str, float]] = []
-        rounds = 0
-        while len(ready) < needed:
-            if ds.enable and ds.max_gen_batches > 0 and rounds >= ds.max_gen_batches:
-                raise DynamicSamplingError(
-                    f"step {step}: after {rounds} generation rounds of {cfg.data.gen_batch_size} prompts only "
-                    f"{len(ready)} of {needed} groups were informative (accuracy neither all 0 nor all 1). "
-                    "The task is too easy or too hard for the model. Set "
-                    "algo.dynamic_sampling.max_gen_batches=0 for unlimited rounds, raise data.gen_batch_size, "
-                    "or use easier/harder data."
-                )
-            rounds += 1
-            new_groups, round_reward_metrics = self._generation_round(step, rounds, timer)
-            generated += new_groups
-            reward_metrics.append(round_reward_metrics)
-            ready += [
-                g for g, keep in zip(new_groups, self._informative(new_groups), strict=True) if keep or not ds.enable
-            ]
-        surplus = ready[needed:]
-        if ds.enable and ds.keep_surplus:
-            # Algorithm 1's buffer: used first by the next step. The weights will have changed by then, so the
-            # engine's log-probs of these responses are no longer π_old.
-            self.buffer = [dataclasses.replace(g, rollout_logprobs=None) for g in surplus]
-        self.counters.total_gen_batches += rounds
-        metrics.update(self._sampling_metrics(generated, rounds, from_buffer, len(surplus) - len(self.buffer)))
-        metrics["train/num_groups"] = float(min(len(ready), needed))
-        for key in reward_metrics[0] if reward_metrics else ():
-            metrics[key] = sum(m[key] for m in reward_metrics) / len(reward_metrics)
-        return ready[:needed]
 
     def _logprobs_from_rollout(self, groups: list[ScoredGroup], all_tokens: Tensor) -> Tensor | None:
         """π_old as the built-in engine computed it while sampling, when that is the training model's own
@@ -305,34 +219,13 @@ class Trainer:
             )
         return groups_from_rollout(records, prompts, rollout, scored), scored.metrics
 
-    def _informative(self, groups: list[ScoredGroup]) -> list[bool]:
-        return informative(groups, self.cfg.algo.dynamic_sampling.metric)
-
-    def _sampling_metrics(self, generated, rounds: int, from_buffer: int, discarded: int) -> dict[str, float]:
-        """Statistics over every group generated this step (before filtering): what dynamic sampling saw."""
-        seen = len(generated)
-        acc_counts = [sum(g.acc) for g in generated]
-        nan = float("nan")
-        return {
-            "train/num_gen_batches": float(rounds),
-            "train/informative_group_frac": sum(self._informative(generated)) / seen if seen else nan,
-            "train/all_correct_group_frac": sum(c == g.size for c, g in zip(acc_counts, generated, strict=True)) / seen
-            if seen
-            else nan,
-            "train/all_wrong_group_frac": sum(c == 0 for c in acc_counts) / seen if seen else nan,
-            "train/generated_acc/mean": sum(acc_counts) / sum(g.size for g in generated) if seen else nan,
-            "train/groups_from_buffer": float(from_buffer),
-            "train/groups_carried_over": float(len(self.buffer)),
-            "train/groups_discarded": float(discarded),
-        }
-
     # ------------------------------------------------------------------------------------ 4. advantages
 
     def _with_advantages(self, batch, groups, all_tokens, old_logprobs, timer, metrics):
         cfg = self.cfg.algo
         rewards = torch.tensor([g.rewards for g in groups])  # (P, G) shaped rewards
         token_rewards = algo.token_level_rewards(rewards.reshape(-1), all_tokens)  # (B, T), reward on the last token
-        if cfg.use_kl_in_reward and self.policy.reference is not None:
+        if cfg.use_kl_in_reward and self.policy.has_reference:
             # In-reward KL (InstructGPT-style): −β·KL_t on every token. GAE sees it per token; the group
             # estimators see its sum per response (the same total).
             token_kl = algo.kl_estimate(old_logprobs, batch.ref_logprobs, cfg.kl_reward_type, mask=all_tokens)
@@ -406,7 +299,7 @@ class Trainer:
         update_s = timer.seconds.get("update_actor", 0.0)
         # Training costs ~6N FLOPs per token (forward + backward), per epoch, on the tokens the update computes.
         computed = rows_to_compute(batch, torch.arange(batch.num_rows), self._loss_params())
-        tokens_computed = self.policy.forward.tokens_computed(batch, computed)
+        tokens_computed = self.policy.tokens_computed(batch, computed)
         update_flops = 6.0 * self.num_params * tokens_computed * self.cfg.actor.ppo_epochs
         return {
             "perf/total_num_tokens": tokens,
@@ -474,16 +367,13 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.policy.optimizer.state_dict(),
-            "scheduler": self.policy.scheduler.state_dict(),
+            **self.policy.state_dict(),  # model, optimizer, scheduler
             "rng": capture_rng_state(),
             "sampler": self.data.sampler.state_dict(),
-            "buffer": self.buffer,
+            "dynamic_sampling": self.sampling.state_dict(),
             "counters": {
                 "step": self.counters.step,
                 "kl_reward_coef": self.counters.kl_reward_coef,
-                "total_gen_batches": self.counters.total_gen_batches,
             },
             "config": self.cfg.to_dict(),
         }
@@ -511,26 +401,22 @@ class Trainer:
                 + "\n  ".join(differences)
                 + "\nSet trainer.accept_config_changes=true to resume anyway, or trainer.resume=disable to start over."
             )
-        self.model.load_state_dict(state["model"])
-        self.policy.optimizer.load_state_dict(state["optimizer"])
-        self.policy.scheduler.load_state_dict(state["scheduler"])
+        self.policy.load_state_dict(state)
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
         self.data.sampler.load_state_dict(state["sampler"])
-        self.buffer = list(state["buffer"])
+        self.sampling.load_state_dict(state["dynamic_sampling"])
         counters = state["counters"]
         self.counters.step = counters["step"]
         self.counters.kl_reward_coef = counters["kl_reward_coef"]
-        self.counters.total_gen_batches = counters["total_gen_batches"]
         restore_rng_state(state["rng"])
-        self.engine.update_weights(self.model)
+        self.policy.push_weights(self.engine)
         self.say(f"resumed from step {step} ({self.checkpoints.step_dir(step)})")
         return step
 
     def export(self, path: str | Path) -> Path:
         """Write the trained policy as a Hugging Face model directory (model + tokenizer + run config)."""
-        # The same save as a base model's: a policy trained from a GGUF checkpoint is written as plain weights.
-        path = save_pretrained_pair(self.model, self.tokenizer, path)
+        path = self.policy.save_pretrained(Path(path), self.tokenizer)
         (path / "dapo_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
         return path
 

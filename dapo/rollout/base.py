@@ -132,6 +132,11 @@ class RolloutEngine(Protocol):
 
     def update_weights(self, model_or_state_dict: Any) -> None: ...
 
+    def reports_logprobs_of(self, module: Any) -> bool:
+        """Are the log-probs this engine returns `module`'s own float32 log-probs, computed by `module` itself
+        (so that, at temperature 1, they can stand for a recomputing pass)?"""
+        ...
+
     def close(self) -> None: ...
 
 

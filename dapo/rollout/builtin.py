@@ -147,6 +147,10 @@ class BuiltinEngine:
         with torch.no_grad():
             self.model.load_state_dict(state, strict=True)
 
+    def reports_logprobs_of(self, module) -> bool:
+        """True for the very module the engine holds (shared with the trainer, not a copy) in float32."""
+        return module is self.model and all(p.dtype == torch.float32 for p in self.model.parameters())
+
     def close(self) -> None:
         self._stop_tables.clear()
 

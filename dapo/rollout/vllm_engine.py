@@ -130,6 +130,10 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 
+    def reports_logprobs_of(self, module) -> bool:
+        """Never: vLLM computes with its own kernels and its own copy of the weights."""
+        return False
+
     def close(self) -> None:
         self.llm = None
         if self._tmp is not None:

@@ -13,12 +13,15 @@ import copy
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from dapo import algo
+from dapo.models.loading import save_pretrained_pair
 from dapo.models.shared_prefix import SharedPrefixForward
+from dapo.rollout.base import RolloutEngine
 from dapo.workers.batch import (
     TrainBatch,
     batch_from_prompts,
@@ -374,12 +377,41 @@ class PolicyWorker:
         stats.add_scalar("actor/total_loss", mini_loss)
         _clip_and_step(self.model, self.optimizer, self.optim.grad_clip, stats, "actor")
 
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None
+
+    def push_weights(self, engine: RolloutEngine) -> None:
+        engine.update_weights(self.model)  # free when the engine shares this module
+
+    def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
+        # The engine reports untempered log-probs: they are π's only at temperature 1.
+        return temperature == 1.0 and engine.reports_logprobs_of(self.model)
+
+    def tokens_computed(self, batch: TrainBatch, rows: Tensor) -> int:
+        return self.forward.tokens_computed(batch, rows)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def load_weights(self, weights: dict[str, Tensor]) -> None:
+        self.model.load_state_dict(weights)
+
+    def save_pretrained(self, path: Path, tokenizer) -> Path:
+        # The base model's save path: a policy trained from a GGUF checkpoint is written as plain weights.
+        return save_pretrained_pair(self.model, tokenizer, path)
 
 
 class ValueModel(nn.Module):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dapo.config import load_config
-from dapo.trainer import DynamicSamplingError, ResumeConfigError, Trainer
+from dapo.dynamic_sampling import DynamicSamplingError
+from dapo.trainer import ResumeConfigError, Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -214,7 +215,7 @@ def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_
     trainer = Trainer(
         load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "nan")), log_to_console=False
     )
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
     original = trainer.reward_fn
 
     class Poisoned:
@@ -232,7 +233,7 @@ def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_
             trainer.train_step(1)
     finally:
         trainer.close()
-    for k, v in trainer.model.state_dict().items():
+    for k, v in trainer.policy.model.state_dict().items():
         assert torch.equal(v, before[k])
 
 
@@ -242,7 +243,7 @@ def test_export_is_a_hugging_face_model(base_model_dir, tmp_path, e2e_overrides)
     trainer, _ = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "export", **{"trainer.total_steps": 1}))
     path = trainer.export(tmp_path / "exported")
     reloaded = AutoModelForCausalLM.from_pretrained(path)
-    for name, value in trainer.model.state_dict().items():
+    for name, value in trainer.policy.model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], value)
 
 
@@ -255,7 +256,7 @@ def test_old_logprobs_taken_from_the_rollout_equal_a_recompute(base_model_dir, t
     config = load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "lp"))
     trainer = Trainer(config, log_to_console=False)
     try:
-        groups = trainer._collect_groups(1, Timer(), {})
+        groups, _ = trainer.sampling.collect(1, lambda r: trainer._generation_round(1, r, Timer()))
         batch = build_train_batch(groups, trainer.tokenizer.pad_token_id, False)
         all_tokens = sequence_mask(groups)
         reused = trainer._logprobs_from_rollout(groups, all_tokens)
@@ -289,12 +290,12 @@ def test_groups_carried_to_the_next_step_drop_their_rollout_logprobs(base_model_
     )
     first, rows = _run("cpu_dapo", overrides)
     assert rows[0]["train/old_logprobs_from_rollout"] == 1.0
-    assert first.buffer and all(g.rollout_logprobs is None for g in first.buffer)
+    assert first.sampling.buffer and all(g.rollout_logprobs is None for g in first.sampling.buffer)
     # A step that starts from the buffer (sampled by other weights) recomputes π_old.
     overrides[overrides.index("trainer.run_name=carry")] = "trainer.run_name=carry2"
     second = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
     try:
-        second.buffer = first.buffer
+        second.sampling.buffer = first.sampling.buffer
         metrics = second.train_step(1)
     finally:
         second.close()

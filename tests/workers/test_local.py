@@ -244,3 +244,27 @@ def test_micro_batches_respect_the_token_budget():
 def test_position_ids_skip_left_padding():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
     assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+
+
+def test_the_local_workers_fulfil_the_protocols_the_trainer_types_against(model, tmp_path):
+    from dapo.rollout import BuiltinEngine
+    from dapo.workers.base import CriticWorkers, PolicyWorkers
+
+    policy_model = copy.deepcopy(model)
+    policy = PolicyWorker(policy_model, OPTIM, with_reference=False, micro_batch_max_tokens=10_000)
+    assert isinstance(policy, PolicyWorkers) and not policy.has_reference
+    assert isinstance(CriticWorker(copy.deepcopy(model), OPTIM, 0.5, 10_000), CriticWorkers)
+    assert policy.num_parameters() == sum(p.numel() for p in policy_model.parameters())
+    # π_old may come from the engine only when it holds this very module, in float32, at temperature 1.
+    shared = BuiltinEngine(policy_model, build_char_tokenizer())
+    assert policy.engine_logprobs_are_policy_logprobs(shared, 1.0)
+    assert not policy.engine_logprobs_are_policy_logprobs(shared, 0.9)
+    copied = BuiltinEngine(copy.deepcopy(model), build_char_tokenizer())
+    assert not policy.engine_logprobs_are_policy_logprobs(copied, 1.0)
+    # push_weights brings a copy up to date; state_dict carries what a resume restores
+    with torch.no_grad():
+        next(policy_model.parameters()).add_(1.0)
+    policy.push_weights(copied)
+    pushed = copied.model.state_dict()
+    assert all(torch.equal(pushed[name], value) for name, value in policy_model.state_dict().items())
+    assert set(policy.state_dict()) == {"model", "optimizer", "scheduler"}
