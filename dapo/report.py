@@ -46,7 +46,7 @@ class Series:
 
     Attributes:
         pattern: metric name or fnmatch pattern (``val-core/*/acc/mean@*`` matches every source and k).
-        label: legend text; None = the matched metric name (without a ``val-core/`` prefix).
+        label: legend text; None = the matched metric name (without a ``val-core/`` or ``val-aux/`` prefix).
         right: draw on the panel's right-hand axis (a different unit).
     """
 
@@ -68,7 +68,8 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("Held-out accuracy", "accuracy", (Series("val-core/*/acc/mean@*"), Series("val-core/*/acc/maj@*"))),
+    # avg@k is logged under val-core, maj@k under val-aux (verl's split; dapo.evaluation)
+    Panel("Held-out accuracy", "accuracy", (Series("val-core/*/acc/mean@*"), Series("val-aux/*/acc/maj@*"))),
     Panel(
         "Training accuracy and reward",
         "mean over responses",
@@ -161,7 +162,7 @@ def _is_sparse(xs: Sequence[int], rows: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def _label(key: str) -> str:
-    return key.removeprefix("val-core/").replace("/acc/", " acc ")
+    return key.removeprefix("val-core/").removeprefix("val-aux/").replace("/acc/", " acc ")
 
 
 # ------------------------------------------------------------------------------------- drawing

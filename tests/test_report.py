@@ -122,3 +122,15 @@ def test_ema_is_debiased_and_off_for_short_series():
     ys = [0.0] * 10 + [1.0] * 10
     sm = _ema(ys)
     assert sm[9] == 0.0 and 0.49 < sm[10] < 0.51 and 0.74 < sm[11] < 0.76
+
+
+def test_the_held_out_panel_finds_every_metric_evaluation_logs():
+    """Each pattern of the held-out panel matches a key `evaluate` writes (maj@k lives under val-aux)."""
+    from dapo.report import PANELS, _matching_keys
+
+    logged = [{"val-core/arith/acc/mean@4": 0.5, "val-aux/arith/acc/maj@4": 0.6, "val-aux/arith/acc/pass@4": 0.7}]
+    (held_out,) = [p for p in PANELS if p.title == "Held-out accuracy"]
+    assert [_matching_keys(logged, s.pattern) for s in held_out.series] == [
+        ["val-core/arith/acc/mean@4"],
+        ["val-aux/arith/acc/maj@4"],
+    ]
