@@ -1,5 +1,6 @@
 """Evaluation metrics: unbiased pass@k (hand values, brute force over k-subsets), maj@k conventions, avg@k."""
 
+import dataclasses
 import itertools
 import math
 from fractions import Fraction
@@ -10,7 +11,7 @@ import torch
 
 from dapo.data import ChatMessage, PromptRecord
 from dapo.evaluation import evaluate, format_eval, majority_correct, pass_at_k
-from dapo.rollout.base import RolloutBatch
+from dapo.rollout.base import RolloutBatch, wave_seed
 
 # ---------------------------------------------------------------- pass@k
 
@@ -191,3 +192,38 @@ def test_format_eval_with_one_sample_has_no_maj():
     # n = 1: pass@1 is the accuracy and maj@1 is not computed
     metrics = {"val-core/x/acc/mean@1": 0.25, "val-aux/x/acc/pass@1": 0.25, "val-aux/x/num_problems": 4.0}
     assert format_eval(metrics) == "x: avg@1 25.0% | pass@1 25.0%"
+
+
+class _PerPromptEngine(_FixedEngine):
+    """Row j of prompt [p] is response (p − 1)·n + j of TEXTS, however the prompts are split into calls."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []  # (prompts in the call, seed)
+
+    def generate(self, prompts, n, sampling, seed):
+        self.calls.append((len(prompts), seed))
+        batch = super().generate(prompts, n, sampling, seed)
+        first = torch.tensor([(p[0] - 1) * n + j for p in prompts for j in range(n)])
+        rows, width = batch.response_ids.shape
+        lengths = first + 1
+        return dataclasses.replace(
+            batch,
+            response_ids=first.unsqueeze(1).expand(rows, width).clone(),
+            response_mask=torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1),
+            response_lengths=lengths,
+        )
+
+
+def test_evaluate_in_parts_gives_the_same_metrics_with_a_seed_per_part(capsys):
+    def run(engine, per_call, progress=False):
+        return evaluate(
+            engine, prompts=[[1], [2], [3]], prompt_texts=[r.prompt_text for r in RECORDS], records=RECORDS,
+            reward_fn=_score, sampling=None, n=4, seed=5, decode=lambda ids: TEXTS[ids[0]], progress=progress,
+            prompts_per_call=per_call,
+        )  # fmt: skip
+
+    whole, parts = _PerPromptEngine(), _PerPromptEngine()
+    assert run(parts, 2, progress=True) == run(whole, 128)
+    assert whole.calls == [(3, 5)]  # one call keeps the seed
+    assert parts.calls == [(2, wave_seed(5, 0)), (1, wave_seed(5, 1))] and wave_seed(5, 0) == 5
+    assert "eval: 100%" in capsys.readouterr().err  # the progress bar, over prompts
