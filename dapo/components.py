@@ -80,6 +80,7 @@ def build_components(config: Config, say: Callable[[str], None] = print) -> Comp
         micro_batch_max_tokens=a.micro_batch_max_tokens,
         share_prompt_forward=a.share_prompt_forward,
         temperature=config.rollout.temperature,
+        precision=a.precision,
     )
     if a.share_prompt_forward and policy.forward.shared is None:
         say(f"actor.share_prompt_forward: falling back to the model's own forward ({policy.forward.fallback_reason})")
@@ -88,7 +89,7 @@ def build_components(config: Config, say: Callable[[str], None] = print) -> Comp
         c = config.critic
         critic = CriticWorker(
             model, optim_params(config, c.lr, c.weight_decay, c.grad_clip), c.value_clip, a.micro_batch_max_tokens,
-            share_prompt_forward=a.share_prompt_forward,
+            share_prompt_forward=a.share_prompt_forward, precision=a.precision,
         )  # fmt: skip
     reuse = a.reuse_rollout_logprobs and policy.engine_logprobs_are_policy_logprobs(engine, config.rollout.temperature)
     return Components(tokenizer, data, reward_fn, engine, policy, critic, build_sampler(config), reuse)

@@ -32,6 +32,8 @@ from dapo.workers.batch import (
     prompt_sharing,
 )
 
+PRECISIONS = ("fp32", "bf16-mixed")
+
 
 @dataclass(frozen=True)
 class PolicyLossParams:
@@ -163,11 +165,14 @@ class ResponseForward:
     sorted by length. Both give the same logits up to float rounding.
     """
 
-    def __init__(self, model: nn.Module, share_prompts: bool, temperature: float = 1.0):
+    def __init__(self, model: nn.Module, share_prompts: bool, temperature: float = 1.0, precision: str = "fp32"):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model = model
         self.temperature = temperature
+        self.precision = precision
         self.fallback_reason = shared_prefix_problem(model) if share_prompts else "not asked for"
         self.shared = SharedPrefixForward(model) if self.fallback_reason is None else None
 
@@ -194,21 +199,31 @@ class ResponseForward:
         prompt_tokens = int(mask[first_of_group, :Tp].sum())
         return prompt_tokens + int((mask[:, Tp:].sum(dim=1) - 1).clamp(min=0).sum())
 
+    def compute_context(self):
+        """The autocast region of the model's forward: bf16 matmuls over float32 (master) weights for
+        "bf16-mixed"; nothing for "fp32". Gradients, the optimiser state and every reduction stay float32."""
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
+
     def logits(self, micro: TrainBatch) -> Tensor:
         """Logits of the distribution the responses were sampled from: the model's, divided by the rollout
-        temperature (as verl and TRL do), so that ratios, KL and entropy are those of the sampling policy."""
-        if self.shared is None:
-            logits = _hf_response_logits(self.model, micro)
-        else:
-            prompts, row_prompt, response_lengths = prompt_sharing(micro)
-            logits = self.shared.response_logits(prompts, row_prompt, micro.response_ids, response_lengths)
+        temperature (as verl and TRL do), so that ratios, KL and entropy are those of the sampling policy.
+        Float32 in every precision: log-probs, KL and entropy are computed from them in float32."""
+        with self.compute_context():
+            if self.shared is None:
+                logits = _hf_response_logits(self.model, micro)
+            else:
+                prompts, row_prompt, response_lengths = prompt_sharing(micro)
+                logits = self.shared.response_logits(prompts, row_prompt, micro.response_ids, response_lengths)
+        logits = logits.float()  # a no-op in fp32
         return logits if self.temperature == 1.0 else logits / self.temperature
 
     def shared_hidden(self, micro: TrainBatch) -> tuple[Tensor, Tensor]:
         """With the shared-prefix forward: the final hidden states that predict response tokens and their
         (b, T) index (`SharedPrefixForward.response_hidden`)."""
         prompts, row_prompt, response_lengths = prompt_sharing(micro)
-        return self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
+        with self.compute_context():
+            return self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
 
 
 class _Accumulator:
@@ -258,6 +273,7 @@ class PolicyWorker:
         micro_batch_max_tokens: int,
         share_prompt_forward: bool = True,
         temperature: float = 1.0,
+        precision: str = "fp32",
     ):
         self.model = model
         self.optim = optim
@@ -267,9 +283,9 @@ class PolicyWorker:
         if with_reference:
             # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode.
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self.forward = ResponseForward(model, share_prompt_forward, temperature)
+        self.forward = ResponseForward(model, share_prompt_forward, temperature, precision)
         self.reference_forward = (
-            ResponseForward(self.reference, share_prompt_forward, temperature) if self.reference else None
+            ResponseForward(self.reference, share_prompt_forward, temperature, precision) if self.reference else None
         )
 
     @torch.no_grad()
@@ -385,8 +401,9 @@ class PolicyWorker:
         engine.update_weights(self.model)  # free when the engine shares this module
 
     def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
-        # The engine reports untempered log-probs: they are π's only at temperature 1.
-        return temperature == 1.0 and engine.reports_logprobs_of(self.model)
+        # The engine reports untempered float32 log-probs: they are π's only at temperature 1, and only when
+        # the training forward is float32 too (a bf16-mixed forward gives other log-probs).
+        return temperature == 1.0 and self.forward.precision == "fp32" and engine.reports_logprobs_of(self.model)
 
     def tokens_computed(self, batch: TrainBatch, rows: Tensor) -> int:
         return self.forward.tokens_computed(batch, rows)
@@ -429,7 +446,8 @@ class ValueModel(nn.Module):
         hidden = self.body(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
-        return self.head(hidden).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # the head stays float32 under bf16-mixed
+            return self.head(hidden.float()).squeeze(-1)
 
 
 class CriticWorker:
@@ -443,20 +461,24 @@ class CriticWorker:
         value_clip: float | None,
         micro_batch_max_tokens: int,
         share_prompt_forward: bool = True,
+        precision: str = "fp32",
     ):
         self.model = ValueModel(policy)
         self.optim = optim
         self.value_clip = value_clip
         self.micro_batch_max_tokens = micro_batch_max_tokens
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim)
-        self.forward = ResponseForward(self.model.body, share_prompt_forward)  # micro-batching and hidden states
+        # micro-batching, hidden states and the precision of the body's forward
+        self.forward = ResponseForward(self.model.body, share_prompt_forward, precision=precision)
 
     def _values(self, micro: TrainBatch) -> Tensor:
         # V(s_t) for response token t is read at the position that predicts it (the state before emitting it).
+        # The value head runs in float32 on the (possibly bf16) hidden states: values are targets' scale.
         if self.forward.shared is not None:
             hidden, index = self.forward.shared_hidden(micro)
-            return self.model.head(hidden).squeeze(-1)[index]
-        values = self.model(micro.input_ids, micro.attention_mask.long(), position_ids(micro.attention_mask))
+            return self.model.head(hidden.float()).squeeze(-1)[index]
+        with self.forward.compute_context():
+            values = self.model(micro.input_ids, micro.attention_mask.long(), position_ids(micro.attention_mask))
         width = micro.response_ids.shape[1]
         return values[:, micro.prompt_width - 1 : micro.prompt_width - 1 + width]
 

@@ -274,6 +274,7 @@ def test_old_logprobs_taken_from_the_rollout_equal_a_recompute(base_model_dir, t
         ({}, 1.0),
         ({"actor.reuse_rollout_logprobs": False}, 0.0),
         ({"rollout.temperature": 0.9}, 0.0),  # the engine reports untempered log-probs
+        ({"actor.precision": "bf16-mixed"}, 0.0),  # the float32 engine's log-probs are not the bf16 forward's
     ],
 )
 def test_when_the_rollout_logprobs_are_reused(base_model_dir, tmp_path, e2e_overrides, extra, reused):

@@ -1,6 +1,7 @@
 """Local workers on a real (tiny) Hugging Face model: micro-batching changes nothing, updates move weights."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -268,3 +269,41 @@ def test_the_local_workers_fulfil_the_protocols_the_trainer_types_against(model,
     pushed = copied.model.state_dict()
     assert all(torch.equal(pushed[name], value) for name, value in policy_model.state_dict().items())
     assert set(policy.state_dict()) == {"model", "optimizer", "scheduler"}
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared_prefix", "hf"])
+def test_bf16_mixed_computes_in_bf16_over_float32_master_weights(model, share):
+    batch = _batch(model.config.vocab_size, seed=2)
+    params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, "token-mean", 7.0, 0.0, None, 0.0)
+    fp32, mixed = (
+        PolicyWorker(copy.deepcopy(model), OPTIM, with_reference=False, micro_batch_max_tokens=10_000,
+                     share_prompt_forward=share, precision=p)
+        for p in ("fp32", "bf16-mixed")
+    )  # fmt: skip
+    exact, approx = fp32.compute_logprobs(batch), mixed.compute_logprobs(batch)
+    assert approx.dtype == torch.float32 and not torch.equal(exact, approx)  # bf16 matmuls: other rounding
+    torch.testing.assert_close(approx, exact, atol=0.1, rtol=0)  # bf16 has 8 bits of mantissa
+    before = {k: v.clone() for k, v in mixed.model.state_dict().items()}
+    stats = mixed.update(batch.replace(old_logprobs=approx), params, 3, 1, None)
+    assert math.isfinite(stats["actor/grad_norm"]) and stats["actor/grad_norm"] > 0
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters())  # master weights stay float32
+    assert any(not torch.equal(before[k], v) for k, v in mixed.model.state_dict().items())
+    state = mixed.optimizer.state_dict()["state"]
+    assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+    # The float32 engine's log-probs are no longer the trainer's: π_old is recomputed.
+    from dapo.rollout import BuiltinEngine
+
+    assert not mixed.engine_logprobs_are_policy_logprobs(BuiltinEngine(mixed.model, build_char_tokenizer()), 1.0)
+
+
+def test_bf16_mixed_critic_values_stay_float32(model):
+    batch = _batch(model.config.vocab_size, seed=3)
+    critics = [CriticWorker(copy.deepcopy(model), OPTIM, 0.5, 10_000, precision=p) for p in ("fp32", "bf16-mixed")]
+    for critic in critics:
+        with torch.no_grad():
+            critic.model.head.weight.copy_(torch.linspace(-1, 1, model.config.hidden_size)[None])
+    exact, approx = (c.compute_values(batch) for c in critics)
+    assert approx.dtype == torch.float32
+    torch.testing.assert_close(approx, exact, atol=0.1, rtol=0.05)
+    stats = critics[1].update(batch.replace(old_values=approx, returns=torch.ones_like(approx)), 3, 1)
+    assert math.isfinite(stats["critic/vf_loss"])
