@@ -58,7 +58,7 @@ class DynamicSampler:
         self.buffer = []
         generated: list[ScoredGroup] = []
         reward_metrics: list[dict[str, float]] = []
-        rounds = 0
+        rounds = informative_seen = 0
         while len(ready) < s.batch_size:
             if s.enable and s.max_gen_batches > 0 and rounds >= s.max_gen_batches:
                 raise DynamicSamplingError(
@@ -72,20 +72,21 @@ class DynamicSampler:
             new_groups, round_metrics = draw(rounds)
             generated += new_groups
             reward_metrics.append(round_metrics)
-            keep = informative(new_groups, s.metric) if s.enable else [True] * len(new_groups)
-            ready += [g for g, kept in zip(new_groups, keep, strict=True) if kept]
+            signal = informative(new_groups, s.metric)
+            informative_seen += sum(signal)
+            ready += [g for g, kept in zip(new_groups, signal, strict=True) if kept or not s.enable]
         surplus = ready[s.batch_size :]
         if s.enable and s.keep_surplus:
             self.buffer = [dataclasses.replace(g, rollout_logprobs=None) for g in surplus]
         self.total_gen_batches += rounds
-        metrics = self._metrics(generated, rounds, from_buffer, len(surplus) - len(self.buffer))
+        metrics = self._metrics(generated, informative_seen, rounds, from_buffer, len(surplus) - len(self.buffer))
         metrics["train/num_groups"] = float(min(len(ready), s.batch_size))
         for key in reward_metrics[0] if reward_metrics else ():
             metrics[key] = sum(m[key] for m in reward_metrics) / len(reward_metrics)
         return ready[: s.batch_size], metrics
 
     def _metrics(
-        self, generated: Sequence[ScoredGroup], rounds: int, from_buffer: int, discarded: int
+        self, generated: Sequence[ScoredGroup], informative_seen: int, rounds: int, from_buffer: int, discarded: int
     ) -> dict[str, float]:
         """Statistics over every group generated this step (before filtering): what dynamic sampling saw."""
         seen = len(generated)
@@ -97,7 +98,7 @@ class DynamicSampler:
 
         return {
             "train/num_gen_batches": float(rounds),
-            "train/informative_group_frac": share(sum(informative(generated, self.settings.metric))) if seen else nan,
+            "train/informative_group_frac": share(informative_seen),
             "train/all_correct_group_frac": share(sum(c == g.size for c, g in zip(acc_counts, generated, strict=True))),
             "train/all_wrong_group_frac": share(sum(c == 0 for c in acc_counts)),
             "train/generated_acc/mean": sum(acc_counts) / sum(g.size for g in generated) if seen else nan,

@@ -34,8 +34,11 @@ AGGREGATION_MODES = (
 )
 
 
-def _masked(values: Tensor, mask: Tensor) -> Tensor:
-    """Zero out masked entries with `where`, so that inf/NaN garbage there cannot leak (inf·0 = NaN)."""
+def zero_masked(values: Tensor, mask: Tensor) -> Tensor:
+    """Zero out masked entries with `where`, so that inf/NaN garbage there cannot leak (inf·0 = NaN).
+
+    Applied to a loss's INPUTS (not only its output), it also keeps the garbage out of the backward, which
+    would otherwise compute 0·(garbage) = NaN at masked positions and pass it to every shared weight."""
     return torch.where(mask.bool(), values, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
@@ -50,7 +53,7 @@ def token_mean(loss: Tensor, mask: Tensor, num_tokens: Tensor | float) -> Tensor
     Returns:
         0-dim loss.
     """
-    return _masked(loss, mask).sum() / num_tokens
+    return zero_masked(loss, mask).sum() / num_tokens
 
 
 def seq_mean_token_mean(loss: Tensor, mask: Tensor, num_sequences: Tensor | float) -> Tensor:
@@ -59,13 +62,13 @@ def seq_mean_token_mean(loss: Tensor, mask: Tensor, num_sequences: Tensor | floa
     Rows with no valid token contribute 0 and must not be counted in `num_sequences` (verl HEAD excludes
     them too), e.g. responses masked out by overlong filtering.
     """
-    per_sequence = _masked(loss, mask).sum(dim=1) / mask.to(loss.dtype).sum(dim=1).clamp(min=1.0)
+    per_sequence = zero_masked(loss, mask).sum(dim=1) / mask.to(loss.dtype).sum(dim=1).clamp(min=1.0)
     return per_sequence.sum() / num_sequences
 
 
 def seq_mean_token_sum(loss: Tensor, mask: Tensor, num_sequences: Tensor | float) -> Tensor:
     """Token sum inside each response, mean over responses: Σ_i Σ_t m ℓ / num_sequences."""
-    return _masked(loss, mask).sum() / num_sequences
+    return zero_masked(loss, mask).sum() / num_sequences
 
 
 def seq_mean_token_sum_norm(loss: Tensor, mask: Tensor, num_sequences: Tensor | float, norm_length: float) -> Tensor:
@@ -77,7 +80,7 @@ def seq_mean_token_sum_norm(loss: Tensor, mask: Tensor, num_sequences: Tensor | 
     Convention: we divide by the number of sequences as the mode's name says (and as Dr. GRPO's own code
     does). verl's mode of the same name divides by L only, so its value scales with the batch size.
     """
-    return _masked(loss, mask).sum() / (num_sequences * norm_length)
+    return zero_masked(loss, mask).sum() / (num_sequences * norm_length)
 
 
 def group_token_mean(loss: Tensor, mask: Tensor, group_num_tokens: Tensor, num_groups: Tensor | float) -> Tensor:
@@ -92,7 +95,7 @@ def group_token_mean(loss: Tensor, mask: Tensor, group_num_tokens: Tensor, num_g
             valid token contribute 0.
         num_groups: number of groups P in the whole mini-batch that have at least one valid token.
     """
-    per_row = _masked(loss, mask).sum(dim=1)
+    per_row = zero_masked(loss, mask).sum(dim=1)
     return (per_row / group_num_tokens.to(loss.dtype).clamp(min=1.0)).sum() / num_groups
 
 
@@ -138,10 +141,10 @@ def loss_row_weights(
 
 def weighted_token_sum(loss: Tensor, mask: Tensor, row_weights: Tensor) -> Tensor:
     """Σ_i w_i Σ_t m_{i,t} ℓ_{i,t} for a micro-batch, with weights from `loss_row_weights` (sliced to it)."""
-    per_row = _masked(loss, mask).sum(dim=1)
+    per_row = zero_masked(loss, mask).sum(dim=1)
     return (per_row * row_weights.to(loss.dtype)).sum()
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of `values` over entries where mask is 1 (0-dim; NaN-free: 0 when the mask is empty)."""
-    return _masked(values, mask).sum() / mask.to(values.dtype).sum().clamp(min=1.0)
+    return zero_masked(values, mask).sum() / mask.to(values.dtype).sum().clamp(min=1.0)

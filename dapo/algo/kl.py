@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dapo.algo.aggregate import zero_masked
+
 KL_ESTIMATORS = ("k1", "abs", "k2", "k3")
 
 
@@ -43,8 +45,7 @@ def kl_estimate(
         (B, T) per-token estimates, unreduced. Reduce with `dapo.algo.aggregate`.
     """
     if mask is not None:
-        valid = mask.bool()
-        logprobs, ref_logprobs = torch.where(valid, logprobs, 0.0), torch.where(valid, ref_logprobs, 0.0)
+        logprobs, ref_logprobs = zero_masked(logprobs, mask), zero_masked(ref_logprobs, mask)
     delta = logprobs - ref_logprobs
     if kind == "k1":
         return delta

@@ -12,12 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-def _where_valid(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """Each tensor with its masked entries replaced by 0, by `where`: multiplying by the mask would keep
-    NaN·0 = NaN, and `where` on the OUTPUT alone would still let the backward compute 0·(garbage) = NaN."""
-    valid = mask.bool()
-    return tuple(torch.where(valid, t, 0.0) for t in tensors)
+from dapo.algo.aggregate import zero_masked
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ def clipped_policy_loss(
         raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
     advantages = advantages.expand_as(logprobs)
     if mask is not None:
-        logprobs, old_logprobs, advantages = _where_valid(mask, logprobs, old_logprobs, advantages)
+        logprobs, old_logprobs, advantages = (zero_masked(t, mask) for t in (logprobs, old_logprobs, advantages))
     log_ratio = logprobs - old_logprobs
     if log_ratio_clamp is not None:
         log_ratio = log_ratio.clamp(-log_ratio_clamp, log_ratio_clamp)
@@ -140,7 +135,7 @@ def clipped_value_loss(
         (verl `critic/vf_clipfrac`). Reduce the loss with `dapo.algo.aggregate`.
     """
     if mask is not None:
-        values, old_values, returns = _where_valid(mask, values, old_values, returns)
+        values, old_values, returns = (zero_masked(t, mask) for t in (values, old_values, returns))
     unclipped = (values - returns) ** 2
     if clip_range is None:
         return 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
@@ -158,7 +153,7 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     (NaN when Var(R) = 0, including an empty mask). Population variances are used on both sides, so the
     choice cancels. Masked entries are dropped with `where`, so garbage there (NaN, ±inf) changes nothing.
     """
-    values, returns = _where_valid(mask, values, returns)
+    values, returns = zero_masked(values, mask), zero_masked(returns, mask)
     valid = mask.bool()
     count = valid.sum().to(values.dtype)
 
