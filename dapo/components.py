@@ -1,8 +1,9 @@
 """The wiring: a config turned into the components a `Trainer` drives.
 
 The trainer talks to each through a small interface (`RolloutEngine`, `RewardFunction`, `PolicyWorkers`,
-`CriticWorkers`, `DynamicSampler`); which implementation stands behind it is decided here, once. Today that is
-the local backend: one process holding the model, shared by the built-in engine.
+`CriticWorkers`, `DynamicSampler`); which implementation stands behind it is decided here, once: the local
+backend (one process holding the model, shared by the built-in engine) or the Ray backend
+(data-parallel ranks on a cluster, `dapo.workers.ray_group`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dapo.rollout import RolloutEngine, build_engine
 from dapo.runtime import RunData, load_policy, load_run_data
 from dapo.workers.base import CriticWorkers, PolicyWorkers
 from dapo.workers.local import CriticWorker, OptimParams, PolicyWorker
+from dapo.workers.ray_group import RaySettings
 
 
 @dataclass
@@ -64,32 +66,83 @@ def build_sampler(config: Config) -> DynamicSampler:
     )  # fmt: skip
 
 
+def policy_options(config: Config) -> dict[str, Any]:
+    """The policy worker's settings (the same for the local worker and for every Ray rank)."""
+    a = config.actor
+    return {
+        "optim": optim_params(config, a.lr, a.weight_decay, a.grad_clip),
+        "with_reference": config.uses_reference,
+        "micro_batch_max_tokens": a.micro_batch_max_tokens,
+        "share_prompt_forward": a.share_prompt_forward,
+        "temperature": config.rollout.temperature,
+        "precision": _forward_precision(config),
+    }
+
+
+def critic_options(config: Config) -> dict[str, Any] | None:
+    if not config.uses_critic:
+        return None
+    a, c = config.actor, config.critic
+    return {
+        "optim": optim_params(config, c.lr, c.weight_decay, c.grad_clip),
+        "value_clip": c.value_clip,
+        "micro_batch_max_tokens": a.micro_batch_max_tokens,
+        "share_prompt_forward": a.share_prompt_forward,
+        "precision": _forward_precision(config),
+    }
+
+
+def _fsdp2_mixed_precision(config: Config) -> bool:
+    return config.trainer.backend == "ray" and config.ray.strategy == "fsdp2" and config.actor.precision == "bf16-mixed"
+
+
+def _forward_precision(config: Config) -> str:
+    # Under FSDP2, bf16-mixed is its MixedPrecisionPolicy (bf16 gathered parameters, float32 reduction and
+    # master weights) rather than autocast over float32 parameters.
+    return "fp32" if _fsdp2_mixed_precision(config) else config.actor.precision
+
+
+def ray_settings(config: Config) -> RaySettings:
+    r = config.ray
+    return RaySettings(
+        r.address, r.train_workers, r.cpus_per_worker, r.gpus_per_worker, r.strategy, r.collective_timeout_s,
+        r.startup_timeout_s, bf16_compute=_fsdp2_mixed_precision(config),
+    )  # fmt: skip
+
+
+def _local_workers(config: Config, model, say) -> tuple[PolicyWorkers, CriticWorkers | None]:
+    policy = PolicyWorker(model, **policy_options(config))
+    if config.actor.share_prompt_forward and policy.forward.shared is None:
+        say(f"actor.share_prompt_forward: falling back to the model's own forward ({policy.forward.fallback_reason})")
+    critic = CriticWorker(model, **critic_options(config)) if config.uses_critic else None
+    return policy, critic
+
+
+def _ray_workers(config: Config, model, say) -> tuple[PolicyWorkers, CriticWorkers | None]:
+    from dapo.workers.ray_group import RayCriticWorkers, RayPolicyWorkers, RayTrainGroup
+
+    group = RayTrainGroup(ray_settings(config), model, policy_options(config), critic_options(config), say=say)
+    if config.actor.share_prompt_forward and not group.shared_forward:
+        say(f"actor.share_prompt_forward: falling back to the model's own forward ({group.fallback_reason})")
+    policy = RayPolicyWorkers(group, model, config.actor.precision, config.uses_reference)
+    return policy, RayCriticWorkers(group) if config.uses_critic else None
+
+
 def build_components(config: Config, say: Callable[[str], None] = print) -> Components:
-    """Every component of a run, in a fixed order (seeded runs depend on it: building consumes RNG draws)."""
+    """Every component of a run, in a fixed order (seeded runs depend on it: building consumes RNG draws).
+
+    trainer.backend=local: the workers hold `model` and the built-in engine shares it. ray: the ranks get a
+    copy of `model` each, and `model` stays in the driver as the engine's copy, refreshed after every update.
+    """
     model, tokenizer = load_policy(config, say=say)
     data = load_run_data(config, tokenizer, say=say)
     reward_fn = build_reward(config)
     builtin = config.rollout.engine == "builtin"
     engine_options = {"max_rows_in_flight": config.rollout.max_rows_in_flight or None} if builtin else {}
     engine = build_engine(config.rollout.engine, model, tokenizer, **engine_options)
-    a = config.actor
-    policy = PolicyWorker(
-        model,
-        optim_params(config, a.lr, a.weight_decay, a.grad_clip),
-        with_reference=config.uses_reference,
-        micro_batch_max_tokens=a.micro_batch_max_tokens,
-        share_prompt_forward=a.share_prompt_forward,
-        temperature=config.rollout.temperature,
-        precision=a.precision,
+    workers = _ray_workers if config.trainer.backend == "ray" else _local_workers
+    policy, critic = workers(config, model, say)
+    reuse = config.actor.reuse_rollout_logprobs and policy.engine_logprobs_are_policy_logprobs(
+        engine, config.rollout.temperature
     )
-    if a.share_prompt_forward and policy.forward.shared is None:
-        say(f"actor.share_prompt_forward: falling back to the model's own forward ({policy.forward.fallback_reason})")
-    critic = None
-    if config.uses_critic:
-        c = config.critic
-        critic = CriticWorker(
-            model, optim_params(config, c.lr, c.weight_decay, c.grad_clip), c.value_clip, a.micro_batch_max_tokens,
-            share_prompt_forward=a.share_prompt_forward, precision=a.precision,
-        )  # fmt: skip
-    reuse = a.reuse_rollout_logprobs and policy.engine_logprobs_are_policy_logprobs(engine, config.rollout.temperature)
     return Components(tokenizer, data, reward_fn, engine, policy, critic, build_sampler(config), reuse)

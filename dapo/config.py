@@ -287,6 +287,33 @@ class TrainerConfig:
     """log to Weights & Biases under this project (needs the wandb extra)"""
     progress: bool = True
     """live progress bar"""
+    backend: str = "local"
+    """where the policy (and reference, critic) train: local (this process) | ray (data-parallel ranks on a
+    Ray cluster, torch.distributed inside; see the ray section and docs/distributed.md)"""
+
+
+@dataclass
+class RayConfig:
+    """The Ray cluster (trainer.backend=ray). The policy, reference and critic share one worker group of
+    data-parallel ranks (colocated, as verl's default); the rollout engine stays in the driver."""
+
+    address: str = ""
+    """empty = start a local, loopback-only cluster for this run; `auto` or `host:port` = join a running one
+    (`ray start --head` on the head node)"""
+    train_workers: int = 1
+    """data-parallel training ranks (actors), one torch.distributed process group"""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per rank (its torch threads); one placement-group bundle each"""
+    gpus_per_worker: float = 0.0
+    """GPUs per rank; > 0 uses NCCL instead of gloo"""
+    strategy: str = "ddp"
+    """ddp (every rank holds the whole model and optimiser state) | fsdp2 (fully_shard: parameters,
+    gradients and optimiser state sharded over the ranks; bf16-mixed uses its MixedPrecisionPolicy)"""
+    collective_timeout_s: float = 120.0
+    """a rank that waits longer than this in a collective (a peer died or hangs) raises instead of waiting
+    for gloo's default of 30 minutes"""
+    startup_timeout_s: float = 120.0
+    """how long to wait for the cluster to grant the ranks' resources before failing with what is missing"""
 
 
 @dataclass
@@ -301,6 +328,7 @@ class Config:
     actor: ActorConfig = field(default_factory=ActorConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def uses_critic(self) -> bool:
@@ -351,6 +379,12 @@ def _check_choices(c: Config) -> None:
     _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16"))
     _one_of("actor.precision", c.actor.precision, ("fp32", "bf16-mixed"))
     _one_of("trainer.device", c.trainer.device, ("cpu", "cuda"))
+    _one_of("trainer.backend", c.trainer.backend, ("local", "ray"))
+    _one_of("ray.strategy", c.ray.strategy, ("ddp", "fsdp2"))
+    _require(c.ray.train_workers >= 1, "ray.train_workers", "must be ≥ 1", c.ray.train_workers)
+    _require(c.ray.cpus_per_worker > 0, "ray.cpus_per_worker", "must be > 0", c.ray.cpus_per_worker)
+    _require(c.ray.gpus_per_worker >= 0, "ray.gpus_per_worker", "must be ≥ 0", c.ray.gpus_per_worker)
+    _require(c.ray.collective_timeout_s > 0, "ray.collective_timeout_s", "must be > 0", c.ray.collective_timeout_s)
 
 
 def _check_clip(c: Config) -> None:

@@ -394,7 +394,9 @@ class Trainer:
             manager = CheckpointManager(path.parent, keep_last=self.cfg.trainer.keep_last)
             step, state = manager.load(int(path.name.rsplit("_", 1)[-1]))
         differences = config_diff(state["config"], self.cfg.to_dict())
-        differences = [d for d in differences if not d.startswith(("trainer.total_steps", "trainer.resume"))]
+        # Where the run trains (one process or N ranks) and how long it is do not change its math.
+        neutral = ("trainer.total_steps", "trainer.resume", "trainer.backend", "ray.", "ray:")
+        differences = [d for d in differences if not d.startswith(neutral)]
         if differences and not self.cfg.trainer.accept_config_changes:
             raise ResumeConfigError(
                 "the checkpoint was written with a different config:\n  "
@@ -423,3 +425,6 @@ class Trainer:
     def close(self) -> None:
         self.engine.close()
         self.reward_fn.close()
+        if self.critic is not None:
+            self.critic.close()
+        self.policy.close()

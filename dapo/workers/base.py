@@ -1,9 +1,10 @@
 """What the trainer asks of the workers that hold models: the policy (with its reference) and the critic.
 
 The trainer types against these protocols only. `dapo.workers.local` implements them in the trainer's own
-process; a Ray worker group implements the same calls across processes. Capability questions (may the
-engine's log-probs serve as π_old? how many tokens did the update compute?) are answered by the workers,
-because only they know where the weights live.
+process; `dapo.workers.ray_group` implements the same calls on data-parallel ranks of a Ray cluster (each
+rank runs the local worker over a torch.distributed process group, `dapo.workers.parallel`). Capability
+questions (may the engine's log-probs serve as π_old? how many tokens did the update compute?) are answered
+by the workers, because only they know where the weights live.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class PolicyWorkers(Protocol):
         """The policy as a Hugging Face model directory."""
         ...
 
+    def close(self) -> None:
+        """Release what the workers hold (processes, a cluster); a no-op in one process."""
+        ...
+
 
 @runtime_checkable
 class CriticWorkers(Protocol):
@@ -76,3 +81,5 @@ class CriticWorkers(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...

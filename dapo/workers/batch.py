@@ -176,6 +176,21 @@ def batch_from_prompts(
     return TrainBatch(ids, mask, mask[:, Tp:].float(), Tp, row_prompt.clone())
 
 
+def forward_tokens(batch: TrainBatch, rows: Tensor, shared_prompts: bool) -> int:
+    """Tokens that go through the model when `rows` are computed (the MFU numerator's count): every real
+    token of every row, or with shared prompts each distinct prompt once and all but the last token of
+    every response."""
+    mask = batch.attention_mask[rows]
+    if not shared_prompts:
+        return int(mask.sum())
+    Tp = batch.prompt_width
+    groups = batch.group_index[rows]
+    first_of_group = torch.ones_like(groups, dtype=torch.bool)
+    first_of_group[1:] = groups[1:] != groups[:-1]  # rows of a group are contiguous
+    prompt_tokens = int(mask[first_of_group, :Tp].sum())
+    return prompt_tokens + int((mask[:, Tp:].sum(dim=1) - 1).clamp(min=0).sum())
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding: 0 at the first real token of every row."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)

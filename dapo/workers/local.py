@@ -25,12 +25,14 @@ from dapo.rollout.base import RolloutEngine
 from dapo.workers.batch import (
     TrainBatch,
     batch_from_prompts,
+    forward_tokens,
     grouped_micro_batches,
     micro_batches,
     mini_batches,
     position_ids,
     prompt_sharing,
 )
+from dapo.workers.parallel import SINGLE_PROCESS, DataParallel
 
 PRECISIONS = ("fp32", "bf16-mixed")
 
@@ -66,6 +68,9 @@ class OptimParams:
     schedule: str
     total_steps: int
     min_lr_ratio: float
+    eps: float = 1e-8
+    """AdamW's ε (torch's and verl's default). A step moves a weight by about lr·g/(|g| + ε): where |g| is
+    near ε, a difference of δ in g (float rounding, e.g. another reduction order) moves it by lr·δ/ε."""
 
 
 def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int, min_lr_ratio: float) -> float:
@@ -93,7 +98,9 @@ def rows_to_compute(batch: TrainBatch, rows: Tensor, params: PolicyLossParams) -
 
 
 def make_optimizer(params, optim: OptimParams) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(step, optim.warmup_steps, optim.schedule, optim.total_steps, optim.min_lr_ratio),
@@ -186,18 +193,8 @@ class ResponseForward:
         return micro_batches(_row_lengths(batch), rows, max_tokens)
 
     def tokens_computed(self, batch: TrainBatch, rows: Tensor) -> int:
-        """Tokens that go through the model when `rows` are computed (for the MFU estimate): every real
-        token of every row, or with shared prompts each distinct prompt once and all but the last token of
-        every response."""
-        mask = batch.attention_mask[rows]
-        if self.shared is None:
-            return int(mask.sum())
-        Tp = batch.prompt_width
-        groups = batch.group_index[rows]
-        first_of_group = torch.ones_like(groups, dtype=torch.bool)
-        first_of_group[1:] = groups[1:] != groups[:-1]  # rows of a group are contiguous
-        prompt_tokens = int(mask[first_of_group, :Tp].sum())
-        return prompt_tokens + int((mask[:, Tp:].sum(dim=1) - 1).clamp(min=0).sum())
+        """Tokens that go through the model when `rows` are computed (for the MFU estimate)."""
+        return forward_tokens(batch, rows, self.shared is not None)
 
     def compute_context(self):
         """The autocast region of the model's forward: bf16 matmuls over float32 (master) weights for
@@ -232,11 +229,21 @@ class _Accumulator:
     def __init__(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, float] = defaultdict(float)
+        self.per_token: set[str] = set()
 
     def add_masked(self, name: str, values: Tensor, mask: Tensor) -> None:
         mask = mask.bool()
         self.sums[name] += float(torch.where(mask, values.float(), 0.0).sum())
         self.counts[name] += float(mask.sum())
+        self.per_token.add(name)
+
+    def reduce_per_token(self, dp: DataParallel) -> None:
+        """Add up the per-token sums and counts of all ranks (each computed its own rows); the scalars are
+        already global. Every rank registers the same names (weight-0 passes add zeros)."""
+        names = sorted(self.per_token)
+        totals = dp.sum([self.sums[n] for n in names] + [self.counts[n] for n in names])
+        for i, name in enumerate(names):
+            self.sums[name], self.counts[name] = totals[i], totals[len(names) + i]
 
     def add_scalar(self, name: str, value: float) -> None:
         self.sums[name] += value
@@ -251,6 +258,8 @@ def _clip_and_step(
 ) -> None:
     """Clip the global grad norm; skip the step (and count it) when the norm is not finite."""
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm of sharded gradients is a DTensor
+        grad_norm = grad_norm.full_tensor()
     if torch.isfinite(grad_norm):
         optimizer.step()
         stats.add_scalar(f"{prefix}/grad_norm", float(grad_norm))
@@ -259,6 +268,44 @@ def _clip_and_step(
         stats.sums[f"{prefix}/num_skipped_steps"] += 1.0
     stats.counts[f"{prefix}/num_skipped_steps"] = 1.0
     optimizer.zero_grad(set_to_none=True)
+
+
+class TrainedModule(nn.Module):
+    """The model a worker trains, with the worker's training pass as its forward: DDP and FSDP2 act in a
+    module's forward and backward, so the pass they wrap must be the whole of it (the shared-prefix forward
+    reads the weights directly instead of calling the model)."""
+
+    PREFIX = "model."
+
+    def __init__(self, model: nn.Module, compute):
+        super().__init__()
+        self.model = model
+        self._compute = compute
+
+    def forward(self, micro: TrainBatch) -> Tensor:
+        return self._compute(micro)
+
+
+def _unprefixed(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k.removeprefix(TrainedModule.PREFIX): v for k, v in state.items()}
+
+
+def _prefixed(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {TrainedModule.PREFIX + k: v for k, v in state.items()}
+
+
+def _passes(dp: DataParallel, forward: ResponseForward, batch: TrainBatch, rows: Tensor, max_tokens: int):
+    """This rank's micro-batches of `rows` (whole groups), padded with weight-0 passes over a real row to the
+    busiest rank's count: pairs (micro-batch rows, weight scale 1 or 0)."""
+    mine = dp.shard(batch, rows)
+    return dp.pad(forward.micro_batches(batch, mine, max_tokens), filler=rows[:1])
+
+
+def _accumulate_gradients(dp: DataParallel, trainable: nn.Module, passes, loss_of) -> None:
+    """Backward of `loss_of(rows, scale)` for each pass, gradients reduced over ranks on the last one."""
+    for i, (rows, scale) in enumerate(passes):
+        with dp.grad_sync(trainable, enabled=i == len(passes) - 1):
+            (loss_of(rows, scale) * dp.loss_scale).backward()
 
 
 class PolicyWorker:
@@ -274,36 +321,46 @@ class PolicyWorker:
         share_prompt_forward: bool = True,
         temperature: float = 1.0,
         precision: str = "fp32",
+        parallel: DataParallel = SINGLE_PROCESS,
     ):
         self.model = model
         self.optim = optim
         self.micro_batch_max_tokens = micro_batch_max_tokens
-        self.optimizer, self.scheduler = make_optimizer(model.parameters(), optim)
+        self.dp = parallel
         self.reference = None
         if with_reference:
-            # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode.
+            # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode. Each
+            # rank holds a whole copy: its passes need no collective.
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.forward = ResponseForward(model, share_prompt_forward, temperature, precision)
         self.reference_forward = (
             ResponseForward(self.reference, share_prompt_forward, temperature, precision) if self.reference else None
         )
+        # The optimiser is built on the wrapped parameters (FSDP2 replaces them by their shards).
+        self.trainable = parallel.wrap(TrainedModule(model, self.forward.logits))
+        self.optimizer, self.scheduler = make_optimizer(self.trainable.parameters(), optim)
 
     @torch.no_grad()
     def compute_logprobs(
         self, batch: TrainBatch, *, reference: bool = False, with_entropy: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Log-probs (B, T) of the response tokens under the policy or the reference, and with
-        `with_entropy` also the per-token entropies (B, T) (the trainer's passes do not need them)."""
+        `with_entropy` also the per-token entropies (B, T) (the trainer's passes do not need them).
+        With several ranks each fills its own rows (zeros elsewhere): the sum over ranks is the whole."""
         forward = self.reference_forward if reference else self.forward
         assert forward is not None, "no reference model: enable a KL term to create one"
+        logits_of = forward.logits if reference else self.trainable  # the policy's pass may be a collective
         model = forward.model
         was_training = model.training
         model.eval()
         logprobs = torch.zeros(batch.response_mask.shape)
         entropy = torch.zeros(batch.response_mask.shape)
-        for rows in forward.micro_batches(batch, torch.arange(batch.num_rows), self.micro_batch_max_tokens):
+        everything = torch.arange(batch.num_rows)
+        for rows, scale in _passes(self.dp, forward, batch, everything, self.micro_batch_max_tokens):
             micro = batch.select(rows)
-            logits = forward.logits(micro)
+            logits = logits_of(micro)
+            if scale == 0:
+                continue  # a pass that only keeps the ranks in step
             width = logits.shape[1]
             logprobs[rows, :width] = algo.token_logprobs(logits, micro.response_ids)
             if with_entropy:
@@ -328,6 +385,7 @@ class PolicyWorker:
         for _ in range(epochs):
             for rows in mini_batches(batch, groups_per_mini_batch, generator):
                 self._mini_batch_step(batch, rows, loss, stats)
+        stats.reduce_per_token(self.dp)
         stats.add_scalar("actor/lr", self.optimizer.param_groups[0]["lr"])
         self.scheduler.step()
         self.model.eval()
@@ -340,7 +398,6 @@ class PolicyWorker:
         weights[rows] = algo.loss_row_weights(
             mini_mask, params.loss_agg_mode, group_index=batch.group_index[rows], norm_length=params.loss_norm_length
         )
-        mini_loss = mini_pg_loss = 0.0
         # Skipped rows keep their weight in `weights` (the token-mean's denominator); only their zero gradient
         # is not computed.
         computed = rows_to_compute(batch, rows, params)
@@ -349,49 +406,62 @@ class PolicyWorker:
         if computed.numel() == 0:
             # AdamW still steps on a zero gradient (moments decay, weight decay applies), as it would
             # have after a forward/backward of these rows.
-            for p in self.model.parameters():
+            for p in self.trainable.parameters():
                 if p.requires_grad:
                     p.grad = torch.zeros_like(p)
-        for micro_rows in self.forward.micro_batches(batch, computed, self.micro_batch_max_tokens):
+        losses = [0.0, 0.0]  # this rank's part of the mini-batch's policy-gradient loss and total loss
+
+        def loss_of(micro_rows: Tensor, scale: float) -> Tensor:
             micro = batch.select(micro_rows)
-            micro_weights = weights[micro_rows]
-            logits = self.forward.logits(micro)
-            logprobs = algo.token_logprobs(logits, micro.response_ids)
-            # Exactly on-policy (one mini-batch, one epoch): π_old = π_θ, detached.
-            old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
-            mask = micro.response_mask
-            # mask=: whatever the padding holds never reaches the gradient (0·NaN would be NaN)
-            pg_loss, pg_stats = algo.clipped_policy_loss(
-                logprobs, old, micro.advantages, params.clip_eps_low, params.clip_eps_high,
-                params.dual_clip_c, params.log_ratio_clamp, mask=mask,
-            )  # fmt: skip
-            total = algo.weighted_token_sum(pg_loss, mask, micro_weights)
-            mini_pg_loss += float(total.detach())
-            stats.add_masked("actor/pg_clipfrac", pg_stats.clipped_high | pg_stats.clipped_low, mask)
-            stats.add_masked("actor/pg_clipfrac_higher", pg_stats.clipped_high, mask)
-            stats.add_masked("actor/pg_clipfrac_low", pg_stats.clipped_low, mask)
-            stats.add_masked("actor/pg_clipfrac_lower", pg_stats.dual_clipped, mask)
-            stats.add_masked("actor/ppo_kl", pg_stats.approx_kl, mask)
-            stats.add_masked("actor/ratio_mean", pg_stats.ratio, mask)
-            with torch.no_grad():
-                stats.add_masked("actor/entropy", algo.entropy_from_logits(logits.detach()), mask)
-            if params.kl_loss_coef > 0 and micro.ref_logprobs is not None:
-                kl = algo.kl_estimate(logprobs, micro.ref_logprobs, params.kl_loss_type or "k3", mask=mask)
-                total = total + params.kl_loss_coef * algo.weighted_token_sum(kl, mask, micro_weights)
-                stats.add_masked("actor/kl_loss", kl.detach(), mask)
-            if params.entropy_coeff > 0:
-                entropy = algo.entropy_from_logits(logits)
-                total = total - params.entropy_coeff * algo.weighted_token_sum(entropy, mask, micro_weights)
-            if not torch.isfinite(total):
-                raise FloatingPointError(
-                    f"non-finite policy loss in a micro-batch of rows {micro_rows.tolist()[:8]}...; "
-                    "nothing was applied to the weights"
-                )
-            total.backward()
-            mini_loss += float(total.detach())
+            pg_loss, total = self._micro_loss(micro, weights[micro_rows] * scale, scale, params, stats)
+            losses[0] += float(pg_loss.detach())
+            losses[1] += float(total.detach())
+            return total
+
+        passes = _passes(self.dp, self.forward, batch, computed, self.micro_batch_max_tokens)
+        _accumulate_gradients(self.dp, self.trainable, passes, loss_of)
+        mini_pg_loss, mini_loss = self.dp.sum(losses)
         stats.add_scalar("actor/pg_loss", mini_pg_loss)  # the policy-gradient part only, as verl
         stats.add_scalar("actor/total_loss", mini_loss)
-        _clip_and_step(self.model, self.optimizer, self.optim.grad_clip, stats, "actor")
+        _clip_and_step(self.trainable, self.optimizer, self.optim.grad_clip, stats, "actor")
+
+    def _micro_loss(
+        self, micro: TrainBatch, micro_weights: Tensor, scale: float, params: PolicyLossParams, stats: _Accumulator
+    ) -> tuple[Tensor, Tensor]:
+        """(policy-gradient part, total) of one micro-batch's loss, weighted by its rows' mini-batch weights;
+        its per-token diagnostics go to `stats` (none from a weight-0 pass)."""
+        logits = self.trainable(micro)
+        logprobs = algo.token_logprobs(logits, micro.response_ids)
+        # Exactly on-policy (one mini-batch, one epoch): π_old = π_θ, detached.
+        old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        mask = micro.response_mask
+        counted = mask * scale  # a weight-0 pass registers the names with nothing in them
+        # mask=: whatever the padding holds never reaches the gradient (0·NaN would be NaN)
+        pg_loss, pg_stats = algo.clipped_policy_loss(
+            logprobs, old, micro.advantages, params.clip_eps_low, params.clip_eps_high,
+            params.dual_clip_c, params.log_ratio_clamp, mask=mask,
+        )  # fmt: skip
+        pg_total = total = algo.weighted_token_sum(pg_loss, mask, micro_weights)
+        stats.add_masked("actor/pg_clipfrac", pg_stats.clipped_high | pg_stats.clipped_low, counted)
+        stats.add_masked("actor/pg_clipfrac_higher", pg_stats.clipped_high, counted)
+        stats.add_masked("actor/pg_clipfrac_low", pg_stats.clipped_low, counted)
+        stats.add_masked("actor/pg_clipfrac_lower", pg_stats.dual_clipped, counted)
+        stats.add_masked("actor/ppo_kl", pg_stats.approx_kl, counted)
+        stats.add_masked("actor/ratio_mean", pg_stats.ratio, counted)
+        with torch.no_grad():
+            stats.add_masked("actor/entropy", algo.entropy_from_logits(logits.detach()), counted)
+        if params.kl_loss_coef > 0 and micro.ref_logprobs is not None:
+            kl = algo.kl_estimate(logprobs, micro.ref_logprobs, params.kl_loss_type or "k3", mask=mask)
+            total = total + params.kl_loss_coef * algo.weighted_token_sum(kl, mask, micro_weights)
+            stats.add_masked("actor/kl_loss", kl.detach(), counted)
+        if params.entropy_coeff > 0:
+            entropy = algo.entropy_from_logits(logits)
+            total = total - params.entropy_coeff * algo.weighted_token_sum(entropy, mask, micro_weights)
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"non-finite policy loss in a micro-batch of {micro.num_rows} rows; nothing was applied to the weights"
+            )
+        return pg_total, total
 
     @property
     def has_reference(self) -> bool:
@@ -409,22 +479,25 @@ class PolicyWorker:
         return self.forward.tokens_computed(batch, rows)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(p.numel() for p in self.model.parameters())  # a DTensor shard counts its whole tensor
+
+    def full_weights(self) -> dict[str, Tensor]:
+        """The policy's weights, unsharded (with several ranks: a collective, every rank must call it)."""
+        return _unprefixed(self.dp.full_weights(self.trainable))
 
     def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+        weights, optimizer = self.dp.full_state(self.trainable, self.optimizer)
+        return {"model": _unprefixed(weights), "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.dp.load_full_state(self.trainable, self.optimizer, _prefixed(state["model"]), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
-        self.model.load_state_dict(weights)
+        self.dp.load_full_state(self.trainable, None, _prefixed(weights), None)
+
+    def close(self) -> None:
+        pass
 
     def save_pretrained(self, path: Path, tokenizer) -> Path:
         # The base model's save path: a policy trained from a GGUF checkpoint is written as plain weights.
@@ -462,14 +535,17 @@ class CriticWorker:
         micro_batch_max_tokens: int,
         share_prompt_forward: bool = True,
         precision: str = "fp32",
+        parallel: DataParallel = SINGLE_PROCESS,
     ):
         self.model = ValueModel(policy)
         self.optim = optim
         self.value_clip = value_clip
         self.micro_batch_max_tokens = micro_batch_max_tokens
-        self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim)
+        self.dp = parallel
         # micro-batching, hidden states and the precision of the body's forward
         self.forward = ResponseForward(self.model.body, share_prompt_forward, precision=precision)
+        self.trainable = parallel.wrap(TrainedModule(self.model, self._values))
+        self.optimizer, self.scheduler = make_optimizer(self.trainable.parameters(), optim)
 
     def _values(self, micro: TrainBatch) -> Tensor:
         # V(s_t) for response token t is read at the position that predicts it (the state before emitting it).
@@ -484,12 +560,14 @@ class CriticWorker:
 
     @torch.no_grad()
     def compute_values(self, batch: TrainBatch) -> Tensor:
+        """(B, T) values; with several ranks each fills its own rows (zeros elsewhere)."""
         self.model.eval()
         values = torch.zeros(batch.response_mask.shape)
-        for rows in self.forward.micro_batches(batch, torch.arange(batch.num_rows), self.micro_batch_max_tokens):
-            micro = batch.select(rows)
-            v = self._values(micro)
-            values[rows, : v.shape[1]] = v
+        everything = torch.arange(batch.num_rows)
+        for rows, scale in _passes(self.dp, self.forward, batch, everything, self.micro_batch_max_tokens):
+            v = self.trainable(batch.select(rows))
+            if scale:
+                values[rows, : v.shape[1]] = v
         return values * batch.response_mask
 
     def update(self, batch: TrainBatch, groups_per_mini_batch: int, epochs: int) -> dict[str, float]:
@@ -499,32 +577,36 @@ class CriticWorker:
             for rows in mini_batches(batch, groups_per_mini_batch, None):
                 weights = torch.zeros(batch.num_rows, dtype=torch.float64)
                 weights[rows] = algo.loss_row_weights(batch.response_mask[rows], "token-mean")
-                mini_loss = 0.0
-                for micro_rows in self.forward.micro_batches(batch, rows, self.micro_batch_max_tokens):
+                losses = [0.0]
+
+                def loss_of(micro_rows: Tensor, scale: float, weights=weights, losses=losses) -> Tensor:
                     micro = batch.select(micro_rows)
-                    values = self._values(micro)
                     loss, clipped = algo.clipped_value_loss(
-                        values, micro.old_values, micro.returns, self.value_clip, mask=micro.response_mask
-                    )
-                    total = algo.weighted_token_sum(loss, micro.response_mask, weights[micro_rows])
-                    total.backward()
-                    mini_loss += float(total.detach())
-                    stats.add_masked("critic/vf_clipfrac", clipped, micro.response_mask)
-                stats.add_scalar("critic/vf_loss", mini_loss)
-                _clip_and_step(self.model, self.optimizer, self.optim.grad_clip, stats, "critic")
+                        self.trainable(micro), micro.old_values, micro.returns, self.value_clip,
+                        mask=micro.response_mask,
+                    )  # fmt: skip
+                    total = algo.weighted_token_sum(loss, micro.response_mask, weights[micro_rows] * scale)
+                    losses[0] += float(total.detach())
+                    stats.add_masked("critic/vf_clipfrac", clipped, micro.response_mask * scale)
+                    return total
+
+                passes = _passes(self.dp, self.forward, batch, rows, self.micro_batch_max_tokens)
+                _accumulate_gradients(self.dp, self.trainable, passes, loss_of)
+                stats.add_scalar("critic/vf_loss", self.dp.sum(losses)[0])
+                _clip_and_step(self.trainable, self.optimizer, self.optim.grad_clip, stats, "critic")
+        stats.reduce_per_token(self.dp)
         stats.add_scalar("critic/lr", self.optimizer.param_groups[0]["lr"])
         self.scheduler.step()
         self.model.eval()
         return stats.means()
 
     def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+        weights, optimizer = self.dp.full_state(self.trainable, self.optimizer)
+        return {"model": _unprefixed(weights), "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.dp.load_full_state(self.trainable, self.optimizer, _prefixed(state["model"]), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,343 @@
+"""The policy, reference and critic on data-parallel ranks of a Ray cluster (trainer.backend=ray).
+
+One worker group: N Ray actors (`TrainRank`), one placement-group bundle each, forming one torch.distributed
+process group (gloo on CPU, NCCL on GPU). Every rank runs the very workers of `dapo.workers.local` with a
+`TorchDistributed` data-parallel strategy (DDP or FSDP2): the math is written once. The driver holds no
+trained model; it keeps only the rollout engine's copy, refreshed after every update.
+
+The driver puts a batch into the object store once; every rank reads the whole batch, computes its own whole
+groups and joins the collectives. The row weights of the loss come from the whole mini-batch, so N ranks give
+the single-process update up to float rounding. Checkpoints hold the single-process form (unsharded weights,
+the optimiser's parameters numbered), so a run saved on N ranks resumes on M, or in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dapo.errors import DapoError
+from dapo.models.loading import save_pretrained_pair
+from dapo.rollout.base import RolloutEngine
+from dapo.workers.batch import TrainBatch, forward_tokens
+
+# A cluster started for one run listens on loopback only and never reports usage (docs/distributed.md).
+LOCAL_CLUSTER_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node IP 127.0.0.1: every Ray socket binds loopback
+    "GLOO_SOCKET_IFNAME": "lo",
+    # a dead node is declared dead after ~1.5 s instead of ~13 s
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+class RayUnavailableError(DapoError, RuntimeError):
+    """trainer.backend=ray without Ray installed."""
+
+
+class ClusterError(DapoError, RuntimeError):
+    """The cluster cannot hold the ranks, or a rank died: says which, where, and what to do."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailableError(
+            "trainer.backend=ray needs Ray: run `scripts/setup.sh ray` (or `pip install 'dapo-rl[ray]'`), "
+            "or set trainer.backend=local"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """The `ray` config section, as the worker group needs it."""
+
+    address: str
+    train_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    strategy: str
+    collective_timeout_s: float
+    startup_timeout_s: float
+    bf16_compute: bool = False  # FSDP2's MixedPrecisionPolicy instead of autocast
+
+
+def connect(address: str, num_cpus_needed: float) -> bool:
+    """Join the cluster at `address`, or start a loopback one; True when this process started it."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return False
+    for key, value in LOCAL_CLUSTER_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.pop("RAY_ADDRESS", None)  # "local" means a new cluster even if one is advertised
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)),
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=512 * 2**20,
+    )
+    return True
+
+
+class TrainRank:
+    """One data-parallel rank (a Ray actor): its part of the process group and its local workers."""
+
+    def __init__(self, rank: int, world_size: int, num_threads: int):
+        self.rank, self.world_size = rank, world_size
+        torch.set_num_threads(max(1, num_threads))
+        self.workers: dict[str, Any] = {}
+
+    def address(self) -> tuple[str, int, str]:
+        """(IP to reach this rank at, a free port there, node id): rank 0 hosts the rendezvous."""
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            port = s.getsockname()[1]
+        return ip, port, ray.get_runtime_context().get_node_id()
+
+    def join(self, host: str, port: int, timeout_s: float, use_gpu: bool) -> None:
+        import torch.distributed as dist
+
+        dist.init_process_group(
+            "nccl" if use_gpu else "gloo",
+            init_method=f"tcp://{host}:{port}",
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )
+
+    def build(self, model: nn.Module, policy_options: dict, critic_options: dict | None, settings: RaySettings):
+        """The local workers over this rank's process group; what the driver needs to know about them."""
+        from dapo.workers.local import CriticWorker, PolicyWorker
+        from dapo.workers.parallel import TorchDistributed
+
+        if settings.gpus_per_worker > 0:
+            model = model.to("cuda")
+        dp = TorchDistributed(settings.strategy, bf16_compute=settings.bf16_compute)
+        if critic_options is not None:  # first: its body is a copy of the decoder, before FSDP2 shards it
+            self.workers["critic"] = CriticWorker(model, **critic_options, parallel=dp)
+        policy = PolicyWorker(model, **policy_options, parallel=dp)
+        self.workers["policy"] = policy
+        return {"shared_forward": policy.forward.shared is not None, "fallback": policy.forward.fallback_reason}
+
+    def call(self, role: str, method: str, *args, reply: bool = True, **kwargs):
+        """Run a worker method on this rank; with reply=False only rank 0 sends its result back (the others
+        hold the same one, e.g. gathered weights)."""
+        result = getattr(self.workers[role], method)(*args, **kwargs)
+        return result if reply or self.rank == 0 else None
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class RayTrainGroup:
+    """The driver's handle on the ranks: one placement group, N `TrainRank` actors, one process group."""
+
+    def __init__(
+        self,
+        settings: RaySettings,
+        model: nn.Module,
+        policy_options: dict,
+        critic_options: dict | None,
+        say: Callable[[str], None] = print,
+    ):
+        ray = import_ray()
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.ray, self.settings = ray, settings
+        n = settings.train_workers
+        self.started_cluster = connect(settings.address, n * settings.cpus_per_worker)
+        bundle = {"CPU": settings.cpus_per_worker}
+        if settings.gpus_per_worker > 0:
+            bundle["GPU"] = settings.gpus_per_worker
+        self._remove_pg = remove_placement_group
+        self.pg = placement_group([bundle] * n, strategy="PACK", name="dapo-train")
+        if not self._wait(self.pg.ready(), settings.startup_timeout_s):
+            available = ray.available_resources()
+            self.close()
+            raise ClusterError(
+                f"the cluster cannot place {n} training ranks of {bundle} within {settings.startup_timeout_s:g} s "
+                f"(free now: {available}); lower ray.train_workers or ray.cpus_per_worker/gpus_per_worker, or "
+                "add nodes"
+            )
+        actor = ray.remote(TrainRank)
+        env = {k: os.environ[k] for k in ("GLOO_SOCKET_IFNAME",) if k in os.environ}
+        self.ranks = [
+            actor.options(
+                num_cpus=settings.cpus_per_worker,
+                num_gpus=settings.gpus_per_worker,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                runtime_env={"env_vars": env},
+                name=None,
+            ).remote(i, n, int(settings.cpus_per_worker))
+            for i in range(n)
+        ]
+        host, port, _ = self._get(self.ranks[0].address.remote(), "connect")
+        self.nodes = [node for _, _, node in self._get([r.address.remote() for r in self.ranks], "connect")]
+        self._get([r.join.remote(host, port, settings.collective_timeout_s, settings.gpus_per_worker > 0)
+                   for r in self.ranks], "join the process group")  # fmt: skip
+        model_ref = ray.put(model)
+        info = self._get(
+            [r.build.remote(model_ref, policy_options, critic_options, settings) for r in self.ranks], "build"
+        )[0]
+        self.shared_forward, self.fallback_reason = info["shared_forward"], info["fallback"]
+        say(f"ray: {n} training rank(s), {settings.strategy}, {bundle} each, on {len(set(self.nodes))} node(s)")
+
+    def _wait(self, ref, timeout_s: float) -> bool:
+        ready, _ = self.ray.wait([ref], timeout=timeout_s)
+        return bool(ready)
+
+    def _get(self, refs, what: str):
+        """ray.get, with a rank's own exception re-raised as itself and a lost rank as one ClusterError."""
+        ray = self.ray
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            raise e.as_instanceof_cause() from None
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
+            lost = [i for i, r in enumerate(self.ranks) if not self._alive(r)] if hasattr(self, "ranks") else []
+            where = ", ".join(f"rank {i} (node {self.nodes[i][:12]})" for i in lost if i < len(self.nodes))
+            raise ClusterError(
+                f"training {where or 'rank'} died during {what}: {type(e).__name__}. The last checkpoint is "
+                "untouched; restart the run with trainer.resume=auto"
+            ) from None
+
+    def _alive(self, rank) -> bool:
+        try:
+            self.ray.get(rank.__ray_ready__.remote(), timeout=2)
+            return True
+        except Exception:
+            return False
+
+    def run(self, role: str, method: str, *args, reply: bool = True, **kwargs) -> list:
+        """Call `method` of `role` on every rank at once (they meet in collectives); their results."""
+        refs = [r.call.remote(role, method, *args, reply=reply, **kwargs) for r in self.ranks]
+        return self._get(refs, f"{role}.{method}")
+
+    def put(self, value: Any):
+        return self.ray.put(value)
+
+    def close(self) -> None:
+        for rank in getattr(self, "ranks", []):
+            with contextlib.suppress(Exception):
+                self.ray.get(rank.shutdown.remote(), timeout=10)
+            with contextlib.suppress(Exception):
+                self.ray.kill(rank)
+        self.ranks = []
+        if getattr(self, "pg", None) is not None:
+            with contextlib.suppress(Exception):
+                self._remove_pg(self.pg)
+            self.pg = None
+        if self.started_cluster and self.ray.is_initialized():
+            self.ray.shutdown()
+            self.started_cluster = False
+
+
+def _sum_of_parts(parts: list[Tensor]) -> Tensor:
+    # Each rank filled its own rows and left zeros elsewhere: adding zeros is exact.
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return total
+
+
+class RayPolicyWorkers:
+    """`PolicyWorkers` on the ranks of a `RayTrainGroup`."""
+
+    def __init__(self, group: RayTrainGroup, rollout_model: nn.Module, precision: str, has_reference: bool):
+        self.group = group
+        self.rollout_model = rollout_model  # the engine's copy, refreshed by push_weights
+        self.precision = precision
+        self._has_reference = has_reference
+
+    @property
+    def has_reference(self) -> bool:
+        return self._has_reference
+
+    def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> Tensor:
+        return _sum_of_parts(self.group.run("policy", "compute_logprobs", self.group.put(batch), reference=reference))
+
+    def update(self, batch, loss, groups_per_mini_batch, epochs, shuffle_seed) -> dict[str, float]:
+        ref = self.group.put(batch)
+        args = (ref, loss, groups_per_mini_batch, epochs, shuffle_seed)
+        return self.group.run("policy", "update", *args, reply=False)[0]
+
+    def full_weights(self) -> dict[str, Tensor]:
+        return self.group.run("policy", "full_weights", reply=False)[0]
+
+    def push_weights(self, engine: RolloutEngine) -> None:
+        engine.update_weights(self.full_weights())
+
+    def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
+        # The engine's copy holds the ranks' float32 weights bitwise after every push: its log-probs are the
+        # policy's up to float rounding, as in one process.
+        return temperature == 1.0 and self.precision == "fp32" and engine.reports_logprobs_of(self.rollout_model)
+
+    def tokens_computed(self, batch: TrainBatch, rows: Tensor) -> int:
+        return forward_tokens(batch, rows, self.group.shared_forward)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.rollout_model.parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.group.run("policy", "state_dict", reply=False)[0]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.group.run("policy", "load_state_dict", self.group.put(state))
+
+    def load_weights(self, weights: dict[str, Tensor]) -> None:
+        self.group.run("policy", "load_weights", self.group.put(weights))
+
+    def save_pretrained(self, path: Path, tokenizer) -> Path:
+        self.rollout_model.load_state_dict(self.full_weights())
+        return save_pretrained_pair(self.rollout_model, tokenizer, path)
+
+    def close(self) -> None:
+        self.group.close()
+
+
+class RayCriticWorkers:
+    """`CriticWorkers` on the same ranks (colocated with the policy)."""
+
+    def __init__(self, group: RayTrainGroup):
+        self.group = group
+
+    def compute_values(self, batch: TrainBatch) -> Tensor:
+        return _sum_of_parts(self.group.run("critic", "compute_values", self.group.put(batch)))
+
+    def update(self, batch: TrainBatch, groups_per_mini_batch: int, epochs: int) -> dict[str, float]:
+        ref = self.group.put(batch)
+        return self.group.run("critic", "update", ref, groups_per_mini_batch, epochs, reply=False)[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.group.run("critic", "state_dict", reply=False)[0]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.group.run("critic", "load_state_dict", self.group.put(state))
+
+    def close(self) -> None:
+        self.group.close()
