@@ -139,9 +139,13 @@ def clipped_value_loss(
     unclipped = (values - returns) ** 2
     if clip_range is None:
         return 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
-    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    change = values - old_values
+    outside = change.abs() > clip_range
+    # Inside the range the clipped value IS the value: old + (v − old) can differ from v by a rounding step,
+    # which would count tokens the clip never touched (and make the count depend on the reduction order).
+    clipped_values = torch.where(outside, old_values + change.clamp(-clip_range, clip_range), values)
     clipped = (clipped_values - returns) ** 2
-    return 0.5 * torch.maximum(unclipped, clipped), (clipped > unclipped).detach()
+    return 0.5 * torch.maximum(unclipped, clipped), (outside & (clipped > unclipped)).detach()
 
 
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:

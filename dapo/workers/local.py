@@ -366,6 +366,8 @@ class PolicyWorker:
             if with_entropy:
                 entropy[rows, :width] = algo.entropy_from_logits(logits)
         model.train(was_training)
+        if not reference:
+            self.dp.after_forward_only(self.trainable)
         mask = batch.response_mask.bool()
         logprobs = torch.where(mask, logprobs, 0.0)
         return (logprobs, torch.where(mask, entropy, 0.0)) if with_entropy else logprobs
@@ -568,6 +570,7 @@ class CriticWorker:
             v = self.trainable(batch.select(rows))
             if scale:
                 values[rows, : v.shape[1]] = v
+        self.dp.after_forward_only(self.trainable)
         return values * batch.response_mask
 
     def update(self, batch: TrainBatch, groups_per_mini_batch: int, epochs: int) -> dict[str, float]:

@@ -70,6 +70,8 @@ class DataParallel(Protocol):
 
     def sum(self, values: Sequence[float]) -> list[float]: ...
 
+    def after_forward_only(self, module: nn.Module) -> None: ...
+
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]: ...
 
     def full_state(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]: ...
@@ -101,6 +103,9 @@ class SingleProcess:
 
     def sum(self, values: Sequence[float]) -> list[float]:
         return list(values)
+
+    def after_forward_only(self, module: nn.Module) -> None:
+        pass
 
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]:
         return module.state_dict()
@@ -189,6 +194,12 @@ class TorchDistributed:
         # DDP holds the module; fully_shard changes the module in place and keeps its parameter names.
         return module.module if self.strategy == "ddp" else module
 
+    def after_forward_only(self, module: nn.Module) -> None:
+        """After passes without a backward: FSDP2 keeps the root's gathered parameters until the backward
+        that never comes; shard them again (the optimiser and the state dicts work on the shards)."""
+        if self.strategy == "fsdp2":
+            module.reshard()
+
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]:
         """The unsharded weights on every rank, under the unwrapped module's names (a collective)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -221,6 +232,7 @@ class TorchDistributed:
             # set_state_dict materialises the moments with a zero-gradient step first; a state saved before
             # any step must stay empty (else AdamW's bias correction starts at step 2).
             optimizer.state.clear()
+
 
 def _named_by_index(module: nn.Module) -> list[str]:
     # The optimiser was built from module.parameters(): its i-th parameter is the i-th named one.

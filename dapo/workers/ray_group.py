@@ -175,7 +175,7 @@ class RayTrainGroup:
         if settings.gpus_per_worker > 0:
             bundle["GPU"] = settings.gpus_per_worker
         self._remove_pg = remove_placement_group
-        self.pg = placement_group([bundle] * n, strategy="PACK", name="dapo-train")
+        self.pg = placement_group([bundle] * n, strategy="PACK")
         if not self._wait(self.pg.ready(), settings.startup_timeout_s):
             available = ray.available_resources()
             self.close()
@@ -192,7 +192,6 @@ class RayTrainGroup:
                 num_gpus=settings.gpus_per_worker,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                 runtime_env={"env_vars": env},
-                name=None,
             ).remote(i, n, int(settings.cpus_per_worker))
             for i in range(n)
         ]

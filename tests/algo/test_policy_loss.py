@@ -111,6 +111,20 @@ def test_clipped_value_loss_hand_computed():
     torch.testing.assert_close(values.grad, torch.tensor([0.0, -0.9]))
 
 
+def test_values_inside_the_clip_range_are_never_counted_as_clipped():
+    """old + (V − old) is not always V in float32; a token the clip never touched must not count (nor change
+    the loss), else vf_clipfrac counts rounding steps and depends on the order of a sum."""
+    gen = torch.Generator().manual_seed(0)
+    values, old = torch.randn(2, 100_000, generator=gen) * 3
+    inside = (values - old).abs() < 0.5
+    values, old = values[inside], old[inside]
+    returns = torch.randn(len(values), generator=gen)
+    assert ((old + (values - old)) != values).any()  # the rounding this guards against occurs here
+    loss, clipped = clipped_value_loss(values, old, returns, 0.5)
+    assert not clipped.any()
+    torch.testing.assert_close(loss, 0.5 * (values - returns) ** 2, atol=0, rtol=0)
+
+
 def test_unclipped_value_loss():
     loss, clipped = clipped_value_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([3.0]), None)
     torch.testing.assert_close(loss, torch.tensor([2.0]))

@@ -1,0 +1,163 @@
+"""Data-parallel ranks on Ray give the single-process update: weights, log-probs, values and metrics.
+
+Tolerances: a 2-rank pass adds the same numbers in another order (two partial gradients, then their sum),
+so gradients agree to float rounding (~1e-10 here). AdamW's first steps move a weight by about
+lr·g/(|g| + ε); where |g| is near ε = 1e-8 the rounding is amplified by lr/ε = 1e5 (measured: weights
+within 1.2e-5 at lr 1e-3). With ε = 1e-4 the amplification is 10, and the weights agree within 1e-6.
+"""
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from test_local import OPTIM, _batch  # the same tiny batch as the local workers' tests
+
+from dapo.algo import AGGREGATION_MODES
+from dapo.models import build_char_tokenizer, build_tiny_model
+from dapo.workers.base import CriticWorkers, PolicyWorkers
+from dapo.workers.local import CriticWorker, PolicyLossParams, PolicyWorker
+from dapo.workers.parallel import balanced_group_assignment, rank_rows
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+EXACT_OPTIM = dataclasses.replace(OPTIM, eps=1e-4)
+POLICY = {"optim": EXACT_OPTIM, "with_reference": True, "micro_batch_max_tokens": 40, "share_prompt_forward": True}
+CRITIC = {"optim": EXACT_OPTIM, "value_clip": 0.5, "micro_batch_max_tokens": 40, "share_prompt_forward": True}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_tiny_model(build_char_tokenizer(), "1m", seed=0)
+
+
+def _train_batch(model, seed: int = 0):
+    """Three groups of uneven prompt and response lengths, with π_old, π_ref, values and returns."""
+    batch = _batch(model.config.vocab_size, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    shape = batch.response_mask.shape
+    return batch.replace(
+        old_logprobs=torch.randn(shape, generator=gen) * 0.1 - 2.0,
+        ref_logprobs=torch.randn(shape, generator=gen) * 0.1 - 2.0,
+        old_values=torch.randn(shape, generator=gen) * 0.1,
+        returns=torch.randn(shape, generator=gen),
+    )
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_groups_are_split_whole_and_balanced_by_tokens():
+    assert balanced_group_assignment([10, 1, 9, 2], 2) == [0, 0, 1, 1]  # 10+1 against 9+2
+    assert balanced_group_assignment([5, 5, 5], 1) == [0, 0, 0]
+    batch = _batch(100)
+    rows = torch.arange(batch.num_rows)
+    parts = [rank_rows(batch, rows, r, 2) for r in range(2)]
+    assert sorted(torch.cat(parts).tolist()) == rows.tolist()  # every row exactly once
+    for part in parts:  # whole groups: a group's rows all on one rank
+        for g in set(batch.group_index[part].tolist()):
+            assert set(torch.nonzero(batch.group_index == g).squeeze(-1).tolist()) <= set(part.tolist())
+
+
+@pytest.fixture(scope="module", params=["ddp", "fsdp2"])
+def two_ranks(request, ray_cluster, model):
+    from dapo.workers.ray_group import RaySettings, RayTrainGroup
+
+    settings = RaySettings("", 2, 1.0, 0.0, request.param, 60.0, 60.0)
+    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, CRITIC, say=lambda _: None)
+    yield group
+    group.close()
+
+
+def _fresh(model, policy: bool = True):
+    torch.set_num_threads(1)  # as each rank: one thread
+    m = copy.deepcopy(model)
+    return PolicyWorker(m, **POLICY) if policy else CriticWorker(m, **CRITIC)
+
+
+@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+def test_two_ranks_update_like_one_process(two_ranks, model, mode):
+    """Every aggregation mode, a KL and an entropy term, two epochs of shuffled mini-batches of 2 groups and
+    1 group (so one rank has no row of its own in the second and runs weight-0 passes only)."""
+    batch = _train_batch(model)
+    loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, mode, 7.0, 0.01, "k3", 0.001)
+    local = _fresh(model)
+    two_ranks.run("policy", "load_state_dict", local.state_dict())  # the untrained weights, no AdamW moments
+    expected = local.update(batch, loss, 2, 2, 123)
+    got = two_ranks.run("policy", "update", batch, loss, 2, 2, 123, reply=False)[0]
+    assert _max_difference(two_ranks.run("policy", "full_weights", reply=False)[0], local.full_weights()) < 1e-6
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def test_two_ranks_compute_the_log_probs_of_one_process(two_ranks, model):
+    from dapo.workers.ray_group import RayPolicyWorkers
+
+    batch = _train_batch(model, seed=3)
+    local = _fresh(model)
+    two_ranks.run("policy", "load_state_dict", local.state_dict())
+    workers = RayPolicyWorkers(two_ranks, copy.deepcopy(model), "fp32", has_reference=True)
+    assert isinstance(workers, PolicyWorkers)
+    for reference in (False, True):
+        got = workers.compute_logprobs(batch, reference=reference)
+        torch.testing.assert_close(got, local.compute_logprobs(batch, reference=reference), atol=1e-6, rtol=0)
+
+
+def test_two_ranks_train_the_critic_like_one_process(two_ranks, model):
+    from dapo.workers.ray_group import RayCriticWorkers
+
+    batch = _train_batch(model, seed=4)
+    local = _fresh(model, policy=False)
+    critic = RayCriticWorkers(two_ranks)
+    assert isinstance(critic, CriticWorkers)
+    critic.load_state_dict(local.state_dict())
+    torch.testing.assert_close(critic.compute_values(batch), local.compute_values(batch), atol=1e-6, rtol=0)
+    expected = local.update(batch, 2, 2)
+    got = critic.update(batch, 2, 2)
+    assert _max_difference(critic.state_dict()["model"], local.state_dict()["model"]) < 1e-6
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+def test_state_saved_on_two_ranks_is_the_single_process_form(two_ranks, model):
+    """After training on 2 ranks, the gathered state loads into one process (and back) unchanged."""
+    batch = _train_batch(model, seed=5)
+    loss = PolicyLossParams(0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0)
+    two_ranks.run("policy", "load_state_dict", _fresh(model).state_dict())
+    two_ranks.run("policy", "update", batch, loss, 3, 1, None)
+    saved = two_ranks.run("policy", "state_dict", reply=False)[0]
+    single = _fresh(model)
+    single.load_state_dict(saved)  # the local worker's own loader: the form is the single-process one
+    again = single.state_dict()
+    assert _max_difference(again["model"], saved["model"]) == 0
+    assert again["optimizer"]["param_groups"] == saved["optimizer"]["param_groups"]
+    for i, state in saved["optimizer"]["state"].items():
+        assert _max_difference(again["optimizer"]["state"][i], state) == 0
+    two_ranks.run("policy", "load_state_dict", again)  # and back onto the ranks, bit for bit
+    assert _max_difference(two_ranks.run("policy", "state_dict", reply=False)[0]["model"], saved["model"]) == 0
+
+
+def test_fsdp2_mixed_precision_keeps_float32_master_weights(ray_cluster, model):
+    from dapo.workers.ray_group import RaySettings, RayTrainGroup
+
+    settings = RaySettings("", 2, 1.0, 0.0, "fsdp2", 60.0, 60.0, bf16_compute=True)
+    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, None, say=lambda _: None)
+    try:
+        batch = _train_batch(model)
+        loss = PolicyLossParams(0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0)
+        local = _fresh(model)
+        torch.testing.assert_close(
+            group.run("policy", "compute_logprobs", batch)[0] + group.run("policy", "compute_logprobs", batch)[1],
+            local.compute_logprobs(batch), atol=0.1, rtol=0,
+        )  # fmt: skip
+        group.run("policy", "update", batch, loss, 3, 1, None)
+        local.update(batch, loss, 3, 1, None)
+        state = group.run("policy", "state_dict", reply=False)[0]
+        assert all(v.dtype == torch.float32 for v in state["model"].values())
+        assert all(s["exp_avg"].dtype == torch.float32 for s in state["optimizer"]["state"].values())
+        assert _max_difference(state["model"], local.full_weights()) < 2 * EXACT_OPTIM.lr  # one step, bf16 apart
+    finally:
+        group.close()
