@@ -67,6 +67,7 @@ def _train(args) -> int:
     print(f"[dapo] run directory: {trainer.run_dir}")
     try:
         trainer.train()
+        export_dir = trainer.export(trainer.run_dir / "policy")  # before close: Ray ranks hold the weights
     finally:
         trainer.close()
     summary = _summary(trainer.run_dir)
@@ -75,7 +76,6 @@ def _train(args) -> int:
             trainer.run_dir / "metrics.jsonl", trainer.run_dir / "curves.png", title=config.trainer.run_name
         )
         summary.append(f"curves:      {png}")
-    export_dir = trainer.export(trainer.run_dir / "policy")
     summary.append(f"policy:      {export_dir} (a Hugging Face model directory)")
     summary.append(f"metrics:     {trainer.run_dir / 'metrics.jsonl'} (TensorBoard: {trainer.run_dir / 'tensorboard'})")
     print("\n".join(summary))

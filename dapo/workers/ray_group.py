@@ -115,6 +115,9 @@ class TrainRank:
             port = s.getsockname()[1]
         return ip, port, ray.get_runtime_context().get_node_id()
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def join(self, host: str, port: int, timeout_s: float, use_gpu: bool) -> None:
         import torch.distributed as dist
 
@@ -196,6 +199,7 @@ class RayTrainGroup:
             for i in range(n)
         ]
         host, port, _ = self._get(self.ranks[0].address.remote(), "connect")
+        self.nodes = ["?"] * n  # until the ranks have said where they are
         self.nodes = [node for _, _, node in self._get([r.address.remote() for r in self.ranks], "connect")]
         self._get([r.join.remote(host, port, settings.collective_timeout_s, settings.gpus_per_worker > 0)
                    for r in self.ranks], "join the process group")  # fmt: skip
@@ -211,26 +215,31 @@ class RayTrainGroup:
         return bool(ready)
 
     def _get(self, refs, what: str):
-        """ray.get, with a rank's own exception re-raised as itself and a lost rank as one ClusterError."""
+        """ray.get. A lost rank (its process or node died) becomes one ClusterError naming it, also when a
+        surviving rank's collective failed first; a rank's own exception is raised again as itself."""
         ray = self.ray
         try:
             return ray.get(refs)
-        except ray.exceptions.RayTaskError as e:
-            raise e.as_instanceof_cause() from None
-        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
-            lost = [i for i, r in enumerate(self.ranks) if not self._alive(r)] if hasattr(self, "ranks") else []
-            where = ", ".join(f"rank {i} (node {self.nodes[i][:12]})" for i in lost if i < len(self.nodes))
-            raise ClusterError(
-                f"training {where or 'rank'} died during {what}: {type(e).__name__}. The last checkpoint is "
-                "untouched; restart the run with trainer.resume=auto"
-            ) from None
+        except ray.exceptions.RayError as e:
+            lost = self._lost_ranks()
+            if lost:
+                where = ", ".join(f"rank {i} (node {self.nodes[i][:12]})" for i in lost)
+                raise ClusterError(
+                    f"training {where} died during {what}. The last checkpoint is untouched; "
+                    "restart the run with trainer.resume=auto"
+                ) from None
+            if isinstance(e, ray.exceptions.RayTaskError):
+                raise e.as_instanceof_cause() from None
+            raise ClusterError(f"the training ranks failed during {what}: {type(e).__name__}: {e}") from None
 
-    def _alive(self, rank) -> bool:
-        try:
-            self.ray.get(rank.__ray_ready__.remote(), timeout=2)
-            return True
-        except Exception:
-            return False
+    def _lost_ranks(self) -> list[int]:
+        lost = []
+        for i, rank in enumerate(getattr(self, "ranks", [])):
+            try:
+                self.ray.get(rank.__ray_ready__.remote(), timeout=5)
+            except Exception:
+                lost.append(i)
+        return lost
 
     def run(self, role: str, method: str, *args, reply: bool = True, **kwargs) -> list:
         """Call `method` of `role` on every rank at once (they meet in collectives); their results."""
