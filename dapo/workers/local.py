@@ -423,6 +423,14 @@ class PolicyWorker:
         passes = _passes(self.dp, self.forward, batch, computed, self.micro_batch_max_tokens)
         _accumulate_gradients(self.dp, self.trainable, passes, loss_of)
         mini_pg_loss, mini_loss = self.dp.sum(losses)
+        if not math.isfinite(mini_loss):
+            # Checked on the sum over ranks, so that every rank raises at the same point and none is left
+            # waiting for the others in a collective.
+            self.optimizer.zero_grad(set_to_none=True)
+            raise FloatingPointError(
+                f"non-finite policy loss ({mini_loss}) in a mini-batch of {rows.numel()} rows; nothing was applied "
+                "to the weights"
+            )
         stats.add_scalar("actor/pg_loss", mini_pg_loss)  # the policy-gradient part only, as verl
         stats.add_scalar("actor/total_loss", mini_loss)
         _clip_and_step(self.trainable, self.optimizer, self.optim.grad_clip, stats, "actor")
@@ -459,10 +467,6 @@ class PolicyWorker:
         if params.entropy_coeff > 0:
             entropy = algo.entropy_from_logits(logits)
             total = total - params.entropy_coeff * algo.weighted_token_sum(entropy, mask, micro_weights)
-        if not torch.isfinite(total):
-            raise FloatingPointError(
-                f"non-finite policy loss in a micro-batch of {micro.num_rows} rows; nothing was applied to the weights"
-            )
         return pg_total, total
 
     @property

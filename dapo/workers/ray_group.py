@@ -219,6 +219,12 @@ class RayTrainGroup:
         surviving rank's collective failed first; a rank's own exception is raised again as itself."""
         ray = self.ray
         try:
+            # As they finish, not in rank order: a rank that raised must not wait behind a peer that is
+            # stuck in a collective for it (until ray.collective_timeout_s).
+            pending = refs if isinstance(refs, list) else [refs]
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)
             return ray.get(refs)
         except ray.exceptions.RayError as e:
             lost = self._lost_ranks()
@@ -233,10 +239,13 @@ class RayTrainGroup:
             raise ClusterError(f"the training ranks failed during {what}: {type(e).__name__}: {e}") from None
 
     def _lost_ranks(self) -> list[int]:
+        """Ranks whose actor is dead (a busy rank, e.g. one waiting in a collective, is not lost)."""
         lost = []
         for i, rank in enumerate(getattr(self, "ranks", [])):
             try:
-                self.ray.get(rank.__ray_ready__.remote(), timeout=5)
+                self.ray.get(rank.__ray_ready__.remote(), timeout=2)
+            except self.ray.exceptions.GetTimeoutError:
+                pass
             except Exception:
                 lost.append(i)
         return lost
@@ -252,7 +261,7 @@ class RayTrainGroup:
     def close(self) -> None:
         for rank in getattr(self, "ranks", []):
             with contextlib.suppress(Exception):
-                self.ray.get(rank.shutdown.remote(), timeout=10)
+                self.ray.get(rank.shutdown.remote(), timeout=2)  # a rank stuck in a collective is killed
             with contextlib.suppress(Exception):
                 self.ray.kill(rank)
         self.ranks = []

@@ -184,3 +184,18 @@ def test_a_killed_rank_is_one_clear_error_within_seconds(ray_cluster, model):
         assert time.monotonic() - start < 30  # not a hang: measured ~1 s, against a 120 s collective timeout
     finally:
         group.close()
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_leaves_the_weights(two_ranks, model):
+    """A non-finite loss in one rank's rows: every rank raises FloatingPointError at the same point (none is
+    left waiting in a collective), no step is taken, and the ranks go on answering."""
+    local = _fresh(model)
+    two_ranks.run("policy", "load_state_dict", local.state_dict())
+    batch = _train_batch(model)
+    advantages = batch.advantages.clone()
+    advantages[-1, 0] = float("nan")  # a real token (every response has one) of the last group: one rank
+    loss = PolicyLossParams(0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0)
+    with pytest.raises(FloatingPointError, match="non-finite policy loss"):
+        two_ranks.run("policy", "update", batch.replace(advantages=advantages), loss, 3, 1, None)
+    assert _max_difference(two_ranks.run("policy", "full_weights", reply=False)[0], local.full_weights()) == 0
+    two_ranks.run("policy", "update", batch, loss, 3, 1, None)  # the group is still in step
