@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from dapo import algo
+from dapo.cluster import connect
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.workers.batch import TrainBatch
 from dapo.workers.local import OptimParams, PolicyLossParams, PolicyWorker
-from dapo.workers.ray_group import RayPolicyWorkers, RaySettings, RayTrainGroup, connect
+from dapo.workers.ray_group import RayPolicyWorkers, RaySettings, RayTrainGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIM = OptimParams(1e-4, (0.9, 0.999), 0.0, 1.0, 0, "constant", 100, 0.0)

@@ -107,6 +107,7 @@ def ray_settings(config: Config) -> RaySettings:
     return RaySettings(
         r.address, r.train_workers, r.cpus_per_worker, r.gpus_per_worker, r.strategy, r.collective_timeout_s,
         r.startup_timeout_s, bf16_compute=_fsdp2_mixed_precision(config),
+        reserve_cpus=r.rollout_workers * r.cpus_per_rollout_worker if r.placement == "split" else 0.0,
     )  # fmt: skip
 
 
@@ -118,30 +119,52 @@ def _local_workers(config: Config, model, say) -> tuple[PolicyWorkers, CriticWor
     return policy, critic
 
 
-def _ray_workers(config: Config, model, say) -> tuple[PolicyWorkers, CriticWorkers | None]:
+def _ray_workers(config: Config, model, say):
     from dapo.workers.ray_group import RayCriticWorkers, RayPolicyWorkers, RayTrainGroup
 
     group = RayTrainGroup(ray_settings(config), model, policy_options(config), critic_options(config), say=say)
     if config.actor.share_prompt_forward and not group.shared_forward:
         say(f"actor.share_prompt_forward: falling back to the model's own forward ({group.fallback_reason})")
     policy = RayPolicyWorkers(group, model, config.actor.precision, config.uses_reference)
-    return policy, RayCriticWorkers(group) if config.uses_critic else None
+    return policy, RayCriticWorkers(group) if config.uses_critic else None, group
+
+
+def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
+    from dapo.rollout.ray_engine import RayRolloutEngine, RolloutSettings
+
+    r = config.ray
+    settings = RolloutSettings(
+        r.rollout_workers, r.cpus_per_rollout_worker, r.gpus_per_rollout_worker, r.max_rollout_restarts,
+        config.rollout.max_rows_in_flight or None, config.rollout.engine,
+    )  # fmt: skip
+    colocated = r.placement == "colocated"
+    placement = [(group.pg, i) for i in range(r.rollout_workers)] if colocated else None
+    threads = int(r.cpus_per_worker if colocated else r.cpus_per_rollout_worker)
+    engine = RayRolloutEngine(settings, model, tokenizer, placement=placement, num_threads=threads)
+    say(f"ray: {r.rollout_workers} rollout worker(s) ({config.rollout.engine}), {r.placement}")
+    return engine
 
 
 def build_components(config: Config, say: Callable[[str], None] = print) -> Components:
     """Every component of a run, in a fixed order (seeded runs depend on it: building consumes RNG draws).
 
     trainer.backend=local: the workers hold `model` and the built-in engine shares it. ray: the ranks get a
-    copy of `model` each, and `model` stays in the driver as the engine's copy, refreshed after every update.
+    copy of `model` each, and `model` stays in the driver as the engine's copy, refreshed after every update;
+    with ray.rollout_workers > 0 the engine is K actors with a copy each (`model` is then only the template).
     """
     model, tokenizer = load_policy(config, say=say)
     data = load_run_data(config, tokenizer, say=say)
     reward_fn = build_reward(config)
-    builtin = config.rollout.engine == "builtin"
-    engine_options = {"max_rows_in_flight": config.rollout.max_rows_in_flight or None} if builtin else {}
-    engine = build_engine(config.rollout.engine, model, tokenizer, **engine_options)
-    workers = _ray_workers if config.trainer.backend == "ray" else _local_workers
-    policy, critic = workers(config, model, say)
+    if config.trainer.backend == "ray":
+        policy, critic, group = _ray_workers(config, model, say)
+    else:
+        policy, critic = _local_workers(config, model, say)
+    if config.trainer.backend == "ray" and config.ray.rollout_workers > 0:
+        engine = _ray_rollout(config, model, tokenizer, group, say)
+    else:
+        builtin = config.rollout.engine == "builtin"
+        engine_options = {"max_rows_in_flight": config.rollout.max_rows_in_flight or None} if builtin else {}
+        engine = build_engine(config.rollout.engine, model, tokenizer, **engine_options)
     reuse = config.actor.reuse_rollout_logprobs and policy.engine_logprobs_are_policy_logprobs(
         engine, config.rollout.temperature
     )

@@ -314,6 +314,19 @@ class RayConfig:
     for gloo's default of 30 minutes"""
     startup_timeout_s: float = 120.0
     """how long to wait for the cluster to grant the ranks' resources before failing with what is missing"""
+    rollout_workers: int = 0
+    """generation actors, each with its own engine (rollout.engine) and copy of the weights; 0 = the engine
+    runs in the driver. Set rollout.max_rows_in_flight to make a seeded run's tokens independent of this"""
+    placement: str = "colocated"
+    """colocated: rollout workers share the training ranks' bundles (the two phases alternate, as in verl's
+    hybrid engine; at most ray.train_workers of them) | split: rollout workers get resources of their own"""
+    cpus_per_rollout_worker: float = 1.0
+    """CPUs per rollout worker (split placement; colocated ones use the rank's)"""
+    gpus_per_rollout_worker: float = 0.0
+    """GPUs per rollout worker (split placement)"""
+    max_rollout_restarts: int = 2
+    """rollout worker deaths survived per run (the worker is restarted and its prompts generated again,
+    counted in rollout/worker_restarts); one more stops the run"""
 
 
 @dataclass
@@ -385,6 +398,17 @@ def _check_choices(c: Config) -> None:
     _require(c.ray.cpus_per_worker > 0, "ray.cpus_per_worker", "must be > 0", c.ray.cpus_per_worker)
     _require(c.ray.gpus_per_worker >= 0, "ray.gpus_per_worker", "must be ≥ 0", c.ray.gpus_per_worker)
     _require(c.ray.collective_timeout_s > 0, "ray.collective_timeout_s", "must be > 0", c.ray.collective_timeout_s)
+    _one_of("ray.placement", c.ray.placement, ("colocated", "split"))
+    _require(c.ray.rollout_workers >= 0, "ray.rollout_workers", "must be ≥ 0", c.ray.rollout_workers)
+    _require(c.ray.max_rollout_restarts >= 0, "ray.max_rollout_restarts", "must be ≥ 0", c.ray.max_rollout_restarts)
+    if c.ray.rollout_workers > 0 and c.ray.placement == "colocated":
+        _require(
+            c.ray.rollout_workers <= c.ray.train_workers,
+            "ray.rollout_workers",
+            f"colocated rollout workers share the training ranks' bundles: at most ray.train_workers "
+            f"({c.ray.train_workers}), or set ray.placement=split",
+            c.ray.rollout_workers,
+        )
 
 
 def _check_clip(c: Config) -> None:

@@ -183,6 +183,7 @@ class Trainer:
             with timer("update_weights"):
                 self.policy.push_weights(self.engine)
         metrics.update(self._data_metrics(groups, batch, all_tokens))
+        metrics.update(self.engine.counters())
         metrics.update({f"timing_s/{k}": v for k, v in timer.seconds.items()})
         metrics.update(self._perf_metrics(batch, timer))
         return metrics

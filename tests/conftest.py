@@ -27,7 +27,7 @@ def ray_cluster():
     """One local, loopback-only Ray cluster for every test that asks for it (~8 s to start here); the tests
     that use it run serially, as Ray's own processes share the two cores."""
     ray = pytest.importorskip("ray")
-    from dapo.workers.ray_group import connect
+    from dapo.cluster import connect
 
     started = connect("", 4)  # 4 logical CPUs on 2 cores: two 1-CPU ranks and room for a second group
     yield ray

@@ -137,6 +137,10 @@ class RolloutEngine(Protocol):
         (so that, at temperature 1, they can stand for a recomputing pass)?"""
         ...
 
+    def counters(self) -> dict[str, float]:
+        """Running totals worth logging every step (e.g. `rollout/worker_restarts`); may be empty."""
+        ...
+
     def close(self) -> None: ...
 
 

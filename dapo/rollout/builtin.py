@@ -151,6 +151,9 @@ class BuiltinEngine:
         """True for the very module the engine holds (shared with the trainer, not a copy) in float32."""
         return module is self.model and all(p.dtype == torch.float32 for p in self.model.parameters())
 
+    def counters(self) -> dict[str, float]:
+        return {}
+
     def close(self) -> None:
         self._stop_tables.clear()
 

@@ -134,6 +134,9 @@ class VLLMEngine:
         """Never: vLLM computes with its own kernels and its own copy of the weights."""
         return False
 
+    def counters(self) -> dict[str, float]:
+        return {}
+
     def close(self) -> None:
         self.llm = None
         if self._tmp is not None:

@@ -25,41 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dapo.errors import DapoError
+from dapo.cluster import ClusterError, connect, dead_actors, free_resources, get_all, import_ray
 from dapo.models.loading import save_pretrained_pair
 from dapo.rollout.base import RolloutEngine
 from dapo.workers.batch import TrainBatch, forward_tokens
-
-# A cluster started for one run listens on loopback only and never reports usage (docs/distributed.md).
-LOCAL_CLUSTER_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node IP 127.0.0.1: every Ray socket binds loopback
-    "GLOO_SOCKET_IFNAME": "lo",
-    # a dead node is declared dead after ~1.5 s instead of ~13 s
-    "RAY_health_check_period_ms": "500",
-    "RAY_health_check_timeout_ms": "500",
-    "RAY_health_check_failure_threshold": "3",
-}
-
-
-class RayUnavailableError(DapoError, RuntimeError):
-    """trainer.backend=ray without Ray installed."""
-
-
-class ClusterError(DapoError, RuntimeError):
-    """The cluster cannot hold the ranks, or a rank died: says which, where, and what to do."""
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailableError(
-            "trainer.backend=ray needs Ray: run `scripts/setup.sh ray` (or `pip install 'dapo-rl[ray]'`), "
-            "or set trainer.backend=local"
-        ) from None
-    return ray
 
 
 @dataclass(frozen=True)
@@ -74,27 +43,7 @@ class RaySettings:
     collective_timeout_s: float
     startup_timeout_s: float
     bf16_compute: bool = False  # FSDP2's MixedPrecisionPolicy instead of autocast
-
-
-def connect(address: str, num_cpus_needed: float) -> bool:
-    """Join the cluster at `address`, or start a loopback one; True when this process started it."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    for key, value in LOCAL_CLUSTER_ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.pop("RAY_ADDRESS", None)  # "local" means a new cluster even if one is advertised
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999)),
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=512 * 2**20,
-    )
-    return True
+    reserve_cpus: float = 0.0  # for a cluster started here: CPUs beyond the ranks' (split rollout workers)
 
 
 class TrainRank:
@@ -173,14 +122,14 @@ class RayTrainGroup:
 
         self.ray, self.settings = ray, settings
         n = settings.train_workers
-        self.started_cluster = connect(settings.address, n * settings.cpus_per_worker)
+        self.started_cluster = connect(settings.address, n * settings.cpus_per_worker + settings.reserve_cpus)
         bundle = {"CPU": settings.cpus_per_worker}
         if settings.gpus_per_worker > 0:
             bundle["GPU"] = settings.gpus_per_worker
         self._remove_pg = remove_placement_group
         self.pg = placement_group([bundle] * n, strategy="PACK")
         if not self._wait(self.pg.ready(), settings.startup_timeout_s):
-            available = ray.available_resources()
+            available = free_resources()
             self.close()
             raise ClusterError(
                 f"the cluster cannot place {n} training ranks of {bundle} within {settings.startup_timeout_s:g} s "
@@ -215,19 +164,13 @@ class RayTrainGroup:
         return bool(ready)
 
     def _get(self, refs, what: str):
-        """ray.get. A lost rank (its process or node died) becomes one ClusterError naming it, also when a
-        surviving rank's collective failed first; a rank's own exception is raised again as itself."""
+        """The ranks' results. A lost rank (its process or node died) becomes one ClusterError naming it, also
+        when a surviving rank's collective failed first; a rank's own exception is raised again as itself."""
         ray = self.ray
         try:
-            # As they finish, not in rank order: a rank that raised must not wait behind a peer that is
-            # stuck in a collective for it (until ray.collective_timeout_s).
-            pending = refs if isinstance(refs, list) else [refs]
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                ray.get(done)
-            return ray.get(refs)
+            return get_all(refs) if isinstance(refs, list) else ray.get(refs)
         except ray.exceptions.RayError as e:
-            lost = self._lost_ranks()
+            lost = dead_actors(getattr(self, "ranks", []))
             if lost:
                 where = ", ".join(f"rank {i} (node {self.nodes[i][:12]})" for i in lost)
                 raise ClusterError(
@@ -238,22 +181,16 @@ class RayTrainGroup:
                 raise e.as_instanceof_cause() from None
             raise ClusterError(f"the training ranks failed during {what}: {type(e).__name__}: {e}") from None
 
-    def _lost_ranks(self) -> list[int]:
-        """Ranks whose actor is dead (a busy rank, e.g. one waiting in a collective, is not lost)."""
-        lost = []
-        for i, rank in enumerate(getattr(self, "ranks", [])):
-            try:
-                self.ray.get(rank.__ray_ready__.remote(), timeout=2)
-            except self.ray.exceptions.GetTimeoutError:
-                pass
-            except Exception:
-                lost.append(i)
-        return lost
+    def submit(self, role: str, method: str, *args, reply: bool = True, **kwargs) -> list:
+        """Start `method` of `role` on every rank at once (they meet in collectives); the result refs."""
+        return [r.call.remote(role, method, *args, reply=reply, **kwargs) for r in self.ranks]
+
+    def wait(self, refs: list, what: str) -> list:
+        return self._get(refs, what)
 
     def run(self, role: str, method: str, *args, reply: bool = True, **kwargs) -> list:
-        """Call `method` of `role` on every rank at once (they meet in collectives); their results."""
-        refs = [r.call.remote(role, method, *args, reply=reply, **kwargs) for r in self.ranks]
-        return self._get(refs, f"{role}.{method}")
+        """`submit`, then the ranks' results."""
+        return self._get(self.submit(role, method, *args, reply=reply, **kwargs), f"{role}.{method}")
 
     def put(self, value: Any):
         return self.ray.put(value)
@@ -307,7 +244,12 @@ class RayPolicyWorkers:
         return self.group.run("policy", "full_weights", reply=False)[0]
 
     def push_weights(self, engine: RolloutEngine) -> None:
-        engine.update_weights(self.full_weights())
+        refs = self.group.submit("policy", "full_weights", reply=False)
+        if getattr(engine, "takes_object_refs", False):
+            engine.update_weights(refs[0])  # the rollout workers read rank 0's result directly
+            self.group.wait(refs, "policy.full_weights")
+        else:
+            engine.update_weights(self.group.wait(refs, "policy.full_weights")[0])
 
     def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
         # The engine's copy holds the ranks' float32 weights bitwise after every push: its log-probs are the

@@ -170,7 +170,8 @@ def test_a_killed_rank_is_one_clear_error_within_seconds(ray_cluster, model):
     import signal
     import time
 
-    from dapo.workers.ray_group import ClusterError, RaySettings, RayTrainGroup
+    from dapo.cluster import ClusterError
+    from dapo.workers.ray_group import RaySettings, RayTrainGroup
 
     settings = RaySettings("", 2, 1.0, 0.0, "ddp", 120.0, 60.0)
     group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, None, say=lambda _: None)

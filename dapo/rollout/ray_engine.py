@@ -1,0 +1,217 @@
+"""Generation on K Ray actors (`ray.rollout_workers=K`), behind the same `RolloutEngine` interface.
+
+Each `RolloutWorker` holds its own engine (built-in, or vLLM where it is installed) and its own copy of the
+weights. A request is cut into waves of `rollout.max_rows_in_flight` rows, as the built-in engine cuts it, and
+wave w (seeded `wave_seed(seed, w)`) goes to worker w mod K. The waves come back in wave order, so the batch
+does not depend on which worker finished first. Since the waves and their seeds do not depend on K, a seeded
+request gives the same tokens with any number of workers. (Without `max_rows_in_flight` the request is cut into
+K even parts, and then the tokens depend on K.)
+
+Weights reach the workers through the object store: one `ray.put` (or the ref a training rank returned), which
+every worker reads. A worker that dies is restarted by Ray, up to `ray.max_rollout_restarts` times for the run:
+it gets the current weights again and its waves are generated again, with their seeds, so the tokens do not
+change (counted in `rollout/worker_restarts`). Past that budget the run stops with a `ClusterError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dapo.cluster import ClusterError, free_resources, import_ray
+from dapo.rollout.base import RolloutBatch, SamplingParams, concat_rollouts, wave_seed
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    max_restarts: int
+    rows_per_wave: int | None  # rollout.max_rows_in_flight (None: K even parts)
+    engine_kind: str = "builtin"
+
+
+class RolloutWorker:
+    """One generation actor: an engine over its own copy of the model."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, engine_kind: str, num_threads: int, use_gpu: bool):
+        from dapo.rollout import build_engine
+
+        torch.set_num_threads(max(1, num_threads))
+        if use_gpu:
+            model = model.to("cuda")
+        self.model = model
+        self.engine = build_engine(engine_kind, model, tokenizer)
+
+    def generate(self, prompts, n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
+        return self.engine.generate(prompts, n, sampling, seed)
+
+    def update_weights(self, weights: dict) -> None:
+        self.engine.update_weights(weights)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayRolloutEngine:
+    """`RolloutEngine` over K `RolloutWorker` actors; see the module docstring."""
+
+    takes_object_refs = True  # update_weights accepts an ObjectRef (the weights never pass the driver)
+
+    def __init__(
+        self,
+        settings: RolloutSettings,
+        model: nn.Module,
+        tokenizer: Any,
+        placement: list[tuple[Any, int]] | None = None,
+        num_threads: int = 1,
+    ):
+        """`placement`: (placement group, bundle index) per worker, e.g. the training ranks' bundles when
+        colocated; None gives the workers a placement group of their own (split)."""
+        ray = import_ray()
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.ray, self.settings, self.template = ray, settings, model
+        self.tokenizer = tokenizer
+        self.restarts = 0
+        self._remove_pg = remove_placement_group
+        self.own_pg = None
+        if placement is None:
+            bundle = {"CPU": settings.cpus_per_worker}
+            if settings.gpus_per_worker > 0:
+                bundle["GPU"] = settings.gpus_per_worker
+            self.own_pg = placement_group([bundle] * settings.workers, strategy="PACK")
+            ready, _ = ray.wait([self.own_pg.ready()], timeout=120)
+            if not ready:
+                self.close()
+                raise ClusterError(
+                    f"the cluster cannot place {settings.workers} rollout workers of {bundle} (free now: "
+                    f"{free_resources()}); lower ray.rollout_workers or use ray.placement=colocated"
+                )
+            placement = [(self.own_pg, i) for i in range(settings.workers)]
+            cpus, gpus = settings.cpus_per_worker, settings.gpus_per_worker
+        else:
+            cpus, gpus = 0, 0  # colocated: the bundle's resources belong to the training rank; they alternate
+        actor = ray.remote(RolloutWorker)
+        model_ref = ray.put(model)
+        env = {k: os.environ[k] for k in ("GLOO_SOCKET_IFNAME",) if k in os.environ}
+        self.workers = [
+            actor.options(
+                num_cpus=cpus,
+                num_gpus=gpus,
+                max_restarts=settings.max_restarts,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
+                runtime_env={"env_vars": env},
+            ).remote(model_ref, tokenizer, settings.engine_kind, num_threads, settings.gpus_per_worker > 0)
+            for pg, index in placement[: settings.workers]
+        ]
+        self._model_ref = model_ref  # the constructor's argument: a restart needs it alive
+        self._weights = model_ref  # what a restarted worker is given before it generates again
+        self._lives = [0] * len(self.workers)  # restarts so far, per worker
+        self._get_all([w.pid.remote() for w in self.workers], "start")
+
+    # ------------------------------------------------------------------ RolloutEngine
+    def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
+        prompts = [list(p) for p in prompts]
+        k = len(self.workers)
+        rows = self.settings.rows_per_wave or math.ceil(len(prompts) * n / k)
+        per_wave = max(1, rows // n)
+        waves = [prompts[i : i + per_wave] for i in range(0, len(prompts), per_wave)]
+        submitted = [self._submit(w, wave, n, sampling, seed) for w, wave in enumerate(waves)]
+        parts = [self._result(w, *submitted[w], waves[w], n, sampling, seed) for w in range(len(waves))]
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        return parts[0] if len(parts) == 1 else concat_rollouts(parts, pad)
+
+    def update_weights(self, model_or_state_dict: Any) -> None:
+        ray = self.ray
+        if isinstance(model_or_state_dict, ray.ObjectRef):
+            ref = model_or_state_dict
+        else:
+            state = model_or_state_dict
+            state = state.state_dict() if isinstance(state, nn.Module) else state
+            ref = ray.put(state)
+        self._weights = ref
+        self._get_all([w.update_weights.remote(ref) for w in self.workers], "update_weights")
+
+    def reports_logprobs_of(self, module: Any) -> bool:
+        """For the module the engine was built from, in float32: the workers hold its weights bit for bit
+        after every push, and compute float32 log-probs with the same code (up to float rounding)."""
+        return module is self.template and all(p.dtype == torch.float32 for p in module.parameters())
+
+    def counters(self) -> dict[str, float]:
+        return {"rollout/worker_restarts": float(self.restarts)}
+
+    def close(self) -> None:
+        for worker in getattr(self, "workers", []):
+            with contextlib.suppress(Exception):
+                self.ray.kill(worker)
+        self.workers = []
+        if self.own_pg is not None:
+            with contextlib.suppress(Exception):
+                self._remove_pg(self.own_pg)
+            self.own_pg = None
+
+    # ------------------------------------------------------------------ failures
+    def _submit(self, wave: int, prompts, n, sampling, seed):
+        """(ref, the worker's restart count when submitted)."""
+        index = wave % len(self.workers)
+        ref = self.workers[index].generate.remote(prompts, n, sampling, wave_seed(seed, wave))
+        return ref, self._lives[index]
+
+    def _result(self, wave: int, ref, life: int, prompts, n, sampling, seed) -> RolloutBatch:
+        """Wave `wave`'s batch; if its worker died, the restarted worker (given the current weights first)
+        generates the wave again, while the restart budget lasts. A death counts once, however many of the
+        worker's waves it took with it."""
+        ray = self.ray
+        index = wave % len(self.workers)
+        while True:
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                raise e.as_instanceof_cause() from None
+            except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
+                if life == self._lives[index]:  # this death is new: restart the worker
+                    if self.restarts >= self.settings.max_restarts:
+                        raise ClusterError(
+                            f"rollout worker {index} died ({type(e).__name__}) and the restart budget "
+                            f"(ray.max_rollout_restarts={self.settings.max_restarts}) is spent. The last "
+                            "checkpoint is untouched; restart the run with trainer.resume=auto"
+                        ) from None
+                    self.restarts += 1
+                    self._lives[index] += 1
+                    self._wait_restarted(index)
+                ref, life = self._submit(wave, prompts, n, sampling, seed)
+
+    def _wait_restarted(self, index: int, timeout_s: float = 120.0) -> None:
+        ray, worker = self.ray, self.workers[index]
+        until = time.monotonic() + timeout_s
+        while True:
+            try:
+                ray.get(worker.update_weights.remote(self._weights), timeout=timeout_s)
+                return
+            except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                if time.monotonic() > until:
+                    break
+                time.sleep(0.2)
+            except ray.exceptions.ActorDiedError:
+                break
+        raise ClusterError(f"rollout worker {index} did not come back within {timeout_s:g} s after dying")
+
+    def _get_all(self, refs: list, what: str):
+        ray = self.ray
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            raise e.as_instanceof_cause() from None
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
+            raise ClusterError(f"a rollout worker died during {what} ({type(e).__name__})") from None

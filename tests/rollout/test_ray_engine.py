@@ -1,0 +1,106 @@
+"""Generation on Ray rollout workers: the tokens of one worker with two, the waves in order, and a worker
+that dies mid-request restarted and its waves generated again, with the same tokens."""
+
+import copy
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from dapo.rollout import SamplingParams, build_engine
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+SAMPLING = SamplingParams(max_new_tokens=12, temperature=1.0)
+
+
+def _engine(model, tok, workers: int, rows_per_wave: int | None = 8, max_restarts: int = 2):
+    from dapo.rollout.ray_engine import RayRolloutEngine, RolloutSettings
+
+    settings = RolloutSettings(workers, 1.0, 0.0, max_restarts, rows_per_wave)
+    return RayRolloutEngine(settings, copy.deepcopy(model), tok)
+
+
+def _request(tok):
+    texts = [f"{a}+{b}=" for a in range(6) for b in (3, 17)]  # 12 prompts × n=4: 6 waves of 8 rows
+    return [tok(t)["input_ids"] for t in texts]
+
+
+def _same(a, b) -> bool:
+    return (
+        all(
+            torch.equal(getattr(a, f), getattr(b, f))
+            for f in ("prompt_ids", "response_ids", "response_mask", "response_lengths", "group_index")
+        )
+        and a.finish_reasons == b.finish_reasons
+    )
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_cluster, sharp_model, tok):
+    engine = _engine(sharp_model, tok, 2)
+    yield engine
+    engine.close()
+
+
+def test_two_workers_give_the_tokens_of_one_and_of_the_local_engine_in_waves(two_workers, sharp_model, tok):
+    one = _engine(sharp_model, tok, 1)
+    try:
+        expected = one.generate(_request(tok), 4, SAMPLING, seed=11)
+    finally:
+        one.close()
+    got = two_workers.generate(_request(tok), 4, SAMPLING, seed=11)
+    assert _same(got, expected)
+    torch.testing.assert_close(got.logprobs, expected.logprobs, atol=0, rtol=0)
+    assert got.num_prompts == 12 and got.group_index.tolist() == [i // 4 for i in range(48)]
+    # the local engine cuts the request into the same waves (at 1 thread, as each worker)
+    torch.set_num_threads(1)
+    local = build_engine("builtin", copy.deepcopy(sharp_model), tok, max_rows_in_flight=8)
+    assert _same(local.generate(_request(tok), 4, SAMPLING, seed=11), got)
+
+
+def test_weights_pushed_to_the_workers_change_what_they_sample(two_workers, sharp_model, tok):
+    before = two_workers.generate(_request(tok), 4, SAMPLING, seed=3)
+    other = copy.deepcopy(sharp_model)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(3.0)
+    two_workers.update_weights(other.state_dict())
+    after = two_workers.generate(_request(tok), 4, SAMPLING, seed=3)
+    two_workers.update_weights(sharp_model.state_dict())
+    assert not _same(before, after)
+    assert _same(two_workers.generate(_request(tok), 4, SAMPLING, seed=3), before)
+
+
+def test_a_worker_killed_mid_request_is_restarted_and_its_waves_regenerated(ray_cluster, sharp_model, tok):
+    engine = _engine(sharp_model, tok, 2)
+    try:
+        other = copy.deepcopy(sharp_model)
+        with torch.no_grad():
+            other.lm_head.weight.mul_(2.0)
+        engine.update_weights(other.state_dict())  # a restarted worker must get these back, not the first
+        long = SamplingParams(max_new_tokens=48, temperature=1.0)
+        start = time.monotonic()
+        expected = engine.generate(_request(tok), 4, long, seed=5)
+        victim = ray_cluster.get(engine.workers[1].pid.remote())
+        # a third of the way into the same request (a worker computes ~half of it)
+        threading.Timer((time.monotonic() - start) / 3, os.kill, (victim, signal.SIGKILL)).start()
+        got = engine.generate(_request(tok), 4, long, seed=5)
+        assert engine.counters() == {"rollout/worker_restarts": 1.0}
+        assert _same(got, expected)
+    finally:
+        engine.close()
+
+
+def test_past_the_restart_budget_the_error_names_the_worker(ray_cluster, sharp_model, tok):
+    from dapo.cluster import ClusterError
+
+    engine = _engine(sharp_model, tok, 2, max_restarts=0)
+    try:
+        os.kill(ray_cluster.get(engine.workers[1].pid.remote()), signal.SIGKILL)
+        with pytest.raises(ClusterError, match=r"rollout worker 1 died .*ray.max_rollout_restarts=0"):
+            engine.generate(_request(tok), 4, SAMPLING, seed=5)
+    finally:
+        engine.close()
