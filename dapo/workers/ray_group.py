@@ -177,6 +177,13 @@ class RayTrainGroup:
                     f"training {where} died during {what}. The last checkpoint is untouched; "
                     "restart the run with trainer.resume=auto"
                 ) from None
+            if isinstance(e, ray.exceptions.RayTaskError) and _is_collective_timeout(e.cause):
+                raise ClusterError(
+                    f"a training rank waited more than ray.collective_timeout_s="
+                    f"{self.settings.collective_timeout_s:g} s in a collective during {what}: a peer hangs "
+                    f"or is far slower ({e.cause}). The last checkpoint is untouched; restart the run with "
+                    "trainer.resume=auto"
+                ) from None
             if isinstance(e, ray.exceptions.RayTaskError):
                 raise e.as_instanceof_cause() from None
             raise ClusterError(f"the training ranks failed during {what}: {type(e).__name__}: {e}") from None
@@ -209,6 +216,11 @@ class RayTrainGroup:
         if self.started_cluster and self.ray.is_initialized():
             self.ray.shutdown()
             self.started_cluster = False
+
+
+def _is_collective_timeout(error: BaseException | None) -> bool:
+    # gloo: "Timed out waiting 5000ms for recv operation to complete"; NCCL's watchdog: "... timed out"
+    return isinstance(error, RuntimeError) and "timed out" in str(error).lower()
 
 
 def _sum_of_parts(parts: list[Tensor]) -> Tensor:

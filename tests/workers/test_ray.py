@@ -176,3 +176,24 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_leaves_the_weights(t
         two_ranks.run("policy", "update", batch.replace(advantages=advantages), loss, 3, 1, None)
     assert _max_difference(two_ranks.run("policy", "full_weights", reply=False)[0], local.full_weights()) == 0
     two_ranks.run("policy", "update", batch, loss, 3, 1, None)  # the group is still in step
+
+
+def test_a_rank_that_never_reaches_the_collective_is_an_error_after_the_timeout(ray_cluster, model):
+    """Only rank 0 is asked to update, so it waits in the gradient all-reduce for a rank 1 that never comes:
+    a ClusterError naming ray.collective_timeout_s after that time, not gloo's 30 minutes."""
+    import time
+
+    from dapo.cluster import ClusterError
+    from dapo.workers.ray_group import RaySettings, RayTrainGroup
+
+    settings = RaySettings("", 2, 1.0, 0.0, "ddp", 3.0, 60.0)
+    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, None, say=lambda _: None)
+    try:
+        loss = PolicyLossParams(0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0)
+        start = time.monotonic()
+        alone = group.ranks[0].call.remote("policy", "update", _train_batch(model), loss, 3, 1, None)
+        with pytest.raises(ClusterError, match=r"ray.collective_timeout_s=3 s .*a peer hangs"):
+            group.wait([alone], "policy.update")
+        assert time.monotonic() - start >= 3
+    finally:
+        group.close()
