@@ -2,8 +2,8 @@
 
 One worker group: N Ray actors (`TrainRank`), one placement-group bundle each, forming one torch.distributed
 process group (gloo on CPU, NCCL on GPU). Every rank runs the very workers of `dapo.workers.local` with a
-`TorchDistributed` data-parallel strategy (DDP or FSDP2): the math is written once. The driver holds no
-trained model; it keeps only the rollout engine's copy, refreshed after every update.
+`TorchDistributed` data-parallel strategy (DDP or FSDP2): the math is written once. The driver trains no
+model; it keeps the rollout engine's copy (or, with rollout workers, the template they were built from).
 
 The driver puts a batch into the object store once; every rank reads the whole batch, computes its own whole
 groups and joins the collectives. The row weights of the loss come from the whole mini-batch, so N ranks give
