@@ -61,23 +61,28 @@ def workload(vocab: int, prompts: int = 8, group: int = 8, seed: int = 0) -> Tra
     )  # fmt: skip
 
 
+def timed_step(policy, batch) -> dict[str, float]:
+    """Seconds of each worker call of the step, for any `PolicyWorkers` (the local one or the Ray ranks)."""
+    calls = {
+        "old_log_prob": lambda: policy.compute_logprobs(batch),
+        "update_actor": lambda: policy.update(batch, LOSS, 8, 1, None),
+        "update_weights": policy.full_weights,
+    }
+    times = {}
+    for phase, call in calls.items():
+        start = time.perf_counter()
+        call()
+        times[phase] = time.perf_counter() - start
+    return times
+
+
 class Local:
     def __init__(self, model, threads: int):
         self.worker, self.threads = PolicyWorker(copy.deepcopy(model), **OPTIONS), threads
 
     def step(self, batch) -> dict[str, float]:
         torch.set_num_threads(self.threads)
-        times = {}
-        start = time.perf_counter()
-        self.worker.compute_logprobs(batch)
-        times["old_log_prob"] = time.perf_counter() - start
-        start = time.perf_counter()
-        self.worker.update(batch, LOSS, 8, 1, None)
-        times["update_actor"] = time.perf_counter() - start
-        start = time.perf_counter()
-        self.worker.full_weights()
-        times["update_weights"] = time.perf_counter() - start
-        return times
+        return timed_step(self.worker, batch)
 
 
 class OnRay:
@@ -87,17 +92,7 @@ class OnRay:
         self.policy = RayPolicyWorkers(self.group, copy.deepcopy(model), "fp32", has_reference=False)
 
     def step(self, batch) -> dict[str, float]:
-        times = {}
-        start = time.perf_counter()
-        self.policy.compute_logprobs(batch)
-        times["old_log_prob"] = time.perf_counter() - start
-        start = time.perf_counter()
-        self.policy.update(batch, LOSS, 8, 1, None)
-        times["update_actor"] = time.perf_counter() - start
-        start = time.perf_counter()
-        self.policy.full_weights()
-        times["update_weights"] = time.perf_counter() - start
-        return times
+        return timed_step(self.policy, batch)
 
     def overhead(self, batch) -> dict[str, float]:
         start = time.perf_counter()

@@ -6,6 +6,7 @@ Ray is imported only here and in the modules that build actors (`dapo.workers.ra
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from dapo.errors import DapoError
@@ -92,3 +93,45 @@ def free_resources() -> dict[str, float]:
     """The cluster's unreserved CPUs and GPUs (what an error message should show)."""
     free = import_ray().available_resources()
     return {k: free[k] for k in ("CPU", "GPU") if k in free}
+
+
+def reserve_bundles(count: int, cpus: float, gpus: float, timeout_s: float, what: str, advice: str):
+    """A ready PACK placement group of `count` bundles of {CPU: cpus, GPU: gpus}; else a ClusterError that
+    names the request, what is free and `advice`."""
+    ray = import_ray()
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
+    pg = placement_group([bundle] * count, strategy="PACK")
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        free = free_resources()
+        remove_placement_group(pg)
+        raise ClusterError(
+            f"the cluster cannot place {count} {what} of {bundle} within {timeout_s:g} s (free now: {free}); {advice}"
+        )
+    return pg
+
+
+def in_bundle(pg, index: int) -> dict:
+    """Actor options that place it in bundle `index` of `pg`, with the environment the run's actors share."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    env = {k: os.environ[k] for k in ("GLOO_SOCKET_IFNAME",) if k in os.environ}
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
+        "runtime_env": {"env_vars": env},
+    }
+
+
+def release(actors: list, pg=None) -> None:
+    """Kill `actors` and remove `pg`, whatever state they are in."""
+    ray = import_ray()
+    from ray.util.placement_group import remove_placement_group
+
+    for actor in actors:
+        with contextlib.suppress(Exception):
+            ray.kill(actor)
+    if pg is not None:
+        with contextlib.suppress(Exception):
+            remove_placement_group(pg)

@@ -15,7 +15,6 @@ change (counted in `rollout/worker_restarts`). Past that budget the run stops wi
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dapo.cluster import ClusterError, free_resources, import_ray
+from dapo.cluster import ClusterError, import_ray, in_bundle, release, reserve_bundles
 from dapo.rollout.base import RolloutBatch, SamplingParams, concat_rollouts, wave_seed
 
 
@@ -78,40 +77,24 @@ class RayRolloutEngine:
         """`placement`: (placement group, bundle index) per worker, e.g. the training ranks' bundles when
         colocated; None gives the workers a placement group of their own (split)."""
         ray = import_ray()
-        from ray.util.placement_group import placement_group, remove_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         self.ray, self.settings, self.template = ray, settings, model
         self.tokenizer = tokenizer
         self.restarts = 0
-        self._remove_pg = remove_placement_group
         self.own_pg = None
         if placement is None:
-            bundle = {"CPU": settings.cpus_per_worker}
-            if settings.gpus_per_worker > 0:
-                bundle["GPU"] = settings.gpus_per_worker
-            self.own_pg = placement_group([bundle] * settings.workers, strategy="PACK")
-            ready, _ = ray.wait([self.own_pg.ready()], timeout=120)
-            if not ready:
-                self.close()
-                raise ClusterError(
-                    f"the cluster cannot place {settings.workers} rollout workers of {bundle} (free now: "
-                    f"{free_resources()}); lower ray.rollout_workers or use ray.placement=colocated"
-                )
+            self.own_pg = reserve_bundles(
+                settings.workers, settings.cpus_per_worker, settings.gpus_per_worker, 120.0, "rollout workers",
+                "lower ray.rollout_workers or use ray.placement=colocated",
+            )  # fmt: skip
             placement = [(self.own_pg, i) for i in range(settings.workers)]
             cpus, gpus = settings.cpus_per_worker, settings.gpus_per_worker
         else:
             cpus, gpus = 0, 0  # colocated: the bundle's resources belong to the training rank; they alternate
         actor = ray.remote(RolloutWorker)
         model_ref = ray.put(model)
-        env = {k: os.environ[k] for k in ("GLOO_SOCKET_IFNAME",) if k in os.environ}
         self.workers = [
             actor.options(
-                num_cpus=cpus,
-                num_gpus=gpus,
-                max_restarts=settings.max_restarts,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
-                runtime_env={"env_vars": env},
+                num_cpus=cpus, num_gpus=gpus, max_restarts=settings.max_restarts, **in_bundle(pg, index)
             ).remote(model_ref, tokenizer, settings.engine_kind, num_threads, settings.gpus_per_worker > 0)
             for pg, index in placement[: settings.workers]
         ]
@@ -152,14 +135,8 @@ class RayRolloutEngine:
         return {"rollout/worker_restarts": float(self.restarts)}
 
     def close(self) -> None:
-        for worker in getattr(self, "workers", []):
-            with contextlib.suppress(Exception):
-                self.ray.kill(worker)
-        self.workers = []
-        if self.own_pg is not None:
-            with contextlib.suppress(Exception):
-                self._remove_pg(self.own_pg)
-            self.own_pg = None
+        release(self.workers, self.own_pg)
+        self.workers, self.own_pg = [], None
 
     # ------------------------------------------------------------------ failures
     def _submit(self, wave: int, prompts, n, sampling, seed):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dapo.cluster import ClusterError, connect, dead_actors, free_resources, get_all, import_ray
+from dapo.cluster import ClusterError, connect, dead_actors, get_all, import_ray, in_bundle, release, reserve_bundles
 from dapo.models.loading import save_pretrained_pair
 from dapo.rollout.base import RolloutEngine
 from dapo.workers.batch import TrainBatch, forward_tokens
@@ -117,39 +117,29 @@ class RayTrainGroup:
         say: Callable[[str], None] = print,
     ):
         ray = import_ray()
-        from ray.util.placement_group import placement_group, remove_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         self.ray, self.settings = ray, settings
         n = settings.train_workers
         self.started_cluster = connect(settings.address, n * settings.cpus_per_worker + settings.reserve_cpus)
-        bundle = {"CPU": settings.cpus_per_worker}
-        if settings.gpus_per_worker > 0:
-            bundle["GPU"] = settings.gpus_per_worker
-        self._remove_pg = remove_placement_group
-        self.pg = placement_group([bundle] * n, strategy="PACK")
-        if not self._wait(self.pg.ready(), settings.startup_timeout_s):
-            available = free_resources()
+        self.ranks, self.nodes = [], []
+        try:
+            self.pg = reserve_bundles(
+                n, settings.cpus_per_worker, settings.gpus_per_worker, settings.startup_timeout_s, "training ranks",
+                "lower ray.train_workers or ray.cpus_per_worker/gpus_per_worker, or add nodes",
+            )  # fmt: skip
+        except ClusterError:
+            self.pg = None
             self.close()
-            raise ClusterError(
-                f"the cluster cannot place {n} training ranks of {bundle} within {settings.startup_timeout_s:g} s "
-                f"(free now: {available}); lower ray.train_workers or ray.cpus_per_worker/gpus_per_worker, or "
-                "add nodes"
-            )
+            raise
         actor = ray.remote(TrainRank)
-        env = {k: os.environ[k] for k in ("GLOO_SOCKET_IFNAME",) if k in os.environ}
         self.ranks = [
             actor.options(
-                num_cpus=settings.cpus_per_worker,
-                num_gpus=settings.gpus_per_worker,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-                runtime_env={"env_vars": env},
+                num_cpus=settings.cpus_per_worker, num_gpus=settings.gpus_per_worker, **in_bundle(self.pg, i)
             ).remote(i, n, int(settings.cpus_per_worker))
             for i in range(n)
         ]
-        host, port, _ = self._get(self.ranks[0].address.remote(), "connect")
-        self.nodes = ["?"] * n  # until the ranks have said where they are
-        self.nodes = [node for _, _, node in self._get([r.address.remote() for r in self.ranks], "connect")]
+        addresses = self._get([r.address.remote() for r in self.ranks], "connect")
+        self.nodes = [node for _, _, node in addresses]
+        host, port, _ = addresses[0]  # rank 0 hosts the rendezvous
         self._get([r.join.remote(host, port, settings.collective_timeout_s, settings.gpus_per_worker > 0)
                    for r in self.ranks], "join the process group")  # fmt: skip
         model_ref = ray.put(model)
@@ -157,11 +147,8 @@ class RayTrainGroup:
             [r.build.remote(model_ref, policy_options, critic_options, settings) for r in self.ranks], "build"
         )[0]
         self.shared_forward, self.fallback_reason = info["shared_forward"], info["fallback"]
-        say(f"ray: {n} training rank(s), {settings.strategy}, {bundle} each, on {len(set(self.nodes))} node(s)")
-
-    def _wait(self, ref, timeout_s: float) -> bool:
-        ready, _ = self.ray.wait([ref], timeout=timeout_s)
-        return bool(ready)
+        per_rank = f"{settings.cpus_per_worker:g} CPU / {settings.gpus_per_worker:g} GPU"
+        say(f"ray: {n} training rank(s), {settings.strategy}, {per_rank} each, on {len(set(self.nodes))} node(s)")
 
     def _get(self, refs, what: str):
         """The ranks' results. A lost rank (its process or node died) becomes one ClusterError naming it, also
@@ -170,7 +157,7 @@ class RayTrainGroup:
         try:
             return get_all(refs) if isinstance(refs, list) else ray.get(refs)
         except ray.exceptions.RayError as e:
-            lost = dead_actors(getattr(self, "ranks", []))
+            lost = dead_actors(self.ranks)
             if lost:
                 where = ", ".join(f"rank {i} (node {self.nodes[i][:12]})" for i in lost)
                 raise ClusterError(
@@ -203,16 +190,11 @@ class RayTrainGroup:
         return self.ray.put(value)
 
     def close(self) -> None:
-        for rank in getattr(self, "ranks", []):
+        for rank in self.ranks:
             with contextlib.suppress(Exception):
                 self.ray.get(rank.shutdown.remote(), timeout=2)  # a rank stuck in a collective is killed
-            with contextlib.suppress(Exception):
-                self.ray.kill(rank)
-        self.ranks = []
-        if getattr(self, "pg", None) is not None:
-            with contextlib.suppress(Exception):
-                self._remove_pg(self.pg)
-            self.pg = None
+        release(self.ranks, self.pg)
+        self.ranks, self.pg = [], None
         if self.started_cluster and self.ray.is_initialized():
             self.ray.shutdown()
             self.started_cluster = False
