@@ -43,17 +43,33 @@ def optim_params(config: Config, lr: float, weight_decay: float, grad_clip: floa
     )  # fmt: skip
 
 
+def reward_options(config: Config) -> dict[str, Any]:
+    """`build_reward_function`'s arguments (the same in the driver and in every reward worker)."""
+    return {
+        "custom": config.reward.custom_function,
+        "scorer_mode": config.reward.scorer_mode,
+        "on_error": config.reward.on_error,
+        "num_workers": config.reward.num_workers,
+        "overlong_enable": config.algo.overlong.enable,
+        "max_response_length": config.rollout.max_response_length,
+        "overlong_buffer_length": config.algo.overlong.buffer_length,
+        "overlong_penalty_factor": config.algo.overlong.penalty_factor,
+    }
+
+
 def build_reward(config: Config) -> RewardFunction:
-    return build_reward_function(
-        custom=config.reward.custom_function,
-        scorer_mode=config.reward.scorer_mode,
-        on_error=config.reward.on_error,
-        num_workers=config.reward.num_workers,
-        overlong_enable=config.algo.overlong.enable,
-        max_response_length=config.rollout.max_response_length,
-        overlong_buffer_length=config.algo.overlong.buffer_length,
-        overlong_penalty_factor=config.algo.overlong.penalty_factor,
+    return build_reward_function(**reward_options(config))
+
+
+def _ray_reward(config: Config, say) -> RewardFunction:
+    from dapo.rewards.ray_pool import RayRewardFunction
+
+    r = config.ray
+    reward_fn = RayRewardFunction(
+        reward_options(config), r.reward_workers, r.cpus_per_reward_worker, r.max_rollout_restarts, r.startup_timeout_s
     )
+    say(f"ray: {r.reward_workers} reward worker(s)")
+    return reward_fn
 
 
 def build_sampler(config: Config) -> DynamicSampler:
@@ -61,7 +77,7 @@ def build_sampler(config: Config) -> DynamicSampler:
     return DynamicSampler(
         SamplingSettings(
             config.data.train_batch_size, config.data.gen_batch_size, ds.enable, ds.metric, ds.max_gen_batches,
-            ds.keep_surplus,
+            ds.keep_surplus, ds.stop_when_full,
         )
     )  # fmt: skip
 
@@ -107,7 +123,8 @@ def ray_settings(config: Config) -> RaySettings:
     return RaySettings(
         r.address, r.train_workers, r.cpus_per_worker, r.gpus_per_worker, r.strategy, r.collective_timeout_s,
         r.startup_timeout_s, bf16_compute=_fsdp2_mixed_precision(config),
-        reserve_cpus=r.rollout_workers * r.cpus_per_rollout_worker if r.placement == "split" else 0.0,
+        reserve_cpus=(r.rollout_workers * r.cpus_per_rollout_worker if r.placement == "split" else 0.0)
+        + r.reward_workers * r.cpus_per_reward_worker,
     )  # fmt: skip
 
 
@@ -159,6 +176,9 @@ def build_components(config: Config, say: Callable[[str], None] = print) -> Comp
         policy, critic, group = _ray_workers(config, model, say)
     else:
         policy, critic = _local_workers(config, model, say)
+    if config.trainer.backend == "ray" and config.ray.reward_workers > 0:
+        reward_fn.close()
+        reward_fn = _ray_reward(config, say)
     if config.trainer.backend == "ray" and config.ray.rollout_workers > 0:
         engine = _ray_rollout(config, model, tokenizer, group, say)
     else:

@@ -143,6 +143,9 @@ class DynamicSamplingConfig:
     """cap on generation rounds per training step, 0 = unlimited (verl filter_groups.max_num_gen_batches)"""
     keep_surplus: bool = True
     """keep informative groups beyond the batch for the next step (Algorithm 1's buffer); False = discard (verl)"""
+    stop_when_full: bool = False
+    """score each wave of rollout.max_rows_in_flight rows as it arrives and stop the round at the first wave
+    that fills the batch; the prompts not generated start the next round (verl generates whole rounds)"""
 
 
 @dataclass
@@ -295,7 +298,8 @@ class TrainerConfig:
 @dataclass
 class RayConfig:
     """The Ray cluster (trainer.backend=ray). The policy, reference and critic share one worker group of
-    data-parallel ranks (colocated, as verl's default); the rollout engine stays in the driver."""
+    data-parallel ranks (colocated, as verl's default); generation and the reward step run in the driver or
+    on actors of their own (rollout_workers, reward_workers)."""
 
     address: str = ""
     """empty = start a local, loopback-only cluster for this run; `auto` or `host:port` = join a running one
@@ -326,7 +330,12 @@ class RayConfig:
     """GPUs per rollout worker (split placement)"""
     max_rollout_restarts: int = 2
     """rollout worker deaths survived per run (the worker is restarted and its prompts generated again,
-    counted in rollout/worker_restarts); one more stops the run"""
+    counted in rollout/worker_restarts); one more stops the run. Also the restarts of each reward worker"""
+    reward_workers: int = 0
+    """scoring actors, each with the run's reward function; a batch is scored in K chunks at once. 0 = the
+    reward step runs in the driver. Worth it for slow scorers (a custom function calling a sandbox or judge)"""
+    cpus_per_reward_worker: float = 1.0
+    """CPUs per reward worker"""
 
 
 @dataclass
@@ -400,6 +409,10 @@ def _check_choices(c: Config) -> None:
     _require(c.ray.collective_timeout_s > 0, "ray.collective_timeout_s", "must be > 0", c.ray.collective_timeout_s)
     _one_of("ray.placement", c.ray.placement, ("colocated", "split"))
     _require(c.ray.rollout_workers >= 0, "ray.rollout_workers", "must be ≥ 0", c.ray.rollout_workers)
+    _require(c.ray.reward_workers >= 0, "ray.reward_workers", "must be ≥ 0", c.ray.reward_workers)
+    _require(
+        c.ray.cpus_per_reward_worker >= 0, "ray.cpus_per_reward_worker", "must be ≥ 0", c.ray.cpus_per_reward_worker
+    )
     _require(c.ray.max_rollout_restarts >= 0, "ray.max_rollout_restarts", "must be ≥ 0", c.ray.max_rollout_restarts)
     if c.ray.rollout_workers > 0 and c.ray.placement == "colocated":
         _require(
@@ -495,6 +508,12 @@ def _check_batches(c: Config) -> None:
         "algo.dynamic_sampling.max_gen_batches",
         "must be ≥ 0 (0 = unlimited)",
         ds.max_gen_batches,
+    )
+    _require(
+        not ds.stop_when_full or rows > 0,
+        "rollout.max_rows_in_flight",
+        "must be > 0 with algo.dynamic_sampling.stop_when_full=true (it sets the wave a round can stop after)",
+        rows,
     )
 
 

@@ -3,7 +3,10 @@
 A training step asks for `batch_size` informative groups. The sampler takes the groups left over from the
 previous step first, then draws generation rounds (each: prompts sampled, responses generated and scored,
 by a function the trainer passes in) and keeps the groups whose accuracy is neither all 0 nor all 1, until the
-batch is full or the round cap is hit. Informative groups beyond the batch are kept for the next step
+batch is full or the round cap is hit. A round arrives in parts: the whole round at once, or, with
+`stop_when_full`, wave by wave as the engine generates it, and then the round stops at the first wave that
+fills the batch (the draw's iterator is closed; the trainer gives the prompts not generated back to the data
+sampler, so that the next round starts with them). Informative groups beyond the batch are kept for the next step
 (`keep_surplus`, Algorithm 1's buffer) or dropped (verl). Kept groups lose their rollout log-probs: the next
 step's weights are not the ones that sampled them.
 
@@ -14,15 +17,15 @@ tested with a fake one (tests/test_dynamic_sampling.py). Its `state_dict` is wha
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dapo.errors import DapoError
 from dapo.groups import ScoredGroup, informative
 
-# draw(round_index) -> the scored groups of one generation round and that round's reward metrics
-Draw = Callable[[int], tuple[list[ScoredGroup], dict[str, float]]]
+# draw(round_index) -> the parts of one generation round, in order: each part's scored groups and reward metrics
+Draw = Callable[[int], Iterable[tuple[list[ScoredGroup], dict[str, float]]]]
 
 
 class DynamicSamplingError(DapoError, RuntimeError):
@@ -42,6 +45,8 @@ class SamplingSettings:
     max_gen_batches: int = 10
     """cap on rounds per step; 0 = unlimited"""
     keep_surplus: bool = True
+    stop_when_full: bool = False
+    """stop a round at the first part (wave) that fills the batch; the rest of the round is not generated"""
 
 
 class DynamicSampler:
@@ -69,18 +74,29 @@ class DynamicSampler:
                     "or use easier/harder data."
                 )
             rounds += 1
-            new_groups, round_metrics = draw(rounds)
-            generated += new_groups
-            reward_metrics.append(round_metrics)
-            signal = informative(new_groups, s.metric)
-            informative_seen += sum(signal)
-            ready += [g for g, kept in zip(new_groups, signal, strict=True) if kept or not s.enable]
+            parts = draw(rounds)
+            try:
+                for new_groups, part_metrics in parts:
+                    generated += new_groups
+                    reward_metrics.append(part_metrics)
+                    signal = informative(new_groups, s.metric)
+                    informative_seen += sum(signal)
+                    ready += [g for g, kept in zip(new_groups, signal, strict=True) if kept or not s.enable]
+                    if s.stop_when_full and len(ready) >= s.batch_size:
+                        break
+            finally:
+                close = getattr(parts, "close", None)
+                if close is not None:  # a generator: its clean-up runs now, before the next round draws
+                    close()
         surplus = ready[s.batch_size :]
         if s.enable and s.keep_surplus:
             self.buffer = [dataclasses.replace(g, rollout_logprobs=None) for g in surplus]
         self.total_gen_batches += rounds
         metrics = self._metrics(generated, informative_seen, rounds, from_buffer, len(surplus) - len(self.buffer))
         metrics["train/num_groups"] = float(min(len(ready), s.batch_size))
+        metrics["train/num_gen_parts"] = float(len(reward_metrics))
+        metrics["train/prompts_not_generated"] = float(rounds * s.gen_batch_size - len(generated))
+        # reward metrics: the mean over the parts scored (whole rounds, or waves with stop_when_full)
         for key in reward_metrics[0] if reward_metrics else ():
             metrics[key] = sum(m[key] for m in reward_metrics) / len(reward_metrics)
         return ready[: s.batch_size], metrics

@@ -198,14 +198,35 @@ class Trainer:
         logprobs = rollout_logprob_matrix(groups, all_tokens.shape[1])
         return None if logprobs is None else logprobs * all_tokens
 
-    def _generation_round(self, step: int, round_index: int, timer: Timer) -> tuple[list[ScoredGroup], dict]:
-        """Draw gen_batch_size prompts, sample G responses each, score them (DAPO Alg. 1, lines 3-5)."""
+    def _generation_round(self, step: int, round_index: int, timer: Timer) -> Iterator[tuple[list[ScoredGroup], dict]]:
+        """Draw gen_batch_size prompts, sample G responses each, score them (DAPO Alg. 1, lines 3-5): as one
+        part, or wave by wave with algo.dynamic_sampling.stop_when_full. Closed before its last wave, it gives
+        the prompts not generated back to the data sampler."""
         records = self.data.sampler.next_batch()
         prompts = [self.data.prompt_ids[r.uid] for r in records]
-        with timer("gen"):
-            rollout = self.engine.generate(
-                prompts, self.cfg.rollout.group_size, self._train_sampling(), self._seed(step, round_index)
-            )
+        n, sampling, seed = self.cfg.rollout.group_size, self._train_sampling(), self._seed(step, round_index)
+        if not self.sampling.settings.stop_when_full:
+            with timer("gen"):
+                rollout = self.engine.generate(prompts, n, sampling, seed)
+            yield self._scored(step, records, rollout, timer)
+            return
+        per_wave = max(1, self.cfg.rollout.max_rows_in_flight // n)
+        waves = self.engine.generate_waves(prompts, n, sampling, seed, per_wave)
+        done = 0
+        try:
+            while done < len(records):
+                with timer("gen"):
+                    rollout = next(waves)
+                part = records[done : done + rollout.num_prompts]
+                done += len(part)
+                yield self._scored(step, part, rollout, timer)
+        finally:
+            waves.close()
+            self.data.sampler.give_back(records[done:])
+
+    def _scored(self, step: int, records, rollout, timer: Timer) -> tuple[list[ScoredGroup], dict]:
+        """The groups of `rollout` (the responses to `records`), scored, and the reward metrics."""
+        prompts = [self.data.prompt_ids[r.uid] for r in records]
         with timer("reward"):
             scored = self.reward_fn(
                 reward_samples(records, [self.data.prompt_text[r.uid] for r in records], rollout, self._decode)

@@ -103,6 +103,8 @@ def test_saved_config_round_trips():
         ("actor.micro_batch_max_tokens=10", "must hold one full sequence"),
         ("algo.dynamic_sampling.metric=length", "algo.dynamic_sampling.metric"),
         ("actor.lr=0", "actor.lr"),
+        ("algo.dynamic_sampling.stop_when_full=true", r"rollout\.max_rows_in_flight = 0: must be > 0 with algo"),
+        ("ray.reward_workers=-1", "ray.reward_workers"),
     ],
 )
 def test_invalid_settings_name_the_field_and_rule(override, message):

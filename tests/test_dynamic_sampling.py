@@ -31,7 +31,8 @@ MIXED, RIGHT, WRONG = [True, False], [True, True], [False, False]
 
 
 class FakeDraw:
-    """Rounds served in order, each a list of (name, acc); records the round indices it was asked for."""
+    """Rounds served in order, each a list of (name, acc), served whole; records the round indices it was
+    asked for."""
 
     def __init__(self, *rounds: list[tuple[str, list[bool]]]):
         self.rounds = list(rounds)
@@ -40,7 +41,27 @@ class FakeDraw:
     def __call__(self, round_index: int):
         self.asked.append(round_index)
         spec = self.rounds[len(self.asked) - 1]
-        return [group(n, a) for n, a in spec], {"reward/time": float(round_index)}
+        return [([group(n, a) for n, a in spec], {"reward/time": float(round_index)})]
+
+
+class FakeWaves:
+    """Rounds served wave by wave, as generators (what the trainer's draw is): each round a list of waves, each
+    a list of (name, acc). Records, per round, the names in the waves never served once the sampler closed the
+    round (what the trainer gives back to the data sampler)."""
+
+    def __init__(self, *rounds: list[list[tuple[str, list[bool]]]]):
+        self.rounds = list(rounds)
+        self.not_served: list[list[str]] = []
+
+    def __call__(self, round_index: int):
+        waves = self.rounds[round_index - 1]
+        done = 0
+        try:
+            for wave in waves:
+                done += 1
+                yield [group(n, a) for n, a in wave], {"reward/time": float(len(wave))}
+        finally:
+            self.not_served.append([n for wave in waves[done:] for n, _ in wave])
 
 
 def names(groups) -> list[str]:
@@ -112,3 +133,43 @@ def test_the_state_dict_resumes_the_sampler_exactly():
     second.load_state_dict(state)
     assert names(second.buffer) == ["b"] and second.total_gen_batches == 1
     assert names(second.collect(2, FakeDraw())[0]) == names(first.collect(2, FakeDraw())[0]) == ["b"]
+
+
+def test_with_stop_when_full_a_round_stops_at_the_wave_that_fills_the_batch():
+    sampler = DynamicSampler(SamplingSettings(batch_size=5, gen_batch_size=6, stop_when_full=True))
+    draw = FakeWaves(
+        [[("a", MIXED), ("b", RIGHT)], [("c", MIXED), ("d", WRONG)], [("e", MIXED), ("f", MIXED)]],
+        [[("g", MIXED), ("h", MIXED)], [("i", MIXED), ("j", MIXED)], [("k", MIXED), ("l", MIXED)]],
+    )
+    groups, metrics = sampler.collect(1, draw)
+    # round 1 yields 4 informative groups in all; round 2 fills the batch with its first wave
+    assert names(groups) == ["a", "c", "e", "f", "g"] and names(sampler.buffer) == ["h"]
+    assert draw.not_served == [[], ["i", "j", "k", "l"]]  # closed at once, before the next round draws
+    assert metrics["train/num_gen_batches"] == 2.0 and metrics["train/num_gen_parts"] == 4.0
+    assert metrics["train/prompts_not_generated"] == 4.0
+    assert metrics["train/informative_group_frac"] == pytest.approx(6 / 8)  # over the 8 groups generated
+    assert metrics["reward/time"] == 2.0  # the mean over the 4 waves scored
+
+
+def test_without_stop_when_full_every_wave_of_the_round_is_used():
+    sampler = DynamicSampler(SamplingSettings(batch_size=1, gen_batch_size=4))
+    draw = FakeWaves([[("a", MIXED), ("b", MIXED)], [("c", MIXED), ("d", MIXED)]])
+    groups, metrics = sampler.collect(1, draw)
+    assert names(groups) == ["a"] and names(sampler.buffer) == ["b", "c", "d"] and draw.not_served == [[]]
+    assert metrics["train/num_gen_parts"] == 2.0 and metrics["train/prompts_not_generated"] == 0.0
+
+
+def test_a_round_that_raises_is_closed_too():
+    sampler = DynamicSampler(SamplingSettings(batch_size=2, gen_batch_size=4, stop_when_full=True))
+    closed = []
+
+    def draw(round_index):
+        try:
+            yield [group("a", MIXED)], {}
+            raise FloatingPointError("a non-finite reward")
+        finally:
+            closed.append(round_index)
+
+    with pytest.raises(FloatingPointError):
+        sampler.collect(1, draw)
+    assert closed == [1]

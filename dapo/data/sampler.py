@@ -3,8 +3,10 @@
 Batches are consecutive slices of a per-epoch permutation; the permutation of epoch e comes from a
 generator seeded with (seed, e), so each epoch is reshuffled and every epoch can be recomputed from the
 seed alone. A batch that crosses an epoch boundary is completed from the next epoch (every batch is full).
-The position (epoch, offset) is the whole state: `state_dict()` is plain JSON, and a sampler restored with
-`load_state_dict()` draws exactly the batches the original would have drawn next.
+Prompts drawn but not used (a generation round that dynamic sampling stopped early) can be given back; they
+come first in the next batch, so no prompt of an epoch is skipped. The position (epoch, offset) and the uids
+given back are the whole state: `state_dict()` is plain JSON, and a sampler restored with `load_state_dict()`
+draws exactly the batches the original would have drawn next.
 """
 
 from __future__ import annotations
@@ -46,13 +48,15 @@ class PromptSampler:
         self.offset = 0
         self._order = self._permutation(0)
         self._fingerprint = _fingerprint(self.records)
+        self._given_back: list[PromptRecord] = []
 
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
 
     def next_batch(self) -> list[PromptRecord]:
-        """The next `batch_size` records."""
-        batch = []
+        """The next `batch_size` records: those given back first, then the epoch's order."""
+        batch = self._given_back[: self.batch_size]
+        self._given_back = self._given_back[self.batch_size :]
         while len(batch) < self.batch_size:
             if self.offset == len(self.records):
                 self.epoch += 1
@@ -63,6 +67,10 @@ class PromptSampler:
             self.offset += take
         return batch
 
+    def give_back(self, records: Sequence[PromptRecord]) -> None:
+        """Return drawn records that were not used; the next batch starts with them, in this order."""
+        self._given_back = [*records, *self._given_back]
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position (plus what it must be restored onto)."""
         return {
@@ -70,6 +78,7 @@ class PromptSampler:
             "batch_size": self.batch_size,
             "epoch": self.epoch,
             "offset": self.offset,
+            "given_back": [r.uid for r in self._given_back],
             "num_records": len(self.records),
             "fingerprint": self._fingerprint,
         }
@@ -86,3 +95,5 @@ class PromptSampler:
         self.epoch = int(state["epoch"])
         self.offset = int(state["offset"])
         self._order = self._permutation(self.epoch)
+        by_uid = {r.uid: r for r in self.records}
+        self._given_back = [by_uid[uid] for uid in state.get("given_back", [])]

@@ -131,17 +131,18 @@ class RewardFunction:
     def __init__(
         self,
         *,
-        custom: str | Callable | None,
+        custom: str | Callable | None = None,
         overlong_enable: bool,
         max_response_length: int,
         overlong_buffer_length: int,
         overlong_penalty_factor: float,
-        on_error: str,
-        num_workers: int,
-        scorer_mode: str,
-        symbolic_timeout_s: float,
-        parallel_min_batch: int,
+        on_error: str = "raise",
+        num_workers: int = 0,
+        scorer_mode: str = "default",
+        symbolic_timeout_s: float = 5.0,
+        parallel_min_batch: int = 1_000_000,
     ) -> None:
+        """The arguments are `build_reward_function`'s."""
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
         if scorer_mode not in SCORER_MODES:
@@ -165,10 +166,11 @@ class RewardFunction:
         self.symbolic_timeout_s = symbolic_timeout_s
         self.parallel_min_batch = parallel_min_batch
         self._pool: KillablePool | None = None
+        self.index_offset = 0  # added to the sample index errors name (a reward worker scores one chunk)
 
     # --- public -----------------------------------------------------------------------------------------
     def __call__(self, samples: Sequence[RewardSample]) -> RewardBatch:
-        results, num_symbolic = self._score(samples)
+        results, num_symbolic = self.score_results(samples)
         scores = torch.tensor([r.score for r in results], dtype=torch.float32)
         acc = torch.tensor([r.acc for r in results], dtype=torch.bool)
         lengths = torch.tensor([s.response_length for s in samples], dtype=torch.long)
@@ -179,7 +181,7 @@ class RewardFunction:
         else:
             penalty = torch.zeros(len(samples), dtype=torch.float32)
         failures = tuple(r.failure for r in results)
-        metrics = _batch_metrics(scores, acc, penalty, failures, samples, num_symbolic)
+        metrics = {**_batch_metrics(scores, acc, penalty, failures, samples, num_symbolic), **self._extra_metrics()}
         return RewardBatch(scores, scores + penalty, acc, penalty, tuple(r.pred for r in results), failures, metrics)
 
     def close(self) -> None:
@@ -195,7 +197,9 @@ class RewardFunction:
         self.close()
 
     # --- scoring ----------------------------------------------------------------------------------------
-    def _score(self, samples: Sequence[RewardSample]) -> tuple[list[ScoreResult], int]:
+    def score_results(self, samples: Sequence[RewardSample]) -> tuple[list[ScoreResult], int]:
+        """The rule score of every sample, unshaped, and how many needed a symbolic check (what a scoring
+        worker computes: `dapo.rewards.ray_pool`)."""
         if self.custom is not None:
             return self._score_custom(samples), 0
         routes = [route(s.data_source) for s in samples]  # fail before any work on an unknown source
@@ -219,6 +223,9 @@ class RewardFunction:
             self._score_symbolic(pending, results)
         return results, len(pending)  # type: ignore[return-value]
 
+    def _extra_metrics(self) -> dict[str, float]:
+        return {}
+
     def _guarded(self, index: int, sample: RewardSample, fn: Callable[[RewardSample], Any]) -> Any:
         try:
             return fn(sample)
@@ -228,7 +235,8 @@ class RewardFunction:
     def _on_exception(self, exc: Exception, index: int, data_source: str, what: str) -> ScoreResult:
         if self.on_error == "raise":
             raise RewardFunctionError(
-                f"{what} raised {type(exc).__name__} on sample {index} (data_source={data_source!r}): {exc}. "
+                f"{what} raised {type(exc).__name__} on sample {index + self.index_offset} "
+                f"(data_source={data_source!r}): {exc}. "
                 "Pass on_error='score_as_failure' to score such samples as failures instead."
             ) from exc
         return error_result()

@@ -8,7 +8,7 @@ Validation lives here too, so that every engine rejects bad input the same way a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -130,6 +130,14 @@ class RolloutEngine(Protocol):
         self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int
     ) -> RolloutBatch: ...
 
+    def generate_waves(
+        self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int, prompts_per_wave: int
+    ) -> Iterator[RolloutBatch]:
+        """The same request as consecutive waves of `prompts_per_wave` prompts (wave w seeded
+        `wave_seed(seed, w)`), yielded in order as they are ready. Closing the iterator early stops the waves
+        not yet started: dynamic sampling stops a round once its batch is full."""
+        ...
+
     def update_weights(self, model_or_state_dict: Any) -> None: ...
 
     def reports_logprobs_of(self, module: Any) -> bool:
@@ -192,6 +200,23 @@ def wave_seed(seed: int, wave: int) -> int:
     """Seed of part `wave` of a request seeded `seed` that is generated in parts: part 0 keeps `seed` (a
     request that fits in one part is generated as if it were not split); later parts get distinct streams."""
     return seed if wave == 0 else (seed * 1_000_003 + wave * 7_919) % 2**63
+
+
+def waves_one_by_one(
+    engine: RolloutEngine,
+    prompts: Sequence[Sequence[int]],
+    n: int,
+    sampling: SamplingParams,
+    seed: int,
+    prompts_per_wave: int,
+) -> Iterator[RolloutBatch]:
+    """`generate_waves` for an engine that generates in one place: each wave is generated when it is asked
+    for, so an iterator closed early costs nothing more. For the built-in engine with rollout.max_rows_in_flight
+    = prompts_per_wave · n, the waves hold exactly the tokens of the whole request generated at once."""
+    if prompts_per_wave < 1:
+        raise ValueError(f"prompts_per_wave must be >= 1, got {prompts_per_wave!r}")
+    for wave, start in enumerate(range(0, len(prompts), prompts_per_wave)):
+        yield engine.generate(prompts[start : start + prompts_per_wave], n, sampling, wave_seed(seed, wave))
 
 
 def _padding_id(parts: Sequence[RolloutBatch]) -> int:

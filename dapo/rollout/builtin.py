@@ -35,7 +35,14 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from dapo.rollout.base import RolloutBatch, SamplingParams, concat_rollouts, validate_request, wave_seed
+from dapo.rollout.base import (
+    RolloutBatch,
+    SamplingParams,
+    concat_rollouts,
+    validate_request,
+    wave_seed,
+    waves_one_by_one,
+)
 from dapo.rollout.fused_decode import unsupported_reason
 from dapo.rollout.kv_cache import ATTN_NAME, HFCacheBackend, StaticBackend
 from dapo.rollout.sampling import sample_from_logits, sampling_logits
@@ -135,6 +142,9 @@ class BuiltinEngine:
         # the filtered sampling copy and their temporaries) per decoded row.
         per_row = self._kv_bytes_per_token() * context + 6 * 4 * self.vocab_size
         return max(1, int(_AUTO_MEMORY_SHARE * machine_memory_bytes()) // per_row)
+
+    def generate_waves(self, prompts, n: int, sampling: SamplingParams, seed: int, prompts_per_wave: int):
+        return waves_one_by_one(self, prompts, n, sampling, seed, prompts_per_wave)
 
     def update_weights(self, model_or_state_dict) -> None:
         """Bring the engine's module up to date. A no-op for the module the engine already holds

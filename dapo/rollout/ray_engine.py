@@ -5,7 +5,9 @@ weights. A request is cut into waves of `rollout.max_rows_in_flight` rows, as th
 wave w (seeded `wave_seed(seed, w)`) goes to worker w mod K. The waves come back in wave order, so the batch
 does not depend on which worker finished first. Since the waves and their seeds do not depend on K, a seeded
 request gives the same tokens with any number of workers. (Without `max_rows_in_flight` the request is cut into
-K even parts, and then the tokens depend on K.)
+K even parts, and then the tokens depend on K.) `generate_waves` yields the waves in the same order as they
+are ready, with two per worker in flight, for dynamic sampling that stops a round once its batch is full
+(`algo.dynamic_sampling.stop_when_full`): the driver scores wave w while the workers generate the next ones.
 
 Weights reach the workers through the object store: one `ray.put` (or the ref a training rank returned), which
 every worker reads. A worker that dies is restarted by Ray, up to `ray.max_rollout_restarts` times for the run:
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,15 +107,36 @@ class RayRolloutEngine:
 
     # ------------------------------------------------------------------ RolloutEngine
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
-        prompts = [list(p) for p in prompts]
         k = len(self.workers)
         rows = self.settings.rows_per_wave or math.ceil(len(prompts) * n / k)
-        per_wave = max(1, rows // n)
-        waves = [prompts[i : i + per_wave] for i in range(0, len(prompts), per_wave)]
-        submitted = [self._submit(w, wave, n, sampling, seed) for w, wave in enumerate(waves)]
-        parts = [self._result(w, *submitted[w], waves[w], n, sampling, seed) for w in range(len(waves))]
+        parts = list(self._waves(prompts, n, sampling, seed, max(1, rows // n), window=None))
         pad = getattr(self.tokenizer, "pad_token_id", None)
         return parts[0] if len(parts) == 1 else concat_rollouts(parts, pad)
+
+    def generate_waves(
+        self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int, prompts_per_wave: int
+    ) -> Iterator[RolloutBatch]:
+        """The waves in order, at most two per worker in flight (one running, one queued, so that no worker
+        idles while the driver scores). Closing the iterator cancels the queued waves; a running one
+        finishes and is dropped (Ray does not interrupt a running actor task)."""
+        return self._waves(prompts, n, sampling, seed, prompts_per_wave, window=2 * len(self.workers))
+
+    def _waves(self, prompts, n, sampling, seed, prompts_per_wave: int, window: int | None) -> Iterator[RolloutBatch]:
+        if prompts_per_wave < 1:
+            raise ValueError(f"prompts_per_wave must be >= 1, got {prompts_per_wave!r}")
+        prompts = [list(p) for p in prompts]
+        waves = [prompts[i : i + prompts_per_wave] for i in range(0, len(prompts), prompts_per_wave)]
+        window = len(waves) if window is None else window
+        in_flight: dict[int, tuple[Any, int]] = {}
+        try:
+            for w in range(len(waves)):
+                for ahead in range(w, min(len(waves), w + window)):
+                    if ahead not in in_flight:
+                        in_flight[ahead] = self._submit(ahead, waves[ahead], n, sampling, seed)
+                yield self._result(w, *in_flight.pop(w), waves[w], n, sampling, seed)
+        finally:
+            for ref, _ in in_flight.values():
+                self.ray.cancel(ref)
 
     def update_weights(self, model_or_state_dict: Any) -> None:
         ray = self.ray

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dapo.rollout.base import RolloutBatch, SamplingParams, validate_request
+from dapo.rollout.base import RolloutBatch, SamplingParams, validate_request, waves_one_by_one
 
 
 class VLLMEngine:
@@ -120,6 +120,9 @@ class VLLMEngine:
             torch.manual_seed(seed)
             outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return self._to_batch(prompts, outputs, n, sampling)
+
+    def generate_waves(self, prompts, n: int, sampling: SamplingParams, seed: int, prompts_per_wave: int):
+        return waves_one_by_one(self, prompts, n, sampling, seed, prompts_per_wave)
 
     def update_weights(self, model_or_state_dict) -> None:
         """Load new weights in place (reload_weights) and drop the prefix cache built with the old ones."""

@@ -66,6 +66,22 @@ def test_sampler_epochs_cover_everything_and_reshuffle():
     assert [r.uid for r in PromptSampler(records, seed=3, batch_size=12).next_batch()] == epoch0
 
 
+def test_prompts_given_back_come_first_skip_nothing_and_survive_a_resume():
+    records = make_arith_records("train", 12, seed=2, level=4)
+    plain = PromptSampler(records, seed=3, batch_size=6)
+    expected = [r.uid for r in plain.next_batch() + plain.next_batch()]
+    s = PromptSampler(records, seed=3, batch_size=6)
+    first = s.next_batch()
+    s.give_back(first[2:])  # a round stopped after its first 2 prompts
+    state = json.loads(json.dumps(s.state_dict()))
+    resumed = PromptSampler(records, seed=0, batch_size=1)
+    resumed.load_state_dict(state)
+    for sampler in (s, resumed):
+        drawn = [r.uid for r in sampler.next_batch() + sampler.next_batch()]
+        assert drawn[:4] == expected[2:6]  # the prompts given back, in their order
+        assert [r.uid for r in first[:2]] + drawn[:10] == expected  # then the epoch goes on: none skipped
+
+
 def test_sampler_rejects_state_of_another_data_set():
     s = PromptSampler(make_arith_records("train", 5, seed=0, level=2), seed=0, batch_size=2)
     other = PromptSampler(make_arith_records("train", 5, seed=1, level=2), seed=0, batch_size=2)

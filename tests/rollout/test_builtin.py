@@ -325,6 +325,27 @@ def test_a_request_over_the_row_budget_runs_in_waves_of_whole_prompts(sharp_mode
     assert BuiltinEngine(sharp_model, tok, max_rows_in_flight=2).generate(prompts, 3, sp, seed=0).n == 3
 
 
+def test_waves_one_at_a_time_are_the_waves_of_the_whole_request_and_stop_when_closed(
+    sharp_model, tok, prompts, monkeypatch
+):
+    many = [*prompts, *prompts, prompts[0]]
+    sp = SamplingParams(max_new_tokens=12)
+    engine = BuiltinEngine(sharp_model, tok, max_rows_in_flight=6)
+    whole = engine.generate(many, 3, sp, seed=4)
+    waves = list(engine.generate_waves(many, 3, sp, seed=4, prompts_per_wave=2))
+    assert [w.num_prompts for w in waves] == [2, 2, 2, 1]
+    _same_rollout(concat_rollouts(waves, engine.pad_token_id), whole)
+    generated = []
+    original = engine._generate
+    monkeypatch.setattr(engine, "_generate", lambda p, *a: generated.append(len(p)) or original(p, *a))
+    stream = engine.generate_waves(many, 3, sp, seed=4, prompts_per_wave=2)
+    _same_rollout(next(stream), waves[0])
+    stream.close()
+    assert generated == [2]  # a wave not asked for is never generated
+    with pytest.raises(ValueError, match="prompts_per_wave"):
+        next(engine.generate_waves(many, 3, sp, seed=4, prompts_per_wave=0))
+
+
 def test_the_automatic_row_budget_follows_memory(sharp_model, tok, prompts, monkeypatch):
     import dapo.rollout.builtin as builtin
 

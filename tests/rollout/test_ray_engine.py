@@ -62,6 +62,19 @@ def test_two_workers_give_the_tokens_of_one_and_of_the_local_engine_in_waves(two
     assert _same(local.generate(_request(tok), 4, SAMPLING, seed=11), got)
 
 
+def test_waves_streamed_in_order_are_the_request_and_a_stream_closed_early_leaves_nothing_behind(two_workers, tok):
+    from dapo.rollout import concat_rollouts
+
+    whole = two_workers.generate(_request(tok), 4, SAMPLING, seed=5)
+    waves = list(two_workers.generate_waves(_request(tok), 4, SAMPLING, seed=5, prompts_per_wave=2))
+    assert [w.num_prompts for w in waves] == [2] * 6
+    assert _same(concat_rollouts(waves, tok.pad_token_id), whole)
+    stream = two_workers.generate_waves(_request(tok), 4, SAMPLING, seed=5, prompts_per_wave=2)
+    assert _same(next(stream), waves[0]) and _same(next(stream), waves[1])
+    stream.close()  # the queued waves are cancelled, running ones dropped: the next request is not disturbed
+    assert _same(two_workers.generate(_request(tok), 4, SAMPLING, seed=5), whole)
+
+
 def test_weights_pushed_to_the_workers_change_what_they_sample(two_workers, sharp_model, tok):
     before = two_workers.generate(_request(tok), 4, SAMPLING, seed=3)
     other = copy.deepcopy(sharp_model)
