@@ -8,9 +8,12 @@ backend (one process holding the model, shared by the built-in engine) or the Ra
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from dapo.config import Config
 from dapo.dynamic_sampling import DynamicSampler, SamplingSettings
@@ -152,7 +155,7 @@ def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
     r = config.ray
     settings = RolloutSettings(
         r.rollout_workers, r.cpus_per_rollout_worker, r.gpus_per_rollout_worker, r.max_rollout_restarts,
-        config.rollout.max_rows_in_flight or None, config.rollout.engine,
+        config.rollout.max_rows_in_flight or None, config.rollout.engine, config.rollout.dtype,
     )  # fmt: skip
     colocated = r.placement == "colocated"
     placement = [(group.pg, i) for i in range(r.rollout_workers)] if colocated else None
@@ -160,6 +163,16 @@ def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
     engine = RayRolloutEngine(settings, model, tokenizer, placement=placement, num_threads=threads)
     say(f"ray: {r.rollout_workers} rollout worker(s) ({config.rollout.engine}), {r.placement}")
     return engine
+
+
+def _local_engine(config: Config, model, tokenizer) -> RolloutEngine:
+    """The engine in this process: the built-in one shares `model` (float32) or holds a bfloat16 copy of it;
+    vLLM loads its own copy in `rollout.dtype`."""
+    if config.rollout.engine == "vllm":
+        return build_engine("vllm", model, tokenizer, dtype=config.rollout.dtype)
+    if config.rollout.dtype == "bfloat16":
+        model = copy.deepcopy(model).to(torch.bfloat16)  # refreshed from the trained weights after each update
+    return build_engine("builtin", model, tokenizer, max_rows_in_flight=config.rollout.max_rows_in_flight or None)
 
 
 def build_components(config: Config, say: Callable[[str], None] = print) -> Components:
@@ -182,9 +195,7 @@ def build_components(config: Config, say: Callable[[str], None] = print) -> Comp
     if config.trainer.backend == "ray" and config.ray.rollout_workers > 0:
         engine = _ray_rollout(config, model, tokenizer, group, say)
     else:
-        builtin = config.rollout.engine == "builtin"
-        engine_options = {"max_rows_in_flight": config.rollout.max_rows_in_flight or None} if builtin else {}
-        engine = build_engine(config.rollout.engine, model, tokenizer, **engine_options)
+        engine = _local_engine(config, model, tokenizer)
     reuse = config.actor.reuse_rollout_logprobs and policy.engine_logprobs_are_policy_logprobs(
         engine, config.rollout.temperature
     )

@@ -25,7 +25,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dapo.algo import ADVANTAGE_ESTIMATORS, AGGREGATION_MODES, KL_ESTIMATORS
+from dapo.algo import ADVANTAGE_ESTIMATORS, AGGREGATION_MODES, KL_ESTIMATORS, ROLLOUT_IS_LEVELS, ROLLOUT_IS_MODES
 from dapo.errors import DapoError
 
 
@@ -115,6 +115,10 @@ class RolloutConfig:
     """validation top-p (paper: 0.7)"""
     val_n: int = 4
     """samples per validation prompt: avg@k, pass@k and maj@k use k = val_n"""
+    dtype: str = "float32"
+    """the engine's weights: float32 (the built-in engine then shares the trained module in one process) |
+    bfloat16 (its own bf16 copy, refreshed after every update; vLLM's dtype). π_old is then recomputed, and
+    the mismatch is logged (training/rollout_probs_diff_*); algo.rollout_correction corrects for it"""
     max_rows_in_flight: int = 0
     """rows (prompt x sample) the built-in engine decodes at once; larger requests (an evaluation of
     thousands of prompts) run in waves of whole prompts. 0 = as many as a quarter of this machine's memory
@@ -146,6 +150,17 @@ class DynamicSamplingConfig:
     stop_when_full: bool = False
     """score each wave of rollout.max_rows_in_flight rows as it arrives and stop the round at the first wave
     that fills the batch; the prompts not generated start the next round (verl generates whole rounds)"""
+
+
+@dataclass
+class RolloutCorrectionConfig:
+    level: str = "off"
+    """importance weights ρ = π_old / π_rollout on the surrogate, for a rollout engine whose numerics differ
+    from the trainer's (vLLM, bf16): off | token | sequence (ρ of the whole response)"""
+    mode: str = "truncate"
+    """truncate: w = min(ρ, cap) (TIS) | mask: w = ρ below the cap, 0 above"""
+    cap: float = 2.0
+    """C of the truncation or mask (verl and TRL use 2)"""
 
 
 @dataclass
@@ -196,6 +211,7 @@ class AlgoConfig:
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     """overlong reward shaping (DAPO §3.4)"""
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)
     """dynamic sampling (DAPO §3.2)"""
 
 
@@ -391,6 +407,10 @@ def _check_choices(c: Config) -> None:
     _one_of("algo.kl_loss_type", c.algo.kl_loss_type, KL_ESTIMATORS)
     _one_of("algo.kl_reward_type", c.algo.kl_reward_type, KL_ESTIMATORS)
     _one_of("algo.kl_ctrl", c.algo.kl_ctrl, ("fixed", "adaptive"))
+    _one_of("algo.rollout_correction.level", c.algo.rollout_correction.level, ROLLOUT_IS_LEVELS)
+    _one_of("algo.rollout_correction.mode", c.algo.rollout_correction.mode, ROLLOUT_IS_MODES)
+    cap = c.algo.rollout_correction.cap
+    _require(cap > 0, "algo.rollout_correction.cap", "must be > 0", cap)
     _one_of("algo.dynamic_sampling.metric", c.algo.dynamic_sampling.metric, ("acc", "score", "reward"))
     _one_of("rollout.engine", c.rollout.engine, ("builtin", "vllm"))
     _one_of("reward.scorer_mode", c.reward.scorer_mode, ("default", "verl"))
@@ -399,6 +419,7 @@ def _check_choices(c: Config) -> None:
     _one_of("data.prompt_template", c.data.prompt_template, (None, "dapo"))
     _one_of("actor.lr_schedule", c.actor.lr_schedule, ("constant", "cosine"))
     _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16"))
+    _one_of("rollout.dtype", c.rollout.dtype, ("float32", "bfloat16"))
     _one_of("actor.precision", c.actor.precision, ("fp32", "bf16-mixed"))
     _one_of("trainer.device", c.trainer.device, ("cpu", "cuda"))
     _one_of("trainer.backend", c.trainer.backend, ("local", "ray"))

@@ -109,14 +109,24 @@ def informative(groups: Sequence[ScoredGroup], metric: str) -> list[bool]:
 
 def rollout_logprob_matrix(groups: Sequence[ScoredGroup], width: int) -> Tensor | None:
     """(B, width) the engine's log-probs of every response token, zero elsewhere; None if a group has none."""
-    if any(g.rollout_logprobs is None for g in groups):
+    known = rollout_logprobs_by_row(groups, width)
+    return None if known is None or not bool(known[1].all()) else known[0]
+
+
+def rollout_logprobs_by_row(groups: Sequence[ScoredGroup], width: int) -> tuple[Tensor, Tensor] | None:
+    """((B, width) the engine's log-probs, zero elsewhere and on the rows of groups without them, (B,) bool
+    rows that have them); None if no group has any."""
+    if all(g.rollout_logprobs is None for g in groups):
         return None
     out = torch.zeros(sum(g.size for g in groups), width)
+    rows = torch.zeros(out.shape[0], dtype=torch.bool)
     row = 0
     for g in groups:
-        out[row : row + g.size, : g.rollout_logprobs.shape[1]] = g.rollout_logprobs
+        if g.rollout_logprobs is not None:
+            out[row : row + g.size, : g.rollout_logprobs.shape[1]] = g.rollout_logprobs
+            rows[row : row + g.size] = True
         row += g.size
-    return out
+    return out, rows
 
 
 def build_train_batch(groups: Sequence[ScoredGroup], pad_id: int, mask_truncated: bool) -> TrainBatch:

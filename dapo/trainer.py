@@ -38,6 +38,7 @@ from dapo.groups import (
     groups_from_rollout,
     reward_samples,
     rollout_logprob_matrix,
+    rollout_logprobs_by_row,
     sequence_mask,
 )
 from dapo.metrics import MetricsLogger, ProgressView, stats_dict
@@ -144,6 +145,9 @@ class Trainer:
             metrics.update(sampling_metrics)
             batch = build_train_batch(groups, self.tokenizer.pad_token_id, cfg.algo.overlong.filter)
             all_tokens = sequence_mask(groups)  # (B, T) every generated token, truncated ones included
+            known = rollout_logprobs_by_row(groups, all_tokens.shape[1])
+            if known is not None:  # the engine's π_rollout: the mismatch metrics and the rollout correction
+                batch = batch.replace(rollout_logprobs=known[0] * all_tokens, rollout_rows=known[1])
 
             # 3. Old log-probs: skipped when the update is exactly on-policy (one mini-batch, one epoch), where
             #    π_old = π_θ and the worker uses its own detached log-probs (the in-reward KL still needs them).
@@ -293,6 +297,9 @@ class Trainer:
             kl_loss_type=a.kl_loss_type,
             entropy_coeff=a.entropy_coeff,
             skip_zero_advantage_rows=self.cfg.actor.skip_zero_advantage_rows,
+            rollout_is_level=a.rollout_correction.level,
+            rollout_is_mode=a.rollout_correction.mode,
+            rollout_is_cap=a.rollout_correction.cap,
         )
 
     # ---------------------------------------------------------------------------------------- metrics

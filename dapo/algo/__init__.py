@@ -24,10 +24,14 @@ from dapo.algo.aggregate import (
     seq_mean_token_sum_norm,
     token_mean,
     weighted_token_sum,
+    zero_masked,
 )
 from dapo.algo.kl import KL_ESTIMATORS, adaptive_kl_coef, kl_estimate, kl_penalized_token_rewards
 from dapo.algo.logits import entropy_from_logits, token_logprobs
 from dapo.algo.policy_loss import PolicyLossStats, clipped_policy_loss, clipped_value_loss, explained_variance
+from dapo.algo.rollout_correction import LEVELS as ROLLOUT_IS_LEVELS
+from dapo.algo.rollout_correction import MODES as ROLLOUT_IS_MODES
+from dapo.algo.rollout_correction import prob_abs_diff, rollout_is_weights
 from dapo.algo.shaping import informative_groups, overlong_filter_mask, overlong_penalty
 
 # Outcome-reward advantage estimators with one signature: (rewards (P, G), eps) -> (P, G).
@@ -44,6 +48,8 @@ __all__ = [
     "AGGREGATION_MODES",
     "GROUP_ADVANTAGES",
     "KL_ESTIMATORS",
+    "ROLLOUT_IS_LEVELS",
+    "ROLLOUT_IS_MODES",
     "PolicyLossStats",
     "adaptive_kl_coef",
     "broadcast_to_tokens",
@@ -64,7 +70,9 @@ __all__ = [
     "masked_whiten",
     "overlong_filter_mask",
     "overlong_penalty",
+    "prob_abs_diff",
     "rloo_advantages",
+    "rollout_is_weights",
     "seq_mean_token_mean",
     "seq_mean_token_sum",
     "seq_mean_token_sum_norm",
@@ -72,4 +80,5 @@ __all__ = [
     "token_logprobs",
     "token_mean",
     "weighted_token_sum",
+    "zero_masked",
 ]

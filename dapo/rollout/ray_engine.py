@@ -39,19 +39,23 @@ class RolloutSettings:
     max_restarts: int
     rows_per_wave: int | None  # rollout.max_rows_in_flight (None: K even parts)
     engine_kind: str = "builtin"
+    dtype: str = "float32"  # rollout.dtype: the workers' copies
 
 
 class RolloutWorker:
     """One generation actor: an engine over its own copy of the model."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, engine_kind: str, num_threads: int, use_gpu: bool):
+    def __init__(self, model: nn.Module, tokenizer: Any, engine_kind: str, num_threads: int, use_gpu: bool, dtype: str):
         from dapo.rollout import build_engine
 
         torch.set_num_threads(max(1, num_threads))
         if use_gpu:
             model = model.to("cuda")
+        if engine_kind == "vllm":
+            self.engine = build_engine(engine_kind, model, tokenizer, dtype=dtype)
+        else:
+            self.engine = build_engine(engine_kind, model.to(getattr(torch, dtype)), tokenizer)
         self.model = model
-        self.engine = build_engine(engine_kind, model, tokenizer)
 
     def generate(self, prompts, n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
         return self.engine.generate(prompts, n, sampling, seed)
@@ -97,7 +101,9 @@ class RayRolloutEngine:
         self.workers = [
             actor.options(
                 num_cpus=cpus, num_gpus=gpus, max_restarts=settings.max_restarts, **in_bundle(pg, index)
-            ).remote(model_ref, tokenizer, settings.engine_kind, num_threads, settings.gpus_per_worker > 0)
+            ).remote(
+                model_ref, tokenizer, settings.engine_kind, num_threads, settings.gpus_per_worker > 0, settings.dtype
+            )
             for pg, index in placement[: settings.workers]
         ]
         self._model_ref = model_ref  # the constructor's argument: a restart needs it alive
@@ -152,7 +158,8 @@ class RayRolloutEngine:
     def reports_logprobs_of(self, module: Any) -> bool:
         """For the module the engine was built from, in float32: the workers hold its weights bit for bit
         after every push, and compute float32 log-probs with the same code (up to float rounding)."""
-        return module is self.template and all(p.dtype == torch.float32 for p in module.parameters())
+        float32 = self.settings.dtype == "float32" and all(p.dtype == torch.float32 for p in module.parameters())
+        return module is self.template and float32
 
     def counters(self) -> dict[str, float]:
         return {"rollout/worker_restarts": float(self.restarts)}

@@ -38,6 +38,11 @@ class TrainBatch:
     """(B, T) float: log π_old of the response tokens (None = exactly on-policy, use the current ones)"""
     ref_logprobs: Tensor | None = None
     """(B, T) float: log π_ref (only when a KL term is on)"""
+    rollout_logprobs: Tensor | None = None
+    """(B, T) float: log π_rollout, what the engine reported while sampling (for the mismatch metrics and the
+    rollout correction); meaningful on the rows of `rollout_rows`"""
+    rollout_rows: Tensor | None = None
+    """(B,) bool: rows with rollout log-probs (a group carried over from an earlier step has none)"""
     old_values: Tensor | None = None
     """(B, T) float: critic values when the rollout was scored (PPO)"""
     returns: Tensor | None = None
@@ -76,7 +81,9 @@ class TrainBatch:
             "attention_mask": self.attention_mask[:, first : self.prompt_width + width],
             "prompt_width": self.prompt_width - first,
         }
-        for name in ("response_mask", "advantages", "old_logprobs", "ref_logprobs", "old_values", "returns"):
+        for name in (
+            "response_mask", "advantages", "old_logprobs", "ref_logprobs", "rollout_logprobs", "old_values", "returns",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
                 changes[name] = value[:, :width]

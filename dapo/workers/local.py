@@ -51,6 +51,10 @@ class PolicyLossParams:
     kl_loss_type: str | None
     entropy_coeff: float
     skip_zero_advantage_rows: bool = False
+    rollout_is_level: str = "off"
+    """importance weights π_old / π_rollout on the surrogate: off | token | sequence (algo.rollout_correction)"""
+    rollout_is_mode: str = "truncate"
+    rollout_is_cap: float = 2.0
 
     def row_gradient_is_zero_without_advantage(self) -> bool:
         """True when a response whose advantages are all 0 contributes exactly nothing to the gradient:
@@ -223,6 +227,28 @@ class ResponseForward:
             return self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
 
 
+def _rollout_correction(
+    old: Tensor, micro: TrainBatch, params: PolicyLossParams, scale: float, stats: _Accumulator
+) -> Tensor:
+    """The rollout/training mismatch of the micro-batch's tokens (π_old as the loss uses it against the
+    engine's π_rollout, always measured) and the importance weights on the surrogate (1 when off)."""
+    known = micro.response_mask * micro.rollout_rows.unsqueeze(1)
+    counted = known * scale
+    rollout = micro.rollout_logprobs
+    log_ratio = algo.zero_masked(old.detach() - rollout, known.bool())  # log π_old − log π_rollout
+    stats.add_spread("training/rollout_probs_diff", algo.prob_abs_diff(old, rollout, known), counted)
+    stats.add_spread("rollout_corr/ratio", torch.exp(log_ratio.clamp(max=40.0)), counted)
+    stats.add_masked("rollout_corr/kl", -log_ratio, counted)  # k1 of KL(π_rollout ‖ π_old), tokens from π_rollout
+    stats.add_masked("rollout_corr/k3_kl", torch.expm1(log_ratio.clamp(max=40.0)) - log_ratio, counted)
+    weights, capped = algo.rollout_is_weights(
+        old, rollout, known, params.rollout_is_level, params.rollout_is_mode, params.rollout_is_cap
+    )
+    if params.rollout_is_level != "off":
+        stats.add_masked("rollout_corr/is_weight_mean", weights, counted)
+        stats.add_masked("rollout_corr/is_capped_frac", capped, counted)
+    return weights
+
+
 class _Accumulator:
     """Token-weighted sums of per-token diagnostics across micro-batches (exact masked means at the end)."""
 
@@ -230,6 +256,7 @@ class _Accumulator:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, float] = defaultdict(float)
         self.per_token: set[str] = set()
+        self.maxes: dict[str, float] = {}
 
     def add_masked(self, name: str, values: Tensor, mask: Tensor) -> None:
         mask = mask.bool()
@@ -237,20 +264,40 @@ class _Accumulator:
         self.counts[name] += float(mask.sum())
         self.per_token.add(name)
 
+    def add_spread(self, name: str, values: Tensor, mask: Tensor) -> None:
+        """`{name}_mean`, `{name}_std` and `{name}_max` of the masked values."""
+        values = values.float()
+        self.add_masked(f"{name}_mean", values, mask)
+        self.add_masked(f"{name}{_SQUARES}", values * values, mask)
+        largest = float(torch.where(mask.bool(), values, -math.inf).max()) if values.numel() else -math.inf
+        self.maxes[f"{name}_max"] = max(self.maxes.get(f"{name}_max", -math.inf), largest)
+
     def reduce_per_token(self, dp: DataParallel) -> None:
-        """Add up the per-token sums and counts of all ranks (each computed its own rows); the scalars are
-        already global. Every rank registers the same names (weight-0 passes add zeros)."""
+        """Add up the per-token sums and counts of all ranks (each computed its own rows), and take the
+        maxima over ranks; the scalars are already global. Every rank registers the same names (weight-0
+        passes add zeros)."""
         names = sorted(self.per_token)
         totals = dp.sum([self.sums[n] for n in names] + [self.counts[n] for n in names])
         for i, name in enumerate(names):
             self.sums[name], self.counts[name] = totals[i], totals[len(names) + i]
+        max_names = sorted(self.maxes)
+        for name, value in zip(max_names, dp.max([self.maxes[n] for n in max_names]), strict=True):
+            self.maxes[name] = value
 
     def add_scalar(self, name: str, value: float) -> None:
         self.sums[name] += value
         self.counts[name] += 1.0
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+        out = {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+        for key in [k for k in out if k.endswith(_SQUARES)]:
+            name = key.removesuffix(_SQUARES)
+            out[f"{name}_std"] = math.sqrt(max(0.0, out.pop(key) - out[f"{name}_mean"] ** 2))
+        out.update({k: v for k, v in self.maxes.items() if math.isfinite(v)})
+        return out
+
+
+_SQUARES = "/__squares"  # the hidden mean of squares behind a `_std` (never logged)
 
 
 def _clip_and_step(
@@ -451,6 +498,8 @@ class PolicyWorker:
             logprobs, old, micro.advantages, params.clip_eps_low, params.clip_eps_high,
             params.dual_clip_c, params.log_ratio_clamp, mask=mask,
         )  # fmt: skip
+        if micro.rollout_logprobs is not None:
+            pg_loss = pg_loss * _rollout_correction(old, micro, params, scale, stats)
         pg_total = total = algo.weighted_token_sum(pg_loss, mask, micro_weights)
         stats.add_masked("actor/pg_clipfrac", pg_stats.clipped_high | pg_stats.clipped_low, counted)
         stats.add_masked("actor/pg_clipfrac_higher", pg_stats.clipped_high, counted)

@@ -70,6 +70,8 @@ class DataParallel(Protocol):
 
     def sum(self, values: Sequence[float]) -> list[float]: ...
 
+    def max(self, values: Sequence[float]) -> list[float]: ...
+
     def after_forward_only(self, module: nn.Module) -> None: ...
 
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]: ...
@@ -102,6 +104,9 @@ class SingleProcess:
         return 1.0
 
     def sum(self, values: Sequence[float]) -> list[float]:
+        return list(values)
+
+    def max(self, values: Sequence[float]) -> list[float]:
         return list(values)
 
     def after_forward_only(self, module: nn.Module) -> None:
@@ -189,6 +194,11 @@ class TorchDistributed:
         total = torch.tensor(list(values), dtype=torch.float64)
         self.dist.all_reduce(total)
         return total.tolist()
+
+    def max(self, values: Sequence[float]) -> list[float]:
+        largest = torch.tensor(list(values), dtype=torch.float64)
+        self.dist.all_reduce(largest, op=self.dist.ReduceOp.MAX)
+        return largest.tolist()
 
     def _unwrapped(self, module: nn.Module) -> nn.Module:
         # DDP holds the module; fully_shard changes the module in place and keeps its parameter names.

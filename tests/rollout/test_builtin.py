@@ -376,3 +376,23 @@ def test_concat_rollouts_pads_to_the_widest_part(sharp_model, tok, prompts):
         assert torch.equal(joined.prompt_ids[rows][joined.prompt_mask[rows]], part.prompt_ids[part.prompt_mask])
     assert (joined.prompt_ids[~joined.prompt_mask] == engine.pad_token_id).all()
     assert (joined.response_ids[~joined.response_mask] == engine.pad_token_id).all()
+
+
+def test_a_bfloat16_engine_holds_a_copy_refreshed_from_the_trained_weights(sharp_model, tok, prompts):
+    import copy
+
+    from dapo.components import _local_engine
+    from dapo.config import load_config
+
+    engine = _local_engine(load_config("cpu_dapo", overrides=["rollout.dtype=bfloat16"]), sharp_model, tok)
+    assert engine.model is not sharp_model and engine.model.lm_head.weight.dtype == torch.bfloat16
+    assert not engine.reports_logprobs_of(sharp_model)  # π_old must be recomputed by the trainer
+    trained = copy.deepcopy(sharp_model)
+    with torch.no_grad():
+        trained.lm_head.weight.mul_(1.5)
+    engine.update_weights(trained)
+    assert torch.equal(engine.model.lm_head.weight, trained.lm_head.weight.to(torch.bfloat16))
+    assert sharp_model.lm_head.weight.dtype == torch.float32  # the trained module is untouched
+    out = engine.generate(prompts, 2, SamplingParams(max_new_tokens=8), seed=0)
+    assert out.logprobs.dtype == torch.float32 and torch.isfinite(out.logprobs).all()
+    assert _local_engine(load_config("cpu_dapo"), sharp_model, tok).model is sharp_model  # float32: shared

@@ -307,3 +307,83 @@ def test_bf16_mixed_critic_values_stay_float32(model):
     torch.testing.assert_close(approx, exact, atol=0.1, rtol=0.05)
     stats = critics[1].update(batch.replace(old_values=approx, returns=torch.ones_like(approx)), 3, 1)
     assert math.isfinite(stats["critic/vf_loss"])
+
+
+def _rollout_view(batch, old, log_rho, rows=None):
+    """`batch` with π_old = `old` and rollout log-probs old − log ρ on `rows` (default: every row). The other
+    rows and the padding hold garbage, which must change nothing."""
+    rows = torch.ones(batch.num_rows, dtype=torch.bool) if rows is None else rows
+    known = batch.response_mask.bool() & rows.unsqueeze(1)
+    garbage = torch.full_like(old, float("nan"))
+    garbage[:, -1] = float("inf")
+    rollout = torch.where(known, old - log_rho, garbage)
+    return batch.replace(old_logprobs=old, rollout_logprobs=rollout, rollout_rows=rows), known
+
+
+def _sgd_worker(model, budget=10_000):
+    m = copy.deepcopy(model)
+    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=budget, share_prompt_forward=True)
+    worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
+    return m, worker
+
+
+def test_the_mismatch_is_exactly_zero_when_the_loss_uses_the_rollout_logprobs(model):
+    batch = _batch(model.config.vocab_size, seed=3)
+    _, worker = _sgd_worker(model)
+    old = worker.compute_logprobs(batch)
+    view, _ = _rollout_view(batch, old, torch.zeros_like(old))
+    stats = worker.update(view, LOSS, 3, 1, None)
+    for name in ("training/rollout_probs_diff", "rollout_corr/ratio"):
+        zero = 1.0 if name == "rollout_corr/ratio" else 0.0
+        assert (stats[f"{name}_mean"], stats[f"{name}_std"], stats[f"{name}_max"]) == (zero, 0.0, zero)
+    assert stats["rollout_corr/kl"] == 0.0 and stats["rollout_corr/k3_kl"] == 0.0
+    assert "rollout_corr/is_weight_mean" not in stats  # the correction is off
+
+
+def test_the_mismatch_metrics_are_the_spread_over_the_known_tokens(model):
+    """Micro-batches of one row or two; a group without rollout log-probs (carried over) is left out."""
+    batch = _batch(model.config.vocab_size, seed=4)
+    _, worker = _sgd_worker(model, budget=13)
+    old = worker.compute_logprobs(batch)
+    log_rho = (torch.rand(old.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.6
+    rows = batch.group_index != 1
+    view, known = _rollout_view(batch, old, log_rho, rows)
+    stats = worker.update(view, LOSS, 3, 1, None)
+    diff = (old.exp() - (old - log_rho).exp()).abs()[known].double()
+    ratio = log_rho.exp()[known].double()
+    for name, values in (("training/rollout_probs_diff", diff), ("rollout_corr/ratio", ratio)):
+        assert stats[f"{name}_mean"] == pytest.approx(float(values.mean()), rel=1e-5)
+        assert stats[f"{name}_std"] == pytest.approx(float(values.std(correction=0)), rel=1e-4)
+        assert stats[f"{name}_max"] == pytest.approx(float(values.max()), rel=1e-6)
+    assert stats["rollout_corr/kl"] == pytest.approx(float(-log_rho[known].double().mean()), rel=1e-5)
+    k3 = (log_rho.exp() - 1 - log_rho)[known].double().mean()
+    assert stats["rollout_corr/k3_kl"] == pytest.approx(float(k3), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "level, mode, cap, factor, capped",
+    [("token", "truncate", 2.0, 1.5, 0.0), ("token", "truncate", 1.2, 1.2, 1.0), ("token", "mask", 1.2, 0.0, 1.0)],
+)
+def test_truncated_importance_sampling_scales_each_tokens_gradient_by_its_weight(
+    model, level, mode, cap, factor, capped
+):
+    """ρ = 1.5 on every token: plain SGD with lr 1 moves the weights by the gradient, so the corrected update
+    is the uncorrected one times the weight min(ρ, C) (truncate) or ρ·1[ρ ≤ C] (mask)."""
+    batch = _batch(model.config.vocab_size, seed=5)
+    _, worker = _sgd_worker(model)
+    old = worker.compute_logprobs(batch) + 0.05  # ratios off 1, so that the clip acts on some tokens
+    view, _ = _rollout_view(batch, old, torch.full_like(old, math.log(1.5)))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    plain_model, plain = _sgd_worker(model)
+    plain.update(view, LOSS, 3, 1, None)
+    corrected_model, corrected = _sgd_worker(model)
+    params = PolicyLossParams(
+        0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.0,
+        rollout_is_level=level, rollout_is_mode=mode, rollout_is_cap=cap,
+    )  # fmt: skip
+    stats = corrected.update(view, params, 3, 1, None)
+    for name, before in start.items():
+        expected = before + factor * (plain_model.state_dict()[name] - before)
+        torch.testing.assert_close(corrected_model.state_dict()[name], expected, atol=1e-6, rtol=1e-5)
+    assert stats["rollout_corr/is_weight_mean"] == pytest.approx(factor)
+    assert stats["rollout_corr/is_capped_frac"] == capped

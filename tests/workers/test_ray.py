@@ -32,15 +32,19 @@ def model():
 
 
 def _train_batch(model, seed: int = 0):
-    """Three groups of uneven prompt and response lengths, with π_old, π_ref, values and returns."""
+    """Three groups of uneven prompt and response lengths, with π_old, π_ref, values and returns, and rollout
+    log-probs on two of the groups."""
     batch = _batch(model.config.vocab_size, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     shape = batch.response_mask.shape
+    old = torch.randn(shape, generator=gen) * 0.1 - 2.0
     return batch.replace(
-        old_logprobs=torch.randn(shape, generator=gen) * 0.1 - 2.0,
+        old_logprobs=old,
         ref_logprobs=torch.randn(shape, generator=gen) * 0.1 - 2.0,
         old_values=torch.randn(shape, generator=gen) * 0.1,
         returns=torch.randn(shape, generator=gen),
+        rollout_logprobs=old + torch.randn(shape, generator=gen) * 0.2,
+        rollout_rows=batch.group_index != 2,
     )
 
 
@@ -79,10 +83,13 @@ def _fresh(model, policy: bool = True):
 
 @pytest.mark.parametrize("mode", AGGREGATION_MODES)
 def test_two_ranks_update_like_one_process(two_ranks, model, mode):
-    """Every aggregation mode, a KL and an entropy term, two epochs of shuffled mini-batches of 2 groups and
-    1 group (so one rank has no row of its own in the second and runs weight-0 passes only)."""
+    """Every aggregation mode, a KL and an entropy term, the sequence-level rollout correction, two epochs of
+    shuffled mini-batches of 2 groups and 1 group (so one rank has no row of its own in the second and runs
+    weight-0 passes only). The mismatch metrics' maxima are taken over the ranks."""
     batch = _train_batch(model)
-    loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, mode, 7.0, 0.01, "k3", 0.001)
+    loss = PolicyLossParams(
+        0.2, 0.28, 3.0, 20.0, mode, 7.0, 0.01, "k3", 0.001, rollout_is_level="sequence", rollout_is_cap=1.5
+    )
     local = _fresh(model)
     two_ranks.run("policy", "load_state_dict", local.state_dict())  # the untrained weights, no AdamW moments
     expected = local.update(batch, loss, 2, 2, 123)
