@@ -25,8 +25,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from dapo.config import load_config
-from dapo.trainer import Trainer
+from _main_job import run_main_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,21 +43,12 @@ def run(out: Path, seed: int, steps: int, rows: int, stop: bool, keep: bool, ray
         "trainer.run_name": f"s{seed}-r{rows}-stop{stop}-keep{keep}",
         "trainer.test_freq": 0,
         "trainer.val_before_train": False,
-        "trainer.save_freq": 0,
-        "trainer.tensorboard": False,
-        "trainer.progress": False,
-        "trainer.resume": "disable",
         "rollout.max_rows_in_flight": rows,
         "algo.dynamic_sampling.stop_when_full": stop,
         "algo.dynamic_sampling.keep_surplus": keep,
         **(RAY if ray else {}),
     }
-    trainer = Trainer(load_config("cpu_dapo", None, [f"{k}={v}" for k, v in overrides.items()]), log_to_console=False)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    rows_ = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    trainer, rows_ = run_main_job(overrides)
     gen_batch = trainer.cfg.data.gen_batch_size
 
     def mean(f) -> float:

@@ -21,8 +21,7 @@ import re
 import statistics
 from pathlib import Path
 
-from dapo.config import load_config
-from dapo.trainer import Trainer
+from _main_job import run_main_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -41,16 +40,9 @@ def run(out: Path, seed: int, steps: int, name: str) -> dict[str, float]:
     overrides = {
         "trainer.seed": seed, "trainer.total_steps": steps, "trainer.output_dir": str(out),
         "trainer.run_name": f"bench-mismatch-{re.sub(r'[^a-z0-9]+', '-', name.lower())}-s{seed}",
-        "trainer.test_freq": steps,
-        "trainer.save_freq": 0, "trainer.tensorboard": False, "trainer.progress": False, "trainer.resume": "disable",
-        **SETTINGS[name],
+        "trainer.test_freq": steps, **SETTINGS[name],
     }  # fmt: skip
-    trainer = Trainer(load_config("cpu_dapo", None, [f"{k}={v}" for k, v in overrides.items()]), log_to_console=False)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    _, rows = run_main_job(overrides)
     steps_ = [r for r in rows if r["step"] > 0 and "timing_s/step" in r]
     accuracy = [r["val-core/arith/acc/mean@4"] for r in rows if "val-core/arith/acc/mean@4" in r]
     got = {k: statistics.fmean(r[k] for r in steps_ if k in r) if any(k in r for r in steps_) else None for k in MEANS}

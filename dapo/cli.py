@@ -55,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(config)
     config.add_argument("--fields", action="store_true", help="list every field, its default and its meaning")
     sub.add_parser("presets", help="list the presets")
+    ablate = sub.add_parser(
+        "ablate",
+        help="run the paper's ablation ladder over seeds and write a report (table + figures)",
+        description="Runs every preset of a ladder (each adds one technique of DAPO's Table 1 to the one "
+        "before) over --seeds seeds, skipping finished runs and resuming killed ones, then writes "
+        "<out>/report.md with the table, steps-to-baseline and figures.",
+    )
+    ablate.add_argument("--ladder", default=None, help="cpu (default) or paper; ignored with --presets")
+    ablate.add_argument("--presets", nargs="+", default=None, help="any presets, in ladder order")
+    ablate.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per preset (default 3)")
+    ablate.add_argument("--out", default="runs/ablation", help="output directory (runs/, report.md, PNGs)")
+    ablate.add_argument("--quick", action="store_true", help="4 steps of tiny batches: a smoke run in minutes")
+    ablate.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
+    ablate.add_argument("overrides", nargs="*", help="config overrides applied to every run (key=value)")
     return parser
 
 
@@ -145,6 +159,17 @@ def _sft(args) -> int:
     return 0
 
 
+def _ablate(args) -> int:
+    from dapo.ablation import plan, run_all, write_report
+
+    the_plan = plan(args.ladder, args.presets, args.seeds, args.out, args.quick, args.overrides)
+    if not args.report_only:
+        run_all(the_plan)
+    report = write_report(the_plan, title="DAPO ablation" + (" (quick)" if args.quick else ""))
+    print(f"[ablate] report: {report}")
+    return 0
+
+
 def _config(args) -> int:
     if args.fields:
         for name, default, doc in field_docs():
@@ -161,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, fn in PRESETS.items():
                 print(f"{name:30s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
             return 0
-        handler = {"train": _train, "eval": _evaluate, "sft": _sft, "config": _config}[args.command]
+        handler = {"train": _train, "eval": _evaluate, "sft": _sft, "config": _config, "ablate": _ablate}[args.command]
         return handler(args)
     except ConfigError as error:
         print(f"dapo: invalid config: {error}", file=sys.stderr)

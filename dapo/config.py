@@ -638,17 +638,37 @@ def grpo() -> Config:
     return _paper_grpo_base()
 
 
-def _ablation(*steps: Callable[[Config], None]) -> Callable[[], Config]:
+def _ablation(*steps: Callable[[Config], None], base: Callable[[], Config] | None = None) -> Callable[[], Config]:
     def preset() -> Config:
-        c = _paper_grpo_base()
+        c = (base or _paper_grpo_base)()
         for step in steps:
             step(c)
         return c
 
-    preset.__doc__ = "Paper ablation rung: naive GRPO + " + ", ".join(
-        s.__name__.strip("_").replace("_", " ") for s in steps
+    scale = "Paper" if base is None else "CPU"
+    preset.__doc__ = f"{scale} ablation rung: naive GRPO" + "".join(
+        " + " + s.__name__.strip("_").replace("_", " ") for s in steps
     )
     return preset
+
+
+def _cpu_ablation_base() -> Config:
+    """Naive GRPO in the CPU ablation's setting, where the techniques of Table 1 have room to act (why it is
+    shaped so: docs/ablation/README.md): the built-in task at level 3, whose worked solutions run close to a
+    32-token cap, so that responses are truncated often and their lengths vary; 150 steps."""
+    c = cpu_dapo()
+    c.algo = _paper_grpo_base().algo
+    c.data.task_level = 3
+    c.rollout.max_response_length = 32
+    c.trainer.total_steps = 150
+    c.trainer.test_freq = 10
+    c.trainer.save_freq = 25
+    c.trainer.run_name = "cpu-ablation"
+    return c
+
+
+def _cpu_ablation(*steps: Callable[[Config], None]) -> Callable[[], Config]:
+    return _ablation(*steps, base=_cpu_ablation_base)
 
 
 def _overlong_filtering(c: Config) -> None:
@@ -661,7 +681,7 @@ def _clip_higher(c: Config) -> None:
 
 def _soft_overlong(c: Config) -> None:
     c.algo.overlong.enable = True
-    c.algo.overlong.buffer_length = 4096
+    c.algo.overlong.buffer_length = c.rollout.max_response_length // 5  # the paper's L_cache: 4096 of 20480
     c.algo.overlong.penalty_factor = 1.0
 
 
@@ -676,6 +696,14 @@ def _dynamic_sampling(c: Config) -> None:
 
 def _no_kl(c: Config) -> None:
     c.algo.use_kl_loss = False
+
+
+def _legacy_token_mean(c: Config) -> None:
+    c.algo.loss_agg_mode = "token-mean-legacy"
+
+
+def _group_token_mean(c: Config) -> None:
+    c.algo.loss_agg_mode = "group-token-mean"
 
 
 def dr_grpo() -> Config:
@@ -727,6 +755,9 @@ def _cpu_scale(paper: Callable[[], Config], run_name: str) -> Callable[[], Confi
     return preset
 
 
+# The steps from naive GRPO to the ladder's last rung (DAPO with overlong filtering).
+_LAST_RUNG = (_overlong_filtering, _clip_higher, _soft_overlong, _token_level_loss, _dynamic_sampling, _no_kl)
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "cpu_dapo": cpu_dapo,
     "cpu_grpo": _cpu_scale(grpo, "grpo-cpu"),
@@ -745,6 +776,20 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "ablation_dynamic_sampling": _ablation(
         _overlong_filtering, _clip_higher, _soft_overlong, _token_level_loss, _dynamic_sampling, _no_kl
     ),  # 50 (= DAPO, with overlong filtering)
+    # The same ladder at CPU scale (`dapo ablate --ladder cpu`; docs/ablation/).
+    "cpu_ablation_naive_grpo": _cpu_ablation(),
+    "cpu_ablation_overlong_filtering": _cpu_ablation(_overlong_filtering),
+    "cpu_ablation_clip_higher": _cpu_ablation(_overlong_filtering, _clip_higher),
+    "cpu_ablation_soft_overlong": _cpu_ablation(_overlong_filtering, _clip_higher, _soft_overlong),
+    "cpu_ablation_token_level_loss": _cpu_ablation(
+        _overlong_filtering, _clip_higher, _soft_overlong, _token_level_loss
+    ),
+    "cpu_ablation_dynamic_sampling": _cpu_ablation(
+        _overlong_filtering, _clip_higher, _soft_overlong, _token_level_loss, _dynamic_sampling, _no_kl
+    ),
+    # The last rung with the two other meanings of "token-level loss" (docs/algorithms.md): the report's extra rows.
+    "cpu_ablation_legacy_token_mean": _cpu_ablation(*_LAST_RUNG, _legacy_token_mean),
+    "cpu_ablation_group_token_mean": _cpu_ablation(*_LAST_RUNG, _group_token_mean),
 }
 
 

@@ -46,7 +46,8 @@ def test_grpo_preset_is_deepseekmath_grpo():
     assert c.uses_reference and not c.algo.dynamic_sampling.enable and not c.algo.overlong.enable
 
 
-def test_ablation_ladder_adds_one_technique_per_rung():
+@pytest.mark.parametrize("prefix", ["", "cpu_"], ids=["paper", "cpu"])
+def test_ablation_ladder_adds_one_technique_per_rung(prefix):
     ladder = [
         "ablation_naive_grpo",
         "ablation_overlong_filtering",
@@ -55,14 +56,22 @@ def test_ablation_ladder_adds_one_technique_per_rung():
         "ablation_token_level_loss",
         "ablation_dynamic_sampling",
     ]
-    configs = [preset(n).to_dict() for n in ladder]
+    configs = [preset(prefix + n).to_dict() for n in ladder]
     changed = [config_diff(a, b) for a, b in itertools.pairwise(configs)]
     assert changed[0] == ["algo.overlong.filter: False -> True"]
     assert changed[1] == ["algo.clip_eps_high: 0.2 -> 0.28"]
     assert any("algo.overlong.enable" in line for line in changed[2])
+    assert all(line.startswith("algo.overlong.") for line in changed[2])
     assert changed[3] == ["algo.loss_agg_mode: 'seq-mean-token-mean' -> 'token-mean'"]
     assert any("dynamic_sampling.enable" in line for line in changed[4])
     assert any("use_kl_loss" in line for line in changed[4])
+    # the last rung also drops KL (docs/algorithms.md says why) and triples the generation batch
+    assert all(
+        line.startswith(("algo.dynamic_sampling.", "algo.use_kl_loss", "data.gen_batch_size")) for line in changed[4]
+    )
+    from dapo.ablation import LADDERS
+
+    assert LADDERS["paper" if not prefix else "cpu"] == tuple(prefix + n for n in ladder)
 
 
 def test_ppo_preset_uses_critic():

@@ -16,9 +16,12 @@ from dapo.algo.advantages import (
 )
 from dapo.algo.aggregate import (
     AGGREGATION_MODES,
+    EXACT_AGGREGATION_MODES,
+    LEGACY_TOKEN_MEAN,
     group_token_mean,
     loss_row_weights,
     masked_mean,
+    micro_batch_token_mean_weights,
     seq_mean_token_mean,
     seq_mean_token_sum,
     seq_mean_token_sum_norm,
@@ -46,8 +49,10 @@ ADVANTAGE_ESTIMATORS = (*GROUP_ADVANTAGES, "gae")
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATION_MODES",
+    "EXACT_AGGREGATION_MODES",
     "GROUP_ADVANTAGES",
     "KL_ESTIMATORS",
+    "LEGACY_TOKEN_MEAN",
     "ROLLOUT_IS_LEVELS",
     "ROLLOUT_IS_MODES",
     "PolicyLossStats",
@@ -68,6 +73,7 @@ __all__ = [
     "loss_row_weights",
     "masked_mean",
     "masked_whiten",
+    "micro_batch_token_mean_weights",
     "overlong_filter_mask",
     "overlong_penalty",
     "prob_abs_diff",

@@ -18,6 +18,13 @@ Modes (B = responses in the mini-batch with at least one valid token, |o_i| = va
 | seq-mean-token-sum        | 1/B Σ_i Σ_t ℓ                             | verl option                       |
 | seq-mean-token-sum-norm   | 1/(B·L) Σ_i Σ_t ℓ, L a constant           | Dr. GRPO (arXiv:2503.20783)       |
 | group-token-mean          | 1/P Σ_g (1/Σ_{i∈g}|o_i|) Σ_{i∈g} Σ_t ℓ    | DAPO Eq. 8 read literally         |
+| token-mean-legacy         | Σ_m (n_m/N) · Σ_{t∈m} ℓ / Σ_{t∈m} 1       | verl's legacy path (the 50 AIME run) |
+
+The last is the exception: verl's legacy actor (dp_actor with dynamic batch sizes) takes each micro-batch's own
+token mean and weighs it by the micro-batch's share n_m/N of the mini-batch's responses, on each rank, and
+DDP averages the ranks. That depends on the micro-batch split (and the rank split) by construction; it is
+what produced the paper's reproductions, and some peers went back to it because it favours longer responses
+(docs/algorithms.md). Its weights come from `micro_batch_token_mean_weights`, once the split is known.
 """
 
 from __future__ import annotations
@@ -25,13 +32,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-AGGREGATION_MODES = (
+# The modes whose value is the same for any micro-batch and rank split (the weights of the whole mini-batch).
+EXACT_AGGREGATION_MODES = (
     "token-mean",
     "seq-mean-token-mean",
     "seq-mean-token-sum",
     "seq-mean-token-sum-norm",
     "group-token-mean",
 )
+LEGACY_TOKEN_MEAN = "token-mean-legacy"
+AGGREGATION_MODES = (*EXACT_AGGREGATION_MODES, LEGACY_TOKEN_MEAN)
 
 
 def zero_masked(values: Tensor, mask: Tensor) -> Tensor:
@@ -136,7 +146,29 @@ def loss_row_weights(
         num_groups = (group_tokens > 0).sum().clamp(min=1)
         row_group_tokens = group_tokens[dense]
         return torch.where(row_group_tokens > 0, 1.0 / (row_group_tokens.clamp(min=1.0) * num_groups), 0.0)
+    if mode == LEGACY_TOKEN_MEAN:
+        raise ValueError(f"{mode} depends on the micro-batch split: use micro_batch_token_mean_weights")
     raise ValueError(f"unknown loss aggregation mode {mode!r}; choose one of {AGGREGATION_MODES}")
+
+
+def micro_batch_token_mean_weights(mask: Tensor, micro_batches: list[Tensor], num_rows: int) -> Tensor:
+    """Per-row weights of verl's legacy token mean: row i of micro-batch m gets (n_m / N) / T_m, with n_m its
+    rows, T_m its valid tokens and N = `num_rows`, the responses of the (rank's) mini-batch; rows in no
+    micro-batch get 0. Σ_i w_i Σ_t m ℓ is then Σ_m (n_m / N) · (token mean of micro-batch m).
+
+    Args:
+        mask: (B, T) valid-token mask.
+        micro_batches: row indices of each micro-batch (disjoint).
+        num_rows: N.
+    Returns:
+        (B,) float64 weights.
+    """
+    weights = torch.zeros(mask.shape[0], dtype=torch.float64)
+    counts = mask.to(torch.float64).sum(dim=1)
+    for rows in micro_batches:
+        tokens = counts[rows].sum().clamp(min=1.0)
+        weights[rows] = (len(rows) / max(1, num_rows)) / tokens
+    return weights
 
 
 def weighted_token_sum(loss: Tensor, mask: Tensor, row_weights: Tensor) -> Tensor:

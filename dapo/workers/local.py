@@ -97,6 +97,8 @@ def rows_to_compute(batch: TrainBatch, rows: Tensor, params: PolicyLossParams) -
     `skip_zero_advantage_rows` (and no KL/entropy term) those with a non-zero advantage at some loss token."""
     if not (params.skip_zero_advantage_rows and params.row_gradient_is_zero_without_advantage()):
         return rows
+    if params.loss_agg_mode == algo.LEGACY_TOKEN_MEAN:
+        return rows  # a skipped row would change its micro-batch's token count, hence every weight in it
     informative = ((batch.advantages[rows] != 0) & batch.response_mask[rows].bool()).any(dim=1)
     return rows[informative]
 
@@ -442,11 +444,14 @@ class PolicyWorker:
 
     def _mini_batch_step(self, batch: TrainBatch, rows: Tensor, params: PolicyLossParams, stats: _Accumulator) -> None:
         mini_mask = batch.response_mask[rows]
+        legacy = params.loss_agg_mode == algo.LEGACY_TOKEN_MEAN
         # Weights over the WHOLE mini-batch: summing micro-batch losses gives exactly the mini-batch aggregate.
         weights = torch.zeros(batch.num_rows, dtype=torch.float64)
-        weights[rows] = algo.loss_row_weights(
-            mini_mask, params.loss_agg_mode, group_index=batch.group_index[rows], norm_length=params.loss_norm_length
-        )
+        if not legacy:
+            weights[rows] = algo.loss_row_weights(
+                mini_mask, params.loss_agg_mode, group_index=batch.group_index[rows],
+                norm_length=params.loss_norm_length,
+            )  # fmt: skip
         # Skipped rows keep their weight in `weights` (the token-mean's denominator); only their zero gradient
         # is not computed.
         computed = rows_to_compute(batch, rows, params)
@@ -468,6 +473,12 @@ class PolicyWorker:
             return total
 
         passes = _passes(self.dp, self.forward, batch, computed, self.micro_batch_max_tokens)
+        if legacy:
+            # verl's legacy token mean: each of this rank's micro-batches by its own token mean, weighted by its
+            # share of the rank's rows; ranks averaged (DDP averages the loss_scale-multiplied losses).
+            mine = [micro for micro, scale in passes if scale]
+            share = algo.micro_batch_token_mean_weights(batch.response_mask, mine, sum(len(m) for m in mine))
+            weights = share / self.dp.loss_scale
         _accumulate_gradients(self.dp, self.trainable, passes, loss_of)
         mini_pg_loss, mini_loss = self.dp.sum(losses)
         if not math.isfinite(mini_loss):

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from dapo.algo import (
-    AGGREGATION_MODES,
+    EXACT_AGGREGATION_MODES,
+    LEGACY_TOKEN_MEAN,
     group_token_mean,
     loss_row_weights,
     masked_mean,
+    micro_batch_token_mean_weights,
     seq_mean_token_mean,
     seq_mean_token_sum,
     seq_mean_token_sum_norm,
@@ -45,7 +47,7 @@ def test_token_mean_over_micro_batches_is_not_the_mean_of_means():
     assert naive.item() == pytest.approx(2.75)
 
 
-@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
 def test_row_weights_reproduce_each_mode(mode):
     direct = {
         "token-mean": lambda: token_mean(LOSS, MASK, 6),
@@ -58,6 +60,21 @@ def test_row_weights_reproduce_each_mode(mode):
     torch.testing.assert_close(weighted_token_sum(LOSS, MASK, weights), direct)
 
 
+def test_legacy_token_mean_weighs_each_micro_batch_mean_by_its_share_of_rows():
+    """verl's legacy path, by hand. Rows of 2, 3 and 1 tokens (LOSS, MASK); micro-batches {0, 1} and {2}:
+    (2/3) · (1+2+3+4+5)/5 + (1/3) · 6/1 = 2 + 2 = 4, where the exact token mean is 21/6 = 3.5."""
+    weights = micro_batch_token_mean_weights(MASK, [torch.tensor([0, 1]), torch.tensor([2])], 3)
+    torch.testing.assert_close(weights, torch.tensor([2 / 15, 2 / 15, 1 / 3], dtype=torch.float64))
+    torch.testing.assert_close(weighted_token_sum(LOSS, MASK, weights), torch.tensor(4.0))
+    # the split is the point: one micro-batch is the token mean, one row per micro-batch the sample mean
+    whole = micro_batch_token_mean_weights(MASK, [torch.arange(3)], 3)
+    torch.testing.assert_close(weighted_token_sum(LOSS, MASK, whole), token_mean(LOSS, MASK, 6))
+    single = micro_batch_token_mean_weights(MASK, [torch.tensor([i]) for i in range(3)], 3)
+    torch.testing.assert_close(weighted_token_sum(LOSS, MASK, single), seq_mean_token_mean(LOSS, MASK, 3))
+    with pytest.raises(ValueError, match="depends on the micro-batch split"):
+        loss_row_weights(MASK, LEGACY_TOKEN_MEAN)
+
+
 def _random_batch(seed, rows=12, cols=7):
     gen = torch.Generator().manual_seed(seed)
     loss = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
@@ -67,7 +84,7 @@ def _random_batch(seed, rows=12, cols=7):
     return gen, loss, mask, groups
 
 
-@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
 @pytest.mark.parametrize("seed", range(5))
 def test_any_micro_batch_split_sums_to_the_whole(mode, seed):
     gen, loss, mask, groups = _random_batch(seed)
@@ -80,7 +97,7 @@ def test_any_micro_batch_split_sums_to_the_whole(mode, seed):
     torch.testing.assert_close(total, whole)
 
 
-@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
 def test_gradients_accumulated_over_micro_batches_equal_full_batch(mode):
     _, loss, mask, groups = _random_batch(42)
     weights = loss_row_weights(mask, mode, group_index=groups, norm_length=7.0)
@@ -92,7 +109,7 @@ def test_gradients_accumulated_over_micro_batches_equal_full_batch(mode):
     torch.testing.assert_close(accumulated.grad, full.grad)
 
 
-@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
 def test_data_parallel_average_times_world_size_equals_whole(mode):
     # DDP averages gradients over ranks, so each rank scales its loss by world_size.
     _, loss, mask, groups = _random_batch(5)
@@ -105,7 +122,7 @@ def test_data_parallel_average_times_world_size_equals_whole(mode):
     torch.testing.assert_close(sum(rank_losses) / world_size, weighted_token_sum(loss, mask, weights))
 
 
-@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
 def test_masked_positions_change_nothing_in_value_or_gradient(mode, garbage):
     _, loss, mask, groups = _random_batch(9)
     weights = loss_row_weights(mask, mode, group_index=groups, norm_length=7.0)

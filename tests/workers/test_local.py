@@ -95,7 +95,7 @@ def _sgd_update(model, batch, params, micro_batch_max_tokens, share=True):
 
 
 @pytest.mark.parametrize("share", [True, False], ids=["shared_prefix", "hf"])
-@pytest.mark.parametrize("mode", algo.AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", algo.EXACT_AGGREGATION_MODES)
 def test_micro_batch_split_gives_the_same_update(model, mode, share):
     batch = _batch(model.config.vocab_size, seed=1)
     params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, 7.0, 0.0, None, 0.0)
@@ -116,7 +116,7 @@ def test_shared_prefix_and_hf_forward_give_the_same_update(model):
         assert sa[key] == pytest.approx(sb[key], rel=1e-4, abs=1e-7), key
 
 
-@pytest.mark.parametrize("mode", algo.AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", algo.EXACT_AGGREGATION_MODES)
 def test_skipping_zero_advantage_rows_gives_the_same_update(model, mode):
     batch = _batch(model.config.vocab_size, seed=4)
     adv = batch.advantages.clone()
@@ -387,3 +387,41 @@ def test_truncated_importance_sampling_scales_each_tokens_gradient_by_its_weight
         torch.testing.assert_close(corrected_model.state_dict()[name], expected, atol=1e-6, rtol=1e-5)
     assert stats["rollout_corr/is_weight_mean"] == pytest.approx(factor)
     assert stats["rollout_corr/is_capped_frac"] == capped
+
+
+def _long_rows_batch(vocab: int) -> TrainBatch:
+    """3 groups × 4 rows, every prompt 5 tokens and responses of 4-7 tokens: rows of 9-12 tokens, so that
+    a 12-token budget holds one row per micro-batch."""
+    gen = torch.Generator().manual_seed(7)
+    rows, tp, t = 12, 5, 7
+    lengths = torch.randint(4, t + 1, (rows,), generator=gen)
+    ids = torch.randint(3, vocab, (rows, tp + t), generator=gen)
+    ids[:, :tp] = ids[::4, :tp].repeat_interleave(4, dim=0)
+    response = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
+    attention = torch.cat([torch.ones(rows, tp, dtype=torch.bool), response], dim=1)
+    rewards = torch.randint(0, 2, (3, 4), generator=gen).float()
+    adv = algo.broadcast_to_tokens(algo.grpo_advantages(rewards).reshape(-1), response.float())
+    return TrainBatch(
+        input_ids=torch.where(attention, ids, 0), attention_mask=attention, response_mask=response.float(),
+        prompt_width=tp, group_index=torch.arange(3).repeat_interleave(4), advantages=adv,
+    )  # fmt: skip
+
+
+def test_the_legacy_token_mean_is_the_token_mean_in_one_micro_batch_and_the_sample_mean_in_single_rows(model):
+    """verl's legacy per-micro-batch mean depends on the split, as in verl: one micro-batch per mini-batch
+    gives the exact token mean, one row per micro-batch the sample-level mean."""
+    batch = _long_rows_batch(model.config.vocab_size)
+
+    def update(mode, budget):
+        params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, mode, None, 0.0, None, 0.0, skip_zero_advantage_rows=True)
+        return _sgd_update(model, batch, params, budget, share=False)
+
+    legacy_whole, legacy_rows = update("token-mean-legacy", 10_000), update("token-mean-legacy", 12)
+    for got, expected in (
+        (legacy_whole, update("token-mean", 10_000)),
+        (legacy_rows, update("seq-mean-token-mean", 12)),
+    ):
+        for name in got[0]:
+            torch.testing.assert_close(got[0][name], expected[0][name], atol=1e-6, rtol=1e-5)
+        assert got[1]["actor/pg_loss"] == pytest.approx(expected[1]["actor/pg_loss"], rel=1e-5)
+    assert legacy_whole[1]["actor/pg_loss"] != pytest.approx(legacy_rows[1]["actor/pg_loss"], rel=1e-3)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_local import OPTIM, _batch  # the same tiny batch as the local workers' tests
 
-from dapo.algo import AGGREGATION_MODES
+from dapo.algo import EXACT_AGGREGATION_MODES
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.workers.base import CriticWorkers, PolicyWorkers
 from dapo.workers.local import CriticWorker, PolicyLossParams, PolicyWorker
@@ -81,7 +81,7 @@ def _fresh(model, policy: bool = True):
     return PolicyWorker(m, **POLICY) if policy else CriticWorker(m, **CRITIC)
 
 
-@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+@pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
 def test_two_ranks_update_like_one_process(two_ranks, model, mode):
     """Every aggregation mode, a KL and an entropy term, the sequence-level rollout correction, two epochs of
     shuffled mini-batches of 2 groups and 1 group (so one rank has no row of its own in the second and runs
