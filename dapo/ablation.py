@@ -54,7 +54,7 @@ PAPER_TABLE_1 = {
 
 # --quick: a first look in minutes (and the CI check); the numbers it gives mean nothing.
 QUICK = {
-    "trainer.total_steps": 4, "trainer.test_freq": 2, "data.val_size": 16, "rollout.val_n": 2,
+    "trainer.total_steps": 2, "trainer.test_freq": 2, "data.val_size": 16, "rollout.val_n": 2,
     "data.train_batch_size": 4, "data.gen_batch_size": 4, "actor.mini_batch_size": 2,
 }  # fmt: skip
 # Every run: its own directory, no TensorBoard, no progress bar per run (the ladder has its own line).

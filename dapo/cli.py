@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--presets", nargs="+", default=None, help="any presets, in ladder order")
     ablate.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per preset (default 3)")
     ablate.add_argument("--out", default="runs/ablation", help="output directory (runs/, report.md, PNGs)")
-    ablate.add_argument("--quick", action="store_true", help="4 steps of tiny batches: a smoke run in minutes")
+    ablate.add_argument("--quick", action="store_true", help="2 steps of tiny batches: a smoke run in minutes")
     ablate.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
     ablate.add_argument("overrides", nargs="*", help="config overrides applied to every run (key=value)")
     return parser
