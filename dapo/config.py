@@ -411,6 +411,12 @@ def _check_choices(c: Config) -> None:
     _one_of("algo.rollout_correction.mode", c.algo.rollout_correction.mode, ROLLOUT_IS_MODES)
     cap = c.algo.rollout_correction.cap
     _require(cap > 0, "algo.rollout_correction.cap", "must be > 0", cap)
+    _require(
+        c.algo.rollout_correction.level == "off" or c.rollout.temperature == 1.0,
+        "algo.rollout_correction.level",
+        "needs rollout.temperature = 1: the engines report untempered log-probs, the trainer tempered ones",
+        c.algo.rollout_correction.level,
+    )
     _one_of("algo.dynamic_sampling.metric", c.algo.dynamic_sampling.metric, ("acc", "score", "reward"))
     _one_of("rollout.engine", c.rollout.engine, ("builtin", "vllm"))
     _one_of("reward.scorer_mode", c.reward.scorer_mode, ("default", "verl"))

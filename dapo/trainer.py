@@ -145,8 +145,10 @@ class Trainer:
             metrics.update(sampling_metrics)
             batch = build_train_batch(groups, self.tokenizer.pad_token_id, cfg.algo.overlong.filter)
             all_tokens = sequence_mask(groups)  # (B, T) every generated token, truncated ones included
-            known = rollout_logprobs_by_row(groups, all_tokens.shape[1])
-            if known is not None:  # the engine's π_rollout: the mismatch metrics and the rollout correction
+            # The engine's π_rollout, for the mismatch metrics and the rollout correction. It reports untempered
+            # log-probs, which are the trainer's (logits / T) only at temperature 1.
+            known = rollout_logprobs_by_row(groups, all_tokens.shape[1]) if cfg.rollout.temperature == 1.0 else None
+            if known is not None:
                 batch = batch.replace(rollout_logprobs=known[0] * all_tokens, rollout_rows=known[1])
 
             # 3. Old log-probs: skipped when the update is exactly on-policy (one mini-batch, one epoch), where

@@ -114,11 +114,12 @@ def test_saved_config_round_trips():
         ("actor.lr=0", "actor.lr"),
         ("algo.dynamic_sampling.stop_when_full=true", r"rollout\.max_rows_in_flight = 0: must be > 0 with algo"),
         ("ray.reward_workers=-1", "ray.reward_workers"),
+        ("algo.rollout_correction.level=token rollout.temperature=0.7", "needs rollout.temperature = 1"),
     ],
 )
 def test_invalid_settings_name_the_field_and_rule(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config("cpu_dapo", overrides=[override])
+        load_config("cpu_dapo", overrides=override.split())
 
 
 def test_without_dynamic_sampling_one_round_must_fill_the_batch():
