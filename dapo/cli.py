@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run RL training (DAPO on the built-in CPU task by default)")
     _add_config_arguments(train)
     train.add_argument("--no-plot", action="store_true", help="do not write the curves PNG at the end")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config and print the plan (ranks, placement, parameters, memory per rank, KV cache, "
+        "tokens per step) without loading weights; exit 1 if it does not fit the resources it names",
+    )
     evaluate = sub.add_parser("eval", help="evaluate a policy: avg@k, pass@k, maj@k per data source")
     _add_config_arguments(evaluate)
     evaluate.add_argument("--checkpoint", default=None, help="global_step_N directory to load the policy from")
@@ -77,6 +83,12 @@ def _train(args) -> int:
     from dapo.trainer import Trainer
 
     config = load_config(args.preset, args.config, args.overrides)
+    if args.dry_run:
+        from dapo.plan import make_plan
+
+        plan = make_plan(config)
+        print(plan.text())
+        return 1 if plan.problems else 0
     trainer = Trainer(config)
     print(f"[dapo] run directory: {trainer.run_dir}")
     try:

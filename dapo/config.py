@@ -300,6 +300,8 @@ class TrainerConfig:
     """torch CPU threads"""
     device: str = "cpu"
     """cpu | cuda"""
+    gpu_memory_gb: float = 80.0
+    """memory of each GPU: what `dapo train --dry-run` checks a GPU recipe's plan against"""
     tensorboard: bool = True
     """write TensorBoard event files"""
     wandb_project: str | None = None

@@ -1,0 +1,232 @@
+"""`dapo train --dry-run`: what a config asks of the hardware, without loading a weight.
+
+The model is built on PyTorch's meta device from its config alone (a local directory's config.json, the
+built-in tiny model, or one of the well-known architectures below, for hub ids that cannot be fetched here),
+so the parameter count is exact and nothing is allocated. From it, and the config, the plan estimates per
+training rank (bytes; P parameters, b bytes per parameter of `model.dtype`, W ranks):
+
+    weights        P·b (+ 2·P for autocast's bf16 copies under bf16-mixed); with fsdp2 P·b/W at rest, and
+                   the whole model gathered for each pass (FSDP2 here shards the model as one unit), 2·P
+                   bytes under bf16-mixed (its MixedPrecisionPolicy), P·b otherwise
+    gradients      P·b / S                (S = W with fsdp2, 1 with ddp or one process)
+    AdamW          2·P·b / S              (two moments, in the parameters' dtype)
+    reference      P·b                    (a frozen whole copy per rank, only when a KL term is on)
+    critic         4·P·b / S + P·b        (PPO: its own weights, gradients, moments and gathered weights)
+    activations    L·h·17·a per token     (a ≈ 2 bytes under bf16, 4 in fp32; about 34 bytes per token, layer
+                                           and hidden unit at 16 bits, Korthikanti et al. 2022, without
+                                           recomputation) × actor.micro_batch_max_tokens
+    logits         V·4·3 per token        (float32 logits, log-softmax and their gradient) × the same tokens
+
+and per rollout worker the weights (P·b in the engine's dtype) and the KV cache, 2·L·kv·d·b_kv per token.
+The fit check is against `trainer.gpu_memory_gb` (90 % of it usable) on a GPU, and nothing is checked on a CPU.
+These are estimates of the largest terms, not a profile: allocator slack, CUDA context and temporary buffers
+come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dapo.config import Config
+from dapo.errors import DapoError
+
+# config.json facts of well-known checkpoints (the architecture only), so that a recipe naming a hub id can
+# be planned on a machine without network. Instruct variants share their base's architecture.
+_QWEN2 = {"model_type": "qwen2", "hidden_act": "silu", "rope_theta": 1_000_000.0}
+KNOWN_ARCHITECTURES: dict[str, dict] = {
+    "Qwen/Qwen2.5-0.5B": {**_QWEN2, "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
+                          "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
+                          "tie_word_embeddings": True, "max_position_embeddings": 32768},
+    "Qwen/Qwen2.5-1.5B": {**_QWEN2, "hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12,
+                          "num_key_value_heads": 2, "intermediate_size": 8960, "vocab_size": 151936,
+                          "tie_word_embeddings": True, "max_position_embeddings": 32768},
+    "Qwen/Qwen2.5-7B": {**_QWEN2, "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
+                        "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064,
+                        "tie_word_embeddings": False, "max_position_embeddings": 131072},
+    "Qwen/Qwen2.5-Math-7B": {**_QWEN2, "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
+                             "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064,
+                             "tie_word_embeddings": False, "max_position_embeddings": 4096},
+    "Qwen/Qwen2.5-32B": {**_QWEN2, "hidden_size": 5120, "num_hidden_layers": 64, "num_attention_heads": 40,
+                         "num_key_value_heads": 8, "intermediate_size": 27648, "vocab_size": 152064,
+                         "tie_word_embeddings": False, "max_position_embeddings": 131072},
+    "HuggingFaceTB/SmolLM2-135M-Instruct": {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30,
+                                            "num_attention_heads": 9, "num_key_value_heads": 3,
+                                            "intermediate_size": 1536, "vocab_size": 49152,
+                                            "tie_word_embeddings": True, "max_position_embeddings": 8192},
+}  # fmt: skip
+USABLE_SHARE = 0.9  # of a GPU's memory, for the fit check
+GB = 1e9
+
+
+class DryRunError(DapoError, RuntimeError):
+    """The config cannot be planned (no model config to read), or does not fit the resources it names."""
+
+
+def model_config(config: Config):
+    """The model's transformers config, without weights."""
+    from transformers import AutoConfig
+
+    path = config.model.path
+    if path.startswith("builtin:"):
+        from dapo.models import build_char_tokenizer
+        from dapo.models.tiny import SIZES, build_tiny_model
+
+        size = path.removeprefix("builtin:").removeprefix("tiny-")
+        if size not in SIZES:
+            raise DryRunError(f"model.path={path}: the built-in sizes are {', '.join(SIZES)}")
+        with torch.device("meta"):
+            return build_tiny_model(build_char_tokenizer(), size).config
+    local = Path(path).expanduser()
+    if local.is_dir() and (local / "config.json").is_file():
+        return AutoConfig.from_pretrained(local)
+    if local.is_dir() and config.model.gguf_file:
+        return AutoConfig.from_pretrained(local, gguf_file=config.model.gguf_file)
+    key = path.removesuffix("-Instruct") if path.removesuffix("-Instruct") in KNOWN_ARCHITECTURES else path
+    if key in KNOWN_ARCHITECTURES:
+        facts = dict(KNOWN_ARCHITECTURES[key])
+        return AutoConfig.for_model(facts.pop("model_type"), **facts)
+    raise DryRunError(
+        f"model.path={path}: the dry run needs the model's config.json without network. Give a local model "
+        f"directory, a builtin:tiny-* model, or one of the known ids: {', '.join(KNOWN_ARCHITECTURES)}"
+    )
+
+
+def count_parameters(model_cfg) -> int:
+    """Exact parameter count of the model `model_cfg` describes, built on the meta device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Plan:
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        verdict = (
+            ["", "fits: yes"] if not self.problems else ["", "DOES NOT FIT:", *(f"  - {p}" for p in self.problems)]
+        )
+        return "\n".join(self.lines + verdict)
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / GB:,.1f} GB"
+
+
+def make_plan(config: Config) -> Plan:
+    """The plan of `config` (see the module docstring); `problems` lists what does not fit."""
+    cfg = model_config(config)
+    params = count_parameters(cfg)
+    plan = Plan()
+    c, r = config, config.ray
+    layers, hidden, vocab = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    param_bytes = 2 if c.model.dtype == "bfloat16" else 4
+    on_gpu = c.trainer.device == "cuda"
+    ray = c.trainer.backend == "ray"
+    world = r.train_workers if ray else 1
+    shards = world if ray and r.strategy == "fsdp2" else 1
+    plan.lines.append(
+        f"model        {c.model.path} ({cfg.model_type}: {layers} layers, hidden {hidden}, {heads} heads / {kv_heads} "
+        f"KV, vocab {vocab:,}): {params / 1e9:,.3f} B parameters in {c.model.dtype}, training in {c.actor.precision}"
+    )
+    gpus = r.gpus_per_worker if ray else (1 if on_gpu else 0)
+    where = f"{world} rank(s) x {gpus:g} GPU" if on_gpu or gpus else f"{world} rank(s) on CPU"
+    strategy = (r.strategy if ray else "one process") + (f", state sharded {shards} ways" if shards > 1 else "")
+    plan.lines.append(f"training     {c.trainer.backend}: {where} ({strategy})")
+    if ray and r.rollout_workers:
+        rollout_gpus = r.gpus_per_worker if r.placement == "colocated" else r.gpus_per_rollout_worker
+        plan.lines.append(
+            f"rollout      {r.rollout_workers} {c.rollout.engine} worker(s), {r.placement}, {rollout_gpus:g} GPU each "
+            f"(total GPUs: {world * gpus + (0 if r.placement == 'colocated' else r.rollout_workers * rollout_gpus):g})"
+        )
+    else:
+        plan.lines.append(f"rollout      {c.rollout.engine} engine in the driver")
+
+    # Per training rank.
+    weights = params * param_bytes
+    mixed = c.actor.precision == "bf16-mixed" and param_bytes == 4
+    if shards > 1:  # FSDP2: sharded at rest, the whole model gathered for a pass (in bf16 under bf16-mixed)
+        terms = {"weights, sharded": weights / shards, "weights gathered for a pass": params * (2 if mixed else 4)}
+    else:  # bf16-mixed autocast keeps a bf16 copy of each weight during the pass
+        terms = {"weights": weights + (params * 2 if mixed else 0)}
+    terms.update({"gradients": weights / shards, "AdamW moments": 2 * weights / shards})
+    if c.uses_reference:
+        terms["reference copy"] = weights
+    if c.uses_critic:
+        terms["critic"] = 4 * weights / shards + weights
+    tokens = c.actor.micro_batch_max_tokens
+    act_bytes = 2 if c.actor.precision == "bf16-mixed" or c.model.dtype == "bfloat16" else 4
+    terms[f"activations ({tokens:,} tokens a micro-batch)"] = tokens * layers * hidden * 17 * act_bytes
+    terms["logits (float32)"] = tokens * vocab * 4 * 3
+    total = sum(terms.values())
+    plan.lines.append(
+        "per rank     " + " | ".join(f"{name} {_gb(v)}" for name, v in terms.items()) + f" = {_gb(total)}"
+    )
+    budget = c.trainer.gpu_memory_gb * GB * USABLE_SHARE
+    if on_gpu and total > budget:
+        largest = max(terms, key=terms.get)
+        plan.problems.append(
+            f"a training rank needs ~{_gb(total)} of {c.trainer.gpu_memory_gb:g} GB x {USABLE_SHARE:.0%}; the largest "
+            f"term is {largest} ({_gb(terms[largest])}). " + _advice(largest, c)
+        )
+
+    # Generation.
+    sequence = c.data.max_prompt_length + c.rollout.max_response_length
+    kv_per_token = 2 * layers * kv_heads * head_dim * (2 if c.rollout.dtype == "bfloat16" or param_bytes == 2 else 4)
+    engine_weights = params * (2 if c.rollout.dtype == "bfloat16" or param_bytes == 2 else 4)
+    round_rows = c.data.gen_batch_size * c.rollout.group_size
+    plan.lines.append(
+        f"generation   {c.data.gen_batch_size} prompts x {c.rollout.group_size} = {round_rows:,} responses a round, "
+        f"up to {sequence:,} tokens each; KV cache {kv_per_token / 1e3:,.0f} kB a token, "
+        f"{_gb(kv_per_token * sequence)} a full sequence; engine weights {_gb(engine_weights)}"
+    )
+    if on_gpu:
+        colocated = ray and r.rollout_workers and r.placement == "colocated"
+        rollout_gpu = r.gpus_per_rollout_worker if ray and r.rollout_workers and not colocated else gpus or 1
+        resident = (weights / shards + 3 * weights / shards) if colocated or not (ray and r.rollout_workers) else 0.0
+        free = c.trainer.gpu_memory_gb * rollout_gpu * GB * USABLE_SHARE - engine_weights - resident
+        if free < kv_per_token * sequence:
+            plan.problems.append(
+                f"generation: after the engine's weights ({_gb(engine_weights)})"
+                + (f" and the training state kept on the GPU ({_gb(resident)})" if resident else "")
+                + f", {_gb(max(free, 0))} is left for the KV cache, less than one {sequence:,}-token sequence "
+                f"({_gb(kv_per_token * sequence)}). Give rollout workers more GPUs (tensor parallelism is not built), "
+                "use ray.placement=split, or shorten the responses."
+            )
+        else:
+            plan.lines.append(
+                f"             KV cache room: {_gb(free)} = {int(free // (kv_per_token * sequence)):,} full sequences "
+                "at once per engine"
+            )
+    d, a = c.data, c.actor
+    train_tokens = d.train_batch_size * c.rollout.group_size * sequence
+    rounds = c.algo.dynamic_sampling.max_gen_batches or "unlimited"
+    plan.lines.append(
+        f"tokens/step  up to {train_tokens:,} in the update ({d.train_batch_size} groups x {c.rollout.group_size} "
+        f"x {sequence:,}), {d.train_batch_size // a.mini_batch_size} optimiser step(s) x {a.ppo_epochs} epoch(s); "
+        f"rounds of {round_rows:,} responses, at most {rounds}"
+    )
+    return plan
+
+
+def _advice(term: str, c: Config) -> str:
+    if term.startswith("activations"):
+        return (
+            "Lower actor.micro_batch_max_tokens (it must still hold one whole sequence, "
+            f"{c.data.max_prompt_length + c.rollout.max_response_length:,} tokens); activation checkpointing and "
+            "sequence parallelism, which verl uses for this, are not built yet."
+        )
+    if term.startswith(("gradients", "AdamW")):
+        return "Use ray.strategy=fsdp2 and more ray.train_workers to shard them."
+    if term.startswith("logits"):
+        return "Lower actor.micro_batch_max_tokens."
+    return "Use model.dtype=bfloat16, or a smaller model; FSDP2 here gathers the whole model for each pass."

@@ -1,0 +1,66 @@
+"""`dapo train --dry-run`: exact parameter counts without weights, the memory terms by hand, and the recipes
+planned in seconds (the paper's run does not fit yet, and says why)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dapo.cli import main
+from dapo.config import load_config
+from dapo.models import build_char_tokenizer, build_tiny_model, num_parameters
+from dapo.plan import DryRunError, count_parameters, make_plan, model_config
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize(
+    "path, params",
+    [  # the counts their makers publish
+        ("Qwen/Qwen2.5-0.5B-Instruct", 494_032_768),
+        ("Qwen/Qwen2.5-1.5B", 1_543_714_304),
+        ("Qwen/Qwen2.5-7B", 7_615_616_512),
+        ("Qwen/Qwen2.5-32B", 32_763_876_352),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", 134_515_008),
+    ],
+)
+def test_parameters_are_counted_exactly_on_the_meta_device(path, params):
+    assert count_parameters(model_config(load_config("dapo", None, [f"model.path={path}"]))) == params
+
+
+def test_the_builtin_and_a_local_directory_are_read_from_their_configs(tmp_path):
+    tiny = build_tiny_model(build_char_tokenizer(), "5m")
+    assert count_parameters(model_config(load_config("cpu_dapo", None, ["model.path=builtin:tiny-5m"]))) == (
+        num_parameters(tiny)
+    )
+    tiny.save_pretrained(tmp_path / "m")
+    config = load_config("cpu_dapo", None, [f"model.path={tmp_path / 'm'}"])
+    assert count_parameters(model_config(config)) == num_parameters(tiny)
+    with pytest.raises(DryRunError, match=r"known ids: Qwen/Qwen2\.5-0\.5B"):
+        model_config(load_config("cpu_dapo", None, ["model.path=someone/unknown-model"]))
+
+
+def test_the_memory_terms_by_hand():
+    """Qwen2.5-0.5B (P = 494,032,768; 24 layers, hidden 896, vocab 151,936), float32, one GPU, ddp-free:
+    weights 4P (+2P bf16 copies) = 2.964 GB, gradients 4P = 1.976 GB, AdamW 8P = 3.952 GB, activations
+    4096 · 24 · 896 · 17 · 2 = 2.995 GB, logits 4096 · 151,936 · 12 = 7.468 GB; total 19.355 GB."""
+    text = make_plan(load_config("dapo", RECIPES / "dapo-qwen2.5-0.5b-gsm8k.yaml")).text()
+    assert "weights 3.0 GB | gradients 2.0 GB | AdamW moments 4.0 GB | activations (4,096 tokens" in text
+    assert "logits (float32) 7.5 GB = 19.4 GB" in text
+    # KV cache: 2 · 24 layers · 2 KV heads · 64 · 2 bytes = 12,288 bytes a token
+    assert "KV cache 12 kB a token" in text and "fits: yes" in text
+
+
+def test_recipes_are_planned_in_seconds_and_the_paper_run_says_what_is_missing(capsys):
+    for recipe, fits in (
+        ("dapo-qwen2.5-0.5b-gsm8k", True),
+        ("dapo-qwen2.5-math-7b", True),
+        ("dapo-qwen2.5-32b", False),
+    ):
+        code = main(["train", "--preset", "dapo", "--config", str(RECIPES / f"{recipe}.yaml"), "--dry-run"])
+        out = capsys.readouterr().out
+        assert code == (0 if fits else 1), out
+        assert "per rank" in out and "tokens/step" in out
+    assert "activation checkpointing and sequence parallelism" in out  # the 32B run's largest term
+    assert "128 rank(s) x 1 GPU (fsdp2, state sharded 128 ways)" in out
