@@ -110,7 +110,7 @@ class Plan:
 
     def text(self) -> str:
         verdict = (
-            ["", "fits: yes"] if not self.problems else ["", "DOES NOT FIT:", *(f"  - {p}" for p in self.problems)]
+            ["", "fits: yes"] if not self.problems else ["", "CANNOT RUN AS IT STANDS:", *(f"  - {p}" for p in self.problems)]
         )
         return "\n".join(self.lines + verdict)
 
@@ -215,6 +215,9 @@ def make_plan(config: Config) -> Plan:
         f"x {sequence:,}), {d.train_batch_size // a.mini_batch_size} optimiser step(s) x {a.ppo_epochs} epoch(s); "
         f"rounds of {round_rows:,} responses, at most {rounds}"
     )
+    missing = [f for f in [*d.train_files, *d.val_files] if not Path(f).expanduser().is_file()]
+    if missing:
+        plan.problems.append(f"data files not found (relative paths are from {Path.cwd()}): {', '.join(missing)}")
     return plan
 
 
