@@ -110,7 +110,9 @@ class Plan:
 
     def text(self) -> str:
         verdict = (
-            ["", "fits: yes"] if not self.problems else ["", "CANNOT RUN AS IT STANDS:", *(f"  - {p}" for p in self.problems)]
+            ["", "fits: yes"]
+            if not self.problems
+            else ["", "CANNOT RUN AS IT STANDS:", *(f"  - {p}" for p in self.problems)]
         )
         return "\n".join(self.lines + verdict)
 
