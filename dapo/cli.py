@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate a policy: avg@k, pass@k, maj@k per data source")
     _add_config_arguments(evaluate)
     evaluate.add_argument("--checkpoint", default=None, help="global_step_N directory to load the policy from")
+    evaluate.add_argument(
+        "--out", default=None, help="directory for the results table: eval.md (Markdown) and eval.json (every metric)"
+    )
     sft = sub.add_parser("sft", help="build the tiny model and warm-start it on the built-in task")
     sft.add_argument("--size", default="1m", choices=["1m", "5m", "20m"])
     sft.add_argument("--level", type=int, default=2, help="difficulty of the arithmetic task")
@@ -156,7 +159,25 @@ def _evaluate(args) -> int:
     print(format_eval(metrics))
     for key, value in sorted(metrics.items()):
         print(f"{key}: {value:.4f}")
+    if args.out:
+        _write_eval(Path(args.out), metrics, config, args.checkpoint)
     return 0
+
+
+def _write_eval(out: Path, metrics: dict, config, checkpoint: str | None) -> None:
+    import json
+
+    from dapo.evaluation import results_markdown, results_rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    policy = checkpoint or config.model.path
+    r = config.rollout
+    title = f"Evaluation of {policy}: k={r.val_n}, temperature {r.val_temperature}, top-p {r.val_top_p}"
+    rows = results_rows(metrics)
+    (out / "eval.md").write_text(results_markdown(rows, title))
+    summary = {"policy": policy, "val_files": config.data.val_files, "k": r.val_n, "rows": rows, "metrics": metrics}
+    (out / "eval.json").write_text(json.dumps(summary, indent=1))
+    print(f"[eval] results: {out / 'eval.md'}, {out / 'eval.json'}")
 
 
 def _sft(args) -> int:

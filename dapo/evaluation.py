@@ -144,3 +144,37 @@ def format_eval(metrics: dict[str, float]) -> str:
                     parts.append(f"{name} {100 * aux:.1f}%")
             lines.append(" | ".join(parts))
     return "\n".join(lines)
+
+
+def results_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per data source from `evaluate`'s metrics: source, problems, k, avg@k, pass@k, maj@k (None
+    when k = 1) and the mean response length."""
+    rows = []
+    for key in sorted(metrics):
+        if key.startswith("val-core/") and "/acc/mean@" in key:
+            source, k = key.removeprefix("val-core/").rsplit("/acc/mean@", 1)
+            aux = f"val-aux/{source}"
+            rows.append({
+                "source": source, "problems": int(metrics.get(f"{aux}/num_problems", 0)), "k": int(k),
+                f"avg@{k}": metrics[key], f"pass@{k}": metrics.get(f"{aux}/acc/pass@{k}"),
+                f"maj@{k}": metrics.get(f"{aux}/acc/maj@{k}"),
+                "response_length": metrics.get(f"{aux}/response_length/mean@{k}"),
+            })  # fmt: skip
+    return rows
+
+
+def results_markdown(rows: list[dict[str, Any]], title: str) -> str:
+    """The results table in Markdown: accuracies in %, '—' for maj@1."""
+
+    def percent(value) -> str:
+        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+
+    lines = [f"# {title}", "", "| data source | problems | avg@k | pass@k | maj@k | mean response tokens |"]
+    lines.append("|---|---|---|---|---|---|")
+    for row in rows:
+        k = row["k"]
+        lines.append(
+            f"| {row['source']} | {row['problems']} | {percent(row[f'avg@{k}'])} (k={k}) | "
+            f"{percent(row[f'pass@{k}'])} | {percent(row[f'maj@{k}'])} | {row['response_length'] or 0:.0f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -227,3 +227,19 @@ def test_evaluate_in_parts_gives_the_same_metrics_with_a_seed_per_part(capsys):
     assert whole.calls == [(3, 5)]  # one call keeps the seed
     assert parts.calls == [(2, wave_seed(5, 0)), (1, wave_seed(5, 1))] and wave_seed(5, 0) == 5
     assert "eval: 100%" in capsys.readouterr().err  # the progress bar, over prompts
+
+
+def test_the_results_table_has_a_row_per_source_in_percent():
+    from dapo.evaluation import results_markdown, results_rows
+
+    metrics = {
+        "val-core/gsm8k/acc/mean@4": 0.25, "val-aux/gsm8k/acc/pass@4": 0.5, "val-aux/gsm8k/acc/maj@4": 0.3,
+        "val-aux/gsm8k/num_problems": 20.0, "val-aux/gsm8k/response_length/mean@4": 101.6,
+        "val-core/math500/acc/mean@1": 0.1, "val-aux/math500/acc/pass@1": 0.1, "val-aux/math500/num_problems": 10.0,
+        "val-aux/math500/response_length/mean@1": 250.0,
+    }  # fmt: skip
+    rows = results_rows(metrics)
+    assert [(r["source"], r["problems"], r["k"]) for r in rows] == [("gsm8k", 20, 4), ("math500", 10, 1)]
+    text = results_markdown(rows, "Evaluation")
+    assert "| gsm8k | 20 | 25.0 (k=4) | 50.0 | 30.0 | 102 |" in text
+    assert "| math500 | 10 | 10.0 (k=1) | 10.0 | — | 250 |" in text  # no maj@1
