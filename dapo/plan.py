@@ -33,30 +33,25 @@ import torch
 from dapo.config import Config
 from dapo.errors import DapoError
 
+
 # config.json facts of well-known checkpoints (the architecture only), so that a recipe naming a hub id can
 # be planned on a machine without network. Instruct variants share their base's architecture.
-_QWEN2 = {"model_type": "qwen2", "hidden_act": "silu", "rope_theta": 1_000_000.0}
+def _arch(model_type, hidden, layers, heads, kv_heads, intermediate, vocab, tied, context) -> dict:
+    return {
+        "model_type": model_type, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "intermediate_size": intermediate, "vocab_size": vocab,
+        "tie_word_embeddings": tied, "max_position_embeddings": context,
+    }  # fmt: skip
+
+
 KNOWN_ARCHITECTURES: dict[str, dict] = {
-    "Qwen/Qwen2.5-0.5B": {**_QWEN2, "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
-                          "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
-                          "tie_word_embeddings": True, "max_position_embeddings": 32768},
-    "Qwen/Qwen2.5-1.5B": {**_QWEN2, "hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12,
-                          "num_key_value_heads": 2, "intermediate_size": 8960, "vocab_size": 151936,
-                          "tie_word_embeddings": True, "max_position_embeddings": 32768},
-    "Qwen/Qwen2.5-7B": {**_QWEN2, "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
-                        "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064,
-                        "tie_word_embeddings": False, "max_position_embeddings": 131072},
-    "Qwen/Qwen2.5-Math-7B": {**_QWEN2, "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28,
-                             "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064,
-                             "tie_word_embeddings": False, "max_position_embeddings": 4096},
-    "Qwen/Qwen2.5-32B": {**_QWEN2, "hidden_size": 5120, "num_hidden_layers": 64, "num_attention_heads": 40,
-                         "num_key_value_heads": 8, "intermediate_size": 27648, "vocab_size": 152064,
-                         "tie_word_embeddings": False, "max_position_embeddings": 131072},
-    "HuggingFaceTB/SmolLM2-135M-Instruct": {"model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30,
-                                            "num_attention_heads": 9, "num_key_value_heads": 3,
-                                            "intermediate_size": 1536, "vocab_size": 49152,
-                                            "tie_word_embeddings": True, "max_position_embeddings": 8192},
-}  # fmt: skip
+    "Qwen/Qwen2.5-0.5B": _arch("qwen2", 896, 24, 14, 2, 4864, 151936, True, 32768),
+    "Qwen/Qwen2.5-1.5B": _arch("qwen2", 1536, 28, 12, 2, 8960, 151936, True, 32768),
+    "Qwen/Qwen2.5-7B": _arch("qwen2", 3584, 28, 28, 4, 18944, 152064, False, 131072),
+    "Qwen/Qwen2.5-Math-7B": _arch("qwen2", 3584, 28, 28, 4, 18944, 152064, False, 4096),
+    "Qwen/Qwen2.5-32B": _arch("qwen2", 5120, 64, 40, 8, 27648, 152064, False, 131072),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": _arch("llama", 576, 30, 9, 3, 1536, 49152, True, 8192),
+}
 USABLE_SHARE = 0.9  # of a GPU's memory, for the fit check
 GB = 1e9
 
