@@ -95,6 +95,7 @@ def policy_options(config: Config) -> dict[str, Any]:
         "share_prompt_forward": a.share_prompt_forward,
         "temperature": config.rollout.temperature,
         "precision": _forward_precision(config),
+        "lora_export": config.model.lora.export,
     }
 
 
@@ -170,6 +171,10 @@ def _local_engine(config: Config, model, tokenizer) -> RolloutEngine:
     vLLM loads its own copy in `rollout.dtype`."""
     if config.rollout.engine == "vllm":
         return build_engine("vllm", model, tokenizer, dtype=config.rollout.dtype)
+    if config.model.lora.rank > 0:
+        from dapo.models.lora import merged_model
+
+        model = merged_model(model)  # the engine decodes plain weights; merged again after each update
     if config.rollout.dtype == "bfloat16":
         model = copy.deepcopy(model).to(torch.bfloat16)  # refreshed from the trained weights after each update
     return build_engine("builtin", model, tokenizer, max_rows_in_flight=config.rollout.max_rows_in_flight or None)

@@ -34,6 +34,22 @@ class ConfigError(DapoError, ValueError):
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0
+    """r of the LoRA adapters (PEFT); 0 = full fine-tuning"""
+    alpha: float = 16.0
+    """α: the adapters' update is scaled by α / r"""
+    dropout: float = 0.0
+    """dropout on the adapters' input"""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """names of the linear layers that get adapters (Llama / Qwen2 names)"""
+    export: str = "merged"
+    """what `dapo train` exports as the policy: merged (a plain HF model) | adapter (PEFT's format)"""
+
+
+@dataclass
 class ModelConfig:
     path: str = "builtin:tiny-1m"
     """Hugging Face model: a local directory, a hub id (needs network), or `builtin:tiny-<size>` for the tiny
@@ -44,6 +60,8 @@ class ModelConfig:
     """GGUF file name inside `path` (e.g. SmolLM2-135M-Instruct.Q4_1.gguf); dequantised on load"""
     dtype: str = "float32"
     """parameter dtype of the trained model: float32 | bfloat16"""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters instead of full fine-tuning (model.lora.rank > 0; needs the lora extra)"""
 
 
 @dataclass
@@ -428,6 +446,15 @@ def _check_choices(c: Config) -> None:
     _one_of("actor.lr_schedule", c.actor.lr_schedule, ("constant", "cosine"))
     _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16"))
     _one_of("rollout.dtype", c.rollout.dtype, ("float32", "bfloat16"))
+    lora = c.model.lora
+    _require(lora.rank >= 0, "model.lora.rank", "must be ≥ 0 (0 = full fine-tuning)", lora.rank)
+    _one_of("model.lora.export", lora.export, ("merged", "adapter"))
+    if lora.rank > 0:
+        _require(
+            c.trainer.backend == "local", "model.lora.rank", "LoRA runs with trainer.backend=local only", lora.rank
+        )
+        _require(not c.uses_critic, "model.lora.rank", "LoRA is for the policy; PPO's critic needs rank 0", lora.rank)
+        _require(bool(lora.target_modules), "model.lora.target_modules", "must name at least one layer", [])
     _one_of("actor.precision", c.actor.precision, ("fp32", "bf16-mixed"))
     _one_of("trainer.device", c.trainer.device, ("cpu", "cuda"))
     _one_of("trainer.backend", c.trainer.backend, ("local", "ray"))

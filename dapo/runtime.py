@@ -48,6 +48,13 @@ def load_policy(config: Config, say: Say = print):
     model, tokenizer = load_model_and_tokenizer(path, dtype=dtype, gguf_file=gguf_file)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    lora = config.model.lora
+    if lora.rank > 0:
+        from dapo.models.lora import apply_lora
+
+        model = apply_lora(model, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        say(f"[model] LoRA rank {lora.rank} on {', '.join(lora.target_modules)}: {trained:,} trained parameters")
     return model.to(config.trainer.device).eval(), tokenizer
 
 

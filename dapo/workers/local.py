@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from dapo import algo
 from dapo.models.loading import save_pretrained_pair
+from dapo.models.lora import adapter_state_dict, is_lora, merged_state_dict, save_lora
 from dapo.models.shared_prefix import SharedPrefixForward
 from dapo.rollout.base import RolloutEngine
 from dapo.workers.batch import (
@@ -135,6 +136,9 @@ def shared_prefix_problem(model: nn.Module) -> str | None:
     reproduces its decoder's final hidden states on a small batch (two prompts of different lengths, rows of
     different lengths); else why not. Heads are plain linear layers on those states, so this covers logits
     and values alike."""
+    if any(".lora_" in name for name, _ in model.named_parameters()):
+        # checked by name: at initialisation (B = 0) the adapters change nothing and the test below would pass
+        return "LoRA adapters: the shared-prefix forward reads the plain weights"
     try:
         forward = SharedPrefixForward(model)
     except NotImplementedError as e:
@@ -371,8 +375,10 @@ class PolicyWorker:
         temperature: float = 1.0,
         precision: str = "fp32",
         parallel: DataParallel = SINGLE_PROCESS,
+        lora_export: str = "merged",
     ):
         self.model = model
+        self.lora_export = lora_export  # with LoRA adapters: what save_pretrained writes (model.lora.export)
         self.optim = optim
         self.micro_batch_max_tokens = micro_batch_max_tokens
         self.dp = parallel
@@ -534,7 +540,10 @@ class PolicyWorker:
         return self.reference is not None
 
     def push_weights(self, engine: RolloutEngine) -> None:
-        engine.update_weights(self.model)  # free when the engine shares this module
+        if is_lora(self.model):  # the engine holds a plain copy: W + ΔW after every update
+            engine.update_weights(merged_state_dict(self.model))
+        else:
+            engine.update_weights(self.model)  # free when the engine shares this module
 
     def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
         # The engine reports untempered float32 log-probs: they are π's only at temperature 1, and only when
@@ -553,19 +562,35 @@ class PolicyWorker:
 
     def state_dict(self) -> dict:
         weights, optimizer = self.dp.full_state(self.trainable, self.optimizer)
-        return {"model": _unprefixed(weights), "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
+        weights = _unprefixed(weights)
+        if is_lora(self.model):  # the adapter only: the frozen base comes from model.path again
+            weights = adapter_state_dict(weights)
+        return {"model": weights, "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.dp.load_full_state(self.trainable, self.optimizer, _prefixed(state["model"]), state["optimizer"])
+        weights = self._completed(state["model"])
+        self.dp.load_full_state(self.trainable, self.optimizer, _prefixed(weights), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
-        self.dp.load_full_state(self.trainable, None, _prefixed(weights), None)
+        self.dp.load_full_state(self.trainable, None, _prefixed(self._completed(weights)), None)
+
+    def _completed(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A LoRA checkpoint's adapter on top of the frozen base this worker holds (a full state loads as is)."""
+        if not is_lora(self.model):
+            return weights
+        current = self.model.state_dict()
+        missing = [k for k in adapter_state_dict(current) if k not in weights]
+        if missing:
+            raise ValueError(f"the checkpoint has no LoRA adapter weights for {missing[:3]}: was it trained with LoRA?")
+        return {**current, **adapter_state_dict(weights)}
 
     def close(self) -> None:
         pass
 
     def save_pretrained(self, path: Path, tokenizer) -> Path:
+        if is_lora(self.model):
+            return save_lora(self.model, tokenizer, path, self.lora_export)
         # The base model's save path: a policy trained from a GGUF checkpoint is written as plain weights.
         return save_pretrained_pair(self.model, tokenizer, path)
 

@@ -301,3 +301,23 @@ def test_groups_carried_to_the_next_step_drop_their_rollout_logprobs(base_model_
     finally:
         second.close()
     assert metrics["train/groups_from_buffer"] > 0 and metrics["train/old_logprobs_from_rollout"] == 0.0
+
+
+def test_lora_trains_the_adapter_checkpoints_it_and_resumes_exactly(base_model_dir, tmp_path, e2e_overrides):
+    """DAPO with LoRA adapters (PEFT): the run stopped after step 2 and resumed from its adapter-only checkpoint
+    ends exactly as the run that went straight through; the exported adapter loads with PEFT."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    lora = {"model.lora.rank": 8, "model.lora.export": "adapter", "trainer.save_freq": 1, "trainer.keep_last": 3}
+    whole_trainer, whole = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "whole", **lora))
+    parts = e2e_overrides(base_model_dir, tmp_path, "parts", **lora, **{"trainer.resume": "auto"})
+    _run("cpu_dapo", [*parts, "trainer.total_steps=2"])
+    saved = load_file(str(tmp_path / "parts" / "checkpoints" / "global_step_2" / "model.safetensors"))
+    assert saved and all(".lora_" in k for k in saved)  # the adapter only
+    _, resumed = _run("cpu_dapo", [*parts, "trainer.accept_config_changes=true"])
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert _deterministic(resumed) == _deterministic(whole)
+    assert all(r["train/old_logprobs_from_rollout"] == 0.0 for r in whole if "train/old_logprobs_from_rollout" in r)
+    policy = whole_trainer.export(tmp_path / "exported")
+    assert (policy / "adapter_config.json").exists()
