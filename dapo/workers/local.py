@@ -243,7 +243,7 @@ def _rollout_correction(
     rollout = micro.rollout_logprobs
     log_ratio = algo.zero_masked(old.detach() - rollout, known.bool())  # log π_old − log π_rollout
     stats.add_spread("training/rollout_probs_diff", algo.prob_abs_diff(old, rollout, known), counted)
-    stats.add_spread("rollout_corr/ratio", torch.exp(log_ratio.clamp(max=40.0)), counted)
+    stats.add_spread("rollout_corr/ratio", torch.exp(log_ratio.double().clamp(max=40.0)), counted)
     stats.add_masked("rollout_corr/kl", -log_ratio, counted)  # k1 of KL(π_rollout ‖ π_old), tokens from π_rollout
     stats.add_masked("rollout_corr/k3_kl", torch.expm1(log_ratio.clamp(max=40.0)) - log_ratio, counted)
     weights, capped = algo.rollout_is_weights(
@@ -271,11 +271,15 @@ class _Accumulator:
         self.per_token.add(name)
 
     def add_spread(self, name: str, values: Tensor, mask: Tensor) -> None:
-        """`{name}_mean`, `{name}_std` and `{name}_max` of the masked values."""
-        values = values.float()
-        self.add_masked(f"{name}_mean", values, mask)
-        self.add_masked(f"{name}{_SQUARES}", values * values, mask)
-        largest = float(torch.where(mask.bool(), values, -math.inf).max()) if values.numel() else -math.inf
+        """`{name}_mean`, `{name}_std` and `{name}_max` of the masked values. The sums are float64: the std
+        comes from E[x²] − E[x]², which float32 cannot resolve for ratios within 1e-4 of 1."""
+        keep = mask.bool()
+        values = values.double()
+        for key, summed in ((f"{name}_mean", values), (f"{name}{_SQUARES}", values * values)):
+            self.sums[key] += float(torch.where(keep, summed, 0.0).sum())
+            self.counts[key] += float(keep.sum())
+            self.per_token.add(key)
+        largest = float(torch.where(keep, values, -math.inf).max()) if values.numel() else -math.inf
         self.maxes[f"{name}_max"] = max(self.maxes.get(f"{name}_max", -math.inf), largest)
 
     def reduce_per_token(self, dp: DataParallel) -> None:

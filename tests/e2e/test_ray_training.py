@@ -47,6 +47,9 @@ def _run_to_end(overrides: list[str]) -> tuple[Trainer, list[dict]]:
 
 # Counters of the workers only a Ray run has (and only when it has them).
 WORKER_COUNTERS = ("rollout/worker_restarts", "reward/worker_failures")
+# The rollout/training mismatch measures float rounding itself, which another rank split changes: compared
+# separately (both tiny), not to 1e-4.
+MISMATCH = ("training/rollout_probs_diff", "rollout_corr/")
 
 
 def _without_timings(rows: list[dict]) -> list[dict]:
@@ -60,6 +63,9 @@ def _assert_close_metrics(got: list[dict], expected: list[dict], rel: float = 1e
     for g, e in zip(_without_timings(got), _without_timings(expected), strict=True):
         assert g.keys() == e.keys()
         for k in sorted(e):
+            if k.startswith(MISMATCH):
+                assert abs(g[k] - (1.0 if "ratio_m" in k else 0.0)) < 1e-3 and abs(e[k] - g[k]) < 1e-3, k
+                continue
             assert g[k] == pytest.approx(e[k], rel=rel, abs=1e-6), (g["step"], k)
 
 
