@@ -20,6 +20,7 @@ deterministic given (split, num, seed, level).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from dataclasses import dataclass
@@ -132,6 +133,14 @@ def make_arith_records(split: str, num: int, seed: int, level: int | tuple[int, 
     unknown = [lv for lv in levels if lv not in LEVELS]
     if not levels or unknown:
         raise ValueError(f"unknown arith level(s) {unknown or levels}; known: {sorted(LEVELS)}")
+    return list(_generated(split, num, seed, levels))
+
+
+@functools.lru_cache(maxsize=8)
+def _generated(split: str, num: int, seed: int, levels: tuple[int, ...]) -> tuple[PromptRecord, ...]:
+    """The records of `make_arith_records`, kept per arguments: a level whose problem space is smaller than
+    `num` makes 50·num draws (about 5 s for the CPU default's 20,000 prompts), and every run in a process
+    (the tests, `dapo ablate`) asks for the same ones. Records are frozen, so sharing them is safe."""
     rng = random.Random(f"arith:{split}:{seed}:{levels}")
     records, seen, attempts = [], set(), 0
     while len(records) < num:
@@ -153,4 +162,4 @@ def make_arith_records(split: str, num: int, seed: int, level: int | tuple[int, 
                 extra={"expression": expr, "level": lv, "split": split},
             )
         )
-    return records
+    return tuple(records)
