@@ -56,11 +56,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out-dir", default=str(ROOT / "runs"), help="run directories (and the warm-started base)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "mismatch.json"))
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    results: dict[str, list[dict]] = {name: [] for name in args.settings}
     for seed in args.seeds:
-        for name in SETTINGS:
+        for name in args.settings:
             got = run(Path(args.out_dir), seed, args.steps, name)
             results[name].append(got)
             print(json.dumps({"seed": seed, "setting": name, **got}), flush=True)
