@@ -241,11 +241,12 @@ def _rollout_correction(
     known = micro.response_mask * micro.rollout_rows.unsqueeze(1)
     counted = known * scale
     rollout = micro.rollout_logprobs
-    log_ratio = algo.zero_masked(old.detach() - rollout, known.bool())  # log π_old − log π_rollout
+    # log π_old − log π_rollout, in float64: (ρ − 1) − log ρ is ~1e-11 where float32 rounds at ~1e-12
+    log_ratio = algo.zero_masked(old.detach() - rollout, known.bool()).double().clamp(max=40.0)
     stats.add_spread("training/rollout_probs_diff", algo.prob_abs_diff(old, rollout, known), counted)
-    stats.add_spread("rollout_corr/ratio", torch.exp(log_ratio.double().clamp(max=40.0)), counted)
+    stats.add_spread("rollout_corr/ratio", torch.exp(log_ratio), counted)
     stats.add_masked("rollout_corr/kl", -log_ratio, counted)  # k1 of KL(π_rollout ‖ π_old), tokens from π_rollout
-    stats.add_masked("rollout_corr/k3_kl", torch.expm1(log_ratio.clamp(max=40.0)) - log_ratio, counted)
+    stats.add_masked("rollout_corr/k3_kl", torch.expm1(log_ratio) - log_ratio, counted)
     weights, capped = algo.rollout_is_weights(
         old, rollout, known, params.rollout_is_level, params.rollout_is_mode, params.rollout_is_cap
     )
