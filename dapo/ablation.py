@@ -378,7 +378,7 @@ def _figures(results: list[RungResult], accuracy_key: str, out: Path) -> list[tu
                     continue
                 drawn = on_this_axis = True
                 color = colors(i % 10)
-                sparse = len(steps) < 12
+                sparse = key == accuracy_key or len(steps) < 12  # evaluations: points, never smoothed
                 shown = mean if sparse else _smooth(mean)
                 ax.plot(steps, shown, color=color, marker="o" if sparse else None, lw=1.8, label=technique(rung.preset))
                 ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
