@@ -26,6 +26,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from dapo.algo import ADVANTAGE_ESTIMATORS, AGGREGATION_MODES, KL_ESTIMATORS, ROLLOUT_IS_LEVELS, ROLLOUT_IS_MODES
+from dapo.data.tasks import BUILTIN_TASKS, LEVELS
 from dapo.errors import DapoError
 
 
@@ -67,9 +68,11 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     task: str | None = "arith"
-    """built-in synthetic task (`arith`: multi-step arithmetic) used when `train_files` is empty"""
-    task_level: int = 2
-    """difficulty of the built-in task (number of operations)"""
+    """built-in synthetic task used when `train_files` is empty: `arith` (multi-step arithmetic as "Compute
+    3+4*2-5", for the tiny char-level model) | `arith_chat` (the same problems as a chat: one worked example
+    turn, then "What is 3 + 4 * 2 - 5?", for a pretrained chat model such as SmolLM2)"""
+    task_level: int | list[int] = 2
+    """difficulty of the built-in task (dapo.data.tasks.LEVELS, 1-5); a list such as [1, 2] mixes levels"""
     train_files: list[str] = field(default_factory=list)
     """verl-schema parquet or jsonl files to train on (e.g. ../shared/data/dapo-math-17k.parquet)"""
     val_files: list[str] = field(default_factory=list)
@@ -91,6 +94,10 @@ class DataConfig:
     val_size: int | None = None
     """held-out prompts: the built-in task draws this many (None = 200); with `val_files`, a seeded subset of
     this many of their prompts (None = all of them)"""
+    val_size_per_file: int | None = None
+    """a seeded subset of this many prompts from EACH of `val_files` (None = all), so that one evaluation over
+    benchmarks of different sizes (AIME's 30 problems, GSM8K's 1,319) weighs them alike; `val_size` then
+    applies to what is left"""
     default_data_source: str | None = None
     """data source (reward routing, docs/rewards.md) of rows that carry none and whose file name names none,
     e.g. `aime` for a competition set such as hmmt_feb_test.jsonl"""
@@ -443,6 +450,14 @@ def _check_choices(c: Config) -> None:
     _one_of("reward.on_error", c.reward.on_error, ("raise", "score_as_failure"))
     _one_of("data.truncation", c.data.truncation, ("left", "drop", "error"))
     _one_of("data.prompt_template", c.data.prompt_template, (None, "dapo"))
+    _one_of("data.task", c.data.task, (None, *BUILTIN_TASKS))
+    levels = c.data.task_level if isinstance(c.data.task_level, list) else [c.data.task_level]
+    _require(
+        bool(levels) and all(level in LEVELS for level in levels),
+        "data.task_level",
+        f"must be a level of {sorted(LEVELS)} or a non-empty list of them",
+        c.data.task_level,
+    )
     _one_of("actor.lr_schedule", c.actor.lr_schedule, ("constant", "cosine"))
     _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16"))
     _one_of("rollout.dtype", c.rollout.dtype, ("float32", "bfloat16"))
@@ -551,6 +566,8 @@ def _check_batches(c: Config) -> None:
     _require(rows >= 0, "rollout.max_rows_in_flight", "must be ≥ 0 (0 = from memory)", rows)
     _require(d.max_prompt_length >= 1, "data.max_prompt_length", "must be ≥ 1", d.max_prompt_length)
     _require(d.val_size is None or d.val_size >= 1, "data.val_size", "must be ≥ 1 (or null: the default)", d.val_size)
+    per_file = d.val_size_per_file
+    _require(per_file is None or per_file >= 1, "data.val_size_per_file", "must be ≥ 1 (or null: all)", per_file)
     longest = d.max_prompt_length + r.max_response_length
     _require(
         a.micro_batch_max_tokens >= longest,
@@ -856,6 +873,12 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     if args and type(None) in args:  # Optional[X]
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], path)
+    if len(args) > 1 and origin not in (dict,):  # X | Y: the first alternative the value fits
+        for alternative in args:
+            with contextlib.suppress(ConfigError):
+                return _coerce(value, alternative, path)
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise ConfigError(f"{path} = {value!r}: expected {names}")
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path} = {value!r}: expected true or false")

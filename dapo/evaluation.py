@@ -16,6 +16,7 @@ from typing import Any
 from dapo.data import PromptRecord
 from dapo.groups import reward_samples
 from dapo.rewards import RewardFunction
+from dapo.rewards.text import last_number_matches, parse_number
 from dapo.rollout import RolloutEngine, SamplingParams, concat_rollouts, wave_seed
 
 PROMPTS_PER_CALL = 128  # an evaluation generates this many prompts per engine call, so its progress shows
@@ -106,6 +107,8 @@ def evaluate(
                 "score": [float(scored.scores[r]) for r in rows],
                 "preds": [scored.preds[r] for r in rows],
                 "length": [lengths[r] for r in rows],
+                "lenient": [last_number_matches(samples[r].response, record.ground_truth) for r in rows],
+                "numeric": parse_number(record.ground_truth) is not None,
             }
         )
     metrics: dict[str, float] = {}
@@ -120,6 +123,11 @@ def evaluate(
             metrics[f"val-aux/{source}/acc/pass@1"] = acc_mean
             metrics[f"val-aux/{source}/acc/maj@{n}"] = (
                 sum(majority_correct(p["preds"], p["acc"]) for p in problems) / count
+            )
+        if all(p["numeric"] for p in problems):  # the lenient verdict is defined for numeric answers only
+            metrics[f"val-aux/{source}/lenient_acc/mean@{n}"] = sum(sum(p["lenient"]) / n for p in problems) / count
+            metrics[f"val-aux/{source}/lenient_acc/pass@{n}"] = (
+                sum(pass_at_k(n, sum(p["lenient"]), n) for p in problems) / count
             )
         metrics[f"val-aux/{source}/num_problems"] = float(count)
     return metrics
@@ -138,8 +146,9 @@ def format_eval(metrics: dict[str, float]) -> str:
             # Sources may contain "/" (verl's "lighteval/MATH", "HuggingFaceH4/MATH-500"): cut at the ends.
             source, k = key.removeprefix("val-core/").rsplit("/acc/mean@", 1)
             parts = [f"{source}: avg@{k} {100 * value:.1f}%"]
-            for name in (f"pass@{k}", f"maj@{k}"):
-                aux = metrics.get(f"val-aux/{source}/acc/{name}")
+            for name, metric in ((f"pass@{k}", f"acc/pass@{k}"), (f"maj@{k}", f"acc/maj@{k}"),
+                                 (f"lenient avg@{k}", f"lenient_acc/mean@{k}")):  # fmt: skip
+                aux = metrics.get(f"val-aux/{source}/{metric}")
                 if aux is not None and not math.isnan(aux):
                     parts.append(f"{name} {100 * aux:.1f}%")
             lines.append(" | ".join(parts))
@@ -148,7 +157,7 @@ def format_eval(metrics: dict[str, float]) -> str:
 
 def results_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
     """One row per data source from `evaluate`'s metrics: source, problems, k, avg@k, pass@k, maj@k (None
-    when k = 1) and the mean response length."""
+    when k = 1), the lenient avg@k (None for non-numeric answers) and the mean response length."""
     rows = []
     for key in sorted(metrics):
         if key.startswith("val-core/") and "/acc/mean@" in key:
@@ -158,23 +167,33 @@ def results_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
                 "source": source, "problems": int(metrics.get(f"{aux}/num_problems", 0)), "k": int(k),
                 f"avg@{k}": metrics[key], f"pass@{k}": metrics.get(f"{aux}/acc/pass@{k}"),
                 f"maj@{k}": metrics.get(f"{aux}/acc/maj@{k}"),
+                f"lenient avg@{k}": metrics.get(f"{aux}/lenient_acc/mean@{k}"),
                 "response_length": metrics.get(f"{aux}/response_length/mean@{k}"),
             })  # fmt: skip
     return rows
 
 
 def results_markdown(rows: list[dict[str, Any]], title: str) -> str:
-    """The results table in Markdown: accuracies in %, '—' for maj@1."""
+    """The results table in Markdown: accuracies in %, '—' for maj@1 and for a lenient verdict that does not
+    apply."""
 
     def percent(value) -> str:
         return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
-    lines = [f"# {title}", "", "| data source | problems | avg@k | pass@k | maj@k | mean response tokens |"]
-    lines.append("|---|---|---|---|---|---|")
+    lines = [
+        f"# {title}",
+        "",
+        "avg@k, pass@k and maj@k use the data source's scorer (strict: its answer format); lenient avg@k counts "
+        "a response whose last number is the answer.",
+        "",
+        "| data source | problems | avg@k | pass@k | maj@k | lenient avg@k | mean response tokens |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         k = row["k"]
         lines.append(
             f"| {row['source']} | {row['problems']} | {percent(row[f'avg@{k}'])} (k={k}) | "
-            f"{percent(row[f'pass@{k}'])} | {percent(row[f'maj@{k}'])} | {row['response_length'] or 0:.0f} |"
+            f"{percent(row[f'pass@{k}'])} | {percent(row[f'maj@{k}'])} | {percent(row.get(f'lenient avg@{k}'))} | "
+            f"{row['response_length'] or 0:.0f} |"
         )
     return "\n".join(lines) + "\n"

@@ -64,7 +64,11 @@ def model_config(config: Config):
     """The model's transformers config, without weights."""
     from transformers import AutoConfig
 
-    path = config.model.path
+    from dapo.models import resolve_model_path
+
+    path = resolve_model_path(config.model.path)
+    if path.endswith(".gguf") and Path(path).is_file():
+        return AutoConfig.from_pretrained(Path(path).parent, gguf_file=Path(path).name)
     if path.startswith("builtin:"):
         from dapo.models import build_char_tokenizer
         from dapo.models.tiny import SIZES, build_tiny_model
@@ -96,6 +100,22 @@ def count_parameters(model_cfg) -> int:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_cfg)
     return sum(p.numel() for p in model.parameters())
+
+
+def lora_parameters(model_cfg, rank: int, target_modules: list[str]) -> int:
+    """Parameters of rank-r LoRA adapters (A: r x in, B: out x r) on the named projections of a Llama / Qwen2
+    model: r · (in + out) per adapted layer, in every decoder layer."""
+    hidden, inner = model_cfg.hidden_size, model_cfg.intermediate_size
+    heads = model_cfg.num_attention_heads
+    head_dim = getattr(model_cfg, "head_dim", None) or hidden // heads
+    kv = (getattr(model_cfg, "num_key_value_heads", None) or heads) * head_dim
+    shapes = {
+        "q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
+        "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inner), "up_proj": (hidden, inner),
+        "down_proj": (inner, hidden),
+    }  # fmt: skip
+    per_layer = sum(rank * sum(shapes[name]) for name in target_modules if name in shapes)
+    return per_layer * model_cfg.num_hidden_layers
 
 
 @dataclass
@@ -155,7 +175,12 @@ def make_plan(config: Config) -> Plan:
         terms = {"weights, sharded": weights / shards, "weights gathered for a pass": params * (2 if mixed else 4)}
     else:  # bf16-mixed autocast keeps a bf16 copy of each weight during the pass
         terms = {"weights": weights + (params * 2 if mixed else 0)}
-    terms.update({"gradients": weights / shards, "AdamW moments": 2 * weights / shards})
+    lora = c.model.lora
+    if lora.rank > 0:  # only the adapters train, in float32: their gradients and moments, not the model's
+        adapters = lora_parameters(cfg, lora.rank, lora.target_modules)
+        terms.update({f"LoRA gradients ({adapters / 1e6:,.1f} M)": 4 * adapters, "AdamW moments": 8 * adapters})
+    else:
+        terms.update({"gradients": weights / shards, "AdamW moments": 2 * weights / shards})
     if c.uses_reference:
         terms["reference copy"] = weights
     if c.uses_critic:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from dapo.config import Config, ConfigError
-from dapo.data import PromptRecord, PromptSampler, make_arith_records, read_dataset, render_prompt
-from dapo.models import load_model_and_tokenizer
+from dapo.data import BUILTIN_TASKS, PromptRecord, PromptSampler, make_task_records, read_dataset, render_prompt
+from dapo.models import load_model_and_tokenizer, resolve_model_path
 
 Say = Callable[[str], None]
 BUILTIN_VAL_SIZE = 200  # held-out problems of the built-in task when data.val_size is not set
@@ -39,7 +39,7 @@ def load_policy(config: Config, say: Say = print):
     `builtin:tiny-<size>` is built and warm-started on the built-in task the first time (see `dapo.sft`)
     and reused afterwards.
     """
-    path, gguf_file = config.model.path, config.model.gguf_file
+    path, gguf_file = resolve_model_path(config.model.path), config.model.gguf_file
     if path.startswith("builtin:"):
         from dapo.sft import ensure_builtin_base
 
@@ -69,7 +69,8 @@ def _unique_uids(records: Sequence[PromptRecord], prefix: str) -> list[PromptRec
     return out
 
 
-def _read_files(paths: Sequence[str], config: Config, say: Say) -> list[PromptRecord]:
+def _read_files(paths: Sequence[str], config: Config, say: Say, per_file: int | None = None) -> list[PromptRecord]:
+    """The records of every file in order; with `per_file`, a seeded subset of that many from each file."""
     records: list[PromptRecord] = []
     for path in paths:
         loaded = read_dataset(
@@ -83,7 +84,10 @@ def _read_files(paths: Sequence[str], config: Config, say: Say) -> list[PromptRe
             f"[data] {path}: {len(loaded.records)} prompts "
             f"({loaded.num_duplicates_dropped} duplicates dropped, {loaded.num_bad_rows_skipped} bad rows skipped)"
         )
-        records.extend(loaded.records)
+        if per_file is None:
+            records.extend(loaded.records)
+        else:
+            records.extend(_val_subset(loaded.records, per_file, config.data.seed, say, "data.val_size_per_file"))
     return records
 
 
@@ -113,12 +117,14 @@ def _tokenise(records, tokenizer, config: Config, run: RunData, say: Say, label:
     return kept
 
 
-def _val_subset(records: list[PromptRecord], size: int | None, seed: int, say: Say) -> list[PromptRecord]:
+def _val_subset(
+    records: list[PromptRecord], size: int | None, seed: int, say: Say, setting: str = "data.val_size"
+) -> list[PromptRecord]:
     """`size` of the validation prompts, drawn with `seed` and kept in file order; all of them for None."""
     if size is None or size >= len(records):
         return records
     chosen = sorted(random.Random(f"val-subset:{seed}").sample(range(len(records)), size))
-    say(f"[data] validation: a seeded subset of {size} of {len(records)} prompts (data.val_size)")
+    say(f"[data] validation: a seeded subset of {size} of {len(records)} prompts ({setting})")
     return [records[i] for i in chosen]
 
 
@@ -126,13 +132,16 @@ def load_run_data(config: Config, tokenizer, say: Say = print) -> RunData:
     d = config.data
     if d.train_files:
         train, val = _read_files(d.train_files, config, say), []
-    elif d.task == "arith":
-        train = make_arith_records("train", 20_000, seed=d.seed, level=d.task_level)
-        val = make_arith_records("test", d.val_size or BUILTIN_VAL_SIZE, seed=d.seed, level=d.task_level)
+    elif d.task in BUILTIN_TASKS:
+        train = make_task_records(d.task, "train", 20_000, seed=d.seed, level=d.task_level)
+        val = make_task_records(d.task, "test", d.val_size or BUILTIN_VAL_SIZE, seed=d.seed, level=d.task_level)
     else:
-        raise ConfigError("data.train_files is empty and data.task is not a built-in task (arith)")
+        raise ConfigError(
+            f"data.train_files is empty and data.task is not a built-in task ({', '.join(BUILTIN_TASKS)})"
+        )
     if d.val_files:  # given files are what is evaluated, with the built-in task's training prompts too
-        val = _val_subset(_read_files(d.val_files, config, say), d.val_size, d.seed, say)
+        val = _read_files(d.val_files, config, say, per_file=d.val_size_per_file)
+        val = _val_subset(val, d.val_size, d.seed, say)
     run = RunData([], [], {}, {}, sampler=None)  # type: ignore[arg-type]
     run.train_records = _tokenise(_unique_uids(train, "train:"), tokenizer, config, run, say, "train")
     run.val_records = _tokenise(_unique_uids(val, "val:"), tokenizer, config, run, say, "val") if val else []

@@ -90,6 +90,13 @@ def test_yaml_and_overrides(tmp_path):
     assert c.actor.betas == (0.9, 0.95)
 
 
+def test_a_field_of_two_types_takes_either():
+    assert load_config("cpu_dapo", overrides=["data.task_level=3"]).data.task_level == 3
+    assert load_config("cpu_dapo", overrides=["data.task_level=[1, 2]"]).data.task_level == [1, 2]
+    with pytest.raises(ConfigError, match=r"data.task_level = 'easy': expected int or list"):
+        load_config("cpu_dapo", overrides=["data.task_level=easy"])
+
+
 def test_saved_config_round_trips():
     c = preset("grpo")
     assert config_from_dict(c.to_dict()) == c
@@ -115,6 +122,9 @@ def test_saved_config_round_trips():
         ("algo.dynamic_sampling.stop_when_full=true", r"rollout\.max_rows_in_flight = 0: must be > 0 with algo"),
         ("ray.reward_workers=-1", "ray.reward_workers"),
         ("algo.rollout_correction.level=token rollout.temperature=0.7", "needs rollout.temperature = 1"),
+        ("data.task=words", "data.task = 'words': must be one of None, arith, arith_chat"),
+        ("data.task_level=[1,9]", r"data.task_level = \[1, 9\]: must be a level of \[1, 2, 3, 4, 5\]"),
+        ("data.task_level=[]", "data.task_level"),
     ],
 )
 def test_invalid_settings_name_the_field_and_rule(override, message):

@@ -171,6 +171,9 @@ def test_evaluate_hand_computed_metrics_per_source():
             "val-aux/arith/acc/pass@1": 0.375,
             "val-aux/arith/acc/maj@4": 0.5,
             "val-aux/arith/num_problems": 2.0,
+            # the responses are bare numbers, so the lenient verdict (last number) is the exact match's
+            "val-aux/arith/lenient_acc/mean@4": 0.375,
+            "val-aux/arith/lenient_acc/pass@4": 1.0,
             "val-core/lighteval/MATH/acc/mean@4": 0.0,
             "val-aux/lighteval/MATH/score/mean@4": -1.0,
             "val-aux/lighteval/MATH/response_length/mean@4": 10.5,
@@ -178,14 +181,42 @@ def test_evaluate_hand_computed_metrics_per_source():
             "val-aux/lighteval/MATH/acc/pass@1": 0.0,
             "val-aux/lighteval/MATH/acc/maj@4": 0.0,
             "val-aux/lighteval/MATH/num_problems": 1.0,
+            "val-aux/lighteval/MATH/lenient_acc/mean@4": 0.0,
+            "val-aux/lighteval/MATH/lenient_acc/pass@4": 0.0,
         }
     )
     # A data source with "/" in its name (verl's "lighteval/MATH") used to print as "lighteval" without
     # pass@k and maj@k (the source was cut at the first "/").
     assert format_eval(metrics).splitlines() == [
-        "arith: avg@4 37.5% | pass@4 100.0% | maj@4 50.0%",
-        "lighteval/MATH: avg@4 0.0% | pass@4 0.0% | maj@4 0.0%",
+        "arith: avg@4 37.5% | pass@4 100.0% | maj@4 50.0% | lenient avg@4 37.5%",
+        "lighteval/MATH: avg@4 0.0% | pass@4 0.0% | maj@4 0.0% | lenient avg@4 0.0%",
     ]
+
+
+STRICT_TEXTS = ["Answer: 7", "so 7", "7 or 3", "Answer: 3", "x"]
+
+
+def _strict_score(samples):
+    """Right only as "Answer: <truth>" (a strict format, as the DAPO scorer's)."""
+    acc = torch.tensor([s.response == f"Answer: {s.ground_truth}" for s in samples])
+    return SimpleNamespace(acc=acc, scores=acc.float() * 2 - 1, preds=tuple(s.response for s in samples))
+
+
+def test_the_lenient_accuracy_counts_the_last_number_whatever_the_format():
+    records = [
+        PromptRecord(uid="a", messages=(ChatMessage("user", "3+4"),), ground_truth="7", data_source="arith"),
+        PromptRecord(uid="m", messages=(ChatMessage("user", "x?"),), ground_truth="x+1", data_source="symbolic"),
+    ]
+    metrics = evaluate(
+        _FixedEngine(), prompts=[[1], [2]], prompt_texts=["3+4", "x?"], records=records, reward_fn=_strict_score,
+        sampling=None, n=2, seed=0, decode=lambda ids: STRICT_TEXTS[min(ids[0], 4)],
+    )  # fmt: skip
+    # problem a: "Answer: 7" (strict and lenient) and "so 7" (lenient only): strict 1/2, lenient 2/2
+    assert metrics["val-core/arith/acc/mean@2"] == 0.5
+    assert metrics["val-aux/arith/lenient_acc/mean@2"] == 1.0
+    assert metrics["val-aux/arith/lenient_acc/pass@2"] == 1.0
+    # a ground truth that is not a number has no lenient verdict: no metric rather than a meaningless 0
+    assert not any("symbolic/lenient" in key for key in metrics)
 
 
 def test_format_eval_with_one_sample_has_no_maj():
@@ -241,5 +272,7 @@ def test_the_results_table_has_a_row_per_source_in_percent():
     rows = results_rows(metrics)
     assert [(r["source"], r["problems"], r["k"]) for r in rows] == [("gsm8k", 20, 4), ("math500", 10, 1)]
     text = results_markdown(rows, "Evaluation")
-    assert "| gsm8k | 20 | 25.0 (k=4) | 50.0 | 30.0 | 102 |" in text
-    assert "| math500 | 10 | 10.0 (k=1) | 10.0 | — | 250 |" in text  # no maj@1
+    assert "| gsm8k | 20 | 25.0 (k=4) | 50.0 | 30.0 | — | 102 |" in text
+    assert "| math500 | 10 | 10.0 (k=1) | 10.0 | — | — | 250 |" in text  # no maj@1
+    metrics["val-aux/gsm8k/lenient_acc/mean@4"] = 0.4
+    assert "| gsm8k | 20 | 25.0 (k=4) | 50.0 | 30.0 | 40.0 | 102 |" in results_markdown(results_rows(metrics), "E")

@@ -64,3 +64,21 @@ def test_recipes_are_planned_in_seconds_and_the_paper_run_says_what_is_missing(c
         assert "per rank" in out and "tokens/step" in out
     assert "activation checkpointing and sequence parallelism" in out  # the 32B run's largest term
     assert "128 rank(s) x 1 GPU (fsdp2, state sharded 128 ways)" in out
+
+
+def test_lora_adapters_are_counted_as_peft_builds_them_and_replace_the_full_gradients():
+    pytest.importorskip("peft")
+    from dapo.models.lora import apply_lora
+    from dapo.plan import lora_parameters
+
+    model = build_tiny_model(build_char_tokenizer(), "1m")
+    targets = ["q_proj", "k_proj", "down_proj"]
+    adapted = apply_lora(model, 4, 8.0, 0.0, targets)
+    trained = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    # by hand, rank 4, per layer (hidden 128, 2 KV heads x 32, MLP 512): 4 · ((128 + 128) + (128 + 64) + (512 + 128))
+    # = 4,352; 4 layers
+    assert lora_parameters(model.config, 4, targets) == trained == 4_352 * 4
+    text = make_plan(
+        load_config("cpu_dapo", None, ["model.lora.rank=4", f"model.lora.target_modules={targets}"])
+    ).text()
+    assert "LoRA gradients (0.0 M) 0.0 GB | AdamW moments 0.0 GB" in text and "| gradients" not in text

@@ -19,12 +19,22 @@ from dapo.data.records import (
     write_verl_parquet,
 )
 from dapo.data.sampler import PromptSampler
-from dapo.data.tasks import ARITH_CHARSET, ARITH_DATA_SOURCE, LEVELS, arith_solution, make_arith_records
+from dapo.data.tasks import (
+    ARITH_CHARSET,
+    ARITH_DATA_SOURCE,
+    BUILTIN_TASKS,
+    LEVELS,
+    arith_solution,
+    as_chat_question,
+    make_arith_records,
+    make_task_records,
+)
 from dapo.data.templates import DAPO_PREFIX, DAPO_SUFFIX, apply_dapo_template, has_dapo_template, render_prompt
 
 __all__ = [
     "ARITH_CHARSET",
     "ARITH_DATA_SOURCE",
+    "BUILTIN_TASKS",
     "DAPO_PREFIX",
     "DAPO_SUFFIX",
     "LENGTH_MODES",
@@ -38,9 +48,11 @@ __all__ = [
     "PromptSampler",
     "apply_dapo_template",
     "arith_solution",
+    "as_chat_question",
     "filter_by_prompt_length",
     "has_dapo_template",
     "make_arith_records",
+    "make_task_records",
     "normalize_ground_truth",
     "prompt_token_ids",
     "read_dataset",

