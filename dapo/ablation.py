@@ -342,7 +342,7 @@ FIGURES = (
 )  # fmt: skip
 
 
-def _mean_band(rung: RungResult, key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+def mean_band(rung: RungResult, key: str) -> tuple[list[int], list[float], list[float], list[float]]:
     """Steps every seed logged `key` at, and the mean, min and max over seeds there."""
     curves = [dict(zip(*rung.curve(seed, key), strict=True)) for seed in rung.rows]
     steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -350,7 +350,7 @@ def _mean_band(rung: RungResult, key: str) -> tuple[list[int], list[float], list
     return steps, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def _smooth(ys: list[float], weight: float = 0.8) -> list[float]:
+def smooth(ys: list[float], weight: float = 0.8) -> list[float]:
     out, last = [], None
     for y in ys:
         last = y if last is None else weight * last + (1 - weight) * y
@@ -373,13 +373,13 @@ def _figures(results: list[RungResult], accuracy_key: str, out: Path) -> list[tu
             key = accuracy_key if key == "*" else key
             on_this_axis = False
             for i, rung in enumerate(results):
-                steps, mean, low, high = _mean_band(rung, key)
+                steps, mean, low, high = mean_band(rung, key)
                 if not steps:
                     continue
                 drawn = on_this_axis = True
                 color = colors(i % 10)
                 sparse = key == accuracy_key or len(steps) < 12  # evaluations: points, never smoothed
-                shown = mean if sparse else _smooth(mean)
+                shown = mean if sparse else smooth(mean)
                 ax.plot(steps, shown, color=color, marker="o" if sparse else None, lw=1.8, label=technique(rung.preset))
                 ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
             ax.set_title(f"{title}: {label}" if len(series) > 1 else title)
