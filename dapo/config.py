@@ -18,10 +18,11 @@ import inspect
 import itertools
 import json
 import textwrap
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -873,7 +874,7 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     if args and type(None) in args:  # Optional[X]
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], path)
-    if len(args) > 1 and origin not in (dict,):  # X | Y: the first alternative the value fits
+    if origin in (types.UnionType, Union):  # X | Y: the first alternative the value fits
         for alternative in args:
             with contextlib.suppress(ConfigError):
                 return _coerce(value, alternative, path)

@@ -14,13 +14,13 @@ import argparse
 import math
 from pathlib import Path
 
-from dapo.ablation import RungResult, mean_band, mean_interval, smooth
+from dapo.ablation import RungResult, mean_band, mean_interval
 from dapo.metrics import merge_by_step, read_jsonl_metrics
 
 STRICT, LENIENT = "val-core/arith/acc/mean@4", "val-aux/arith/lenient_acc/mean@4"
 PANELS = [  # (title, [(key, label suffix, line style)], evaluations: points in %)
     ("held-out accuracy (avg@4)", [(STRICT, "strict", "-"), (LENIENT, "lenient", ":")], True),
-    ("accuracy of all generated responses (training prompts, temperature 1)", [("train/generated_acc/mean", "", "-")], True),
+    ("accuracy of every sampled response (training, T = 1)", [("train/generated_acc/mean", "", "-")], True),
     ("entropy of the policy (nats a token)", [("actor/entropy", "", "-")], False),
     ("mean response length (tokens)", [("response_length/mean", "", "-")], False),
 ]
@@ -79,8 +79,8 @@ def figure(groups: list[RungResult], out: Path) -> None:
                 steps, mean, low, high = mean_band(g, key)
                 if not steps:
                     continue
-                sparse = key in (STRICT, LENIENT)  # evaluations: points, never smoothed
-                shown = mean if sparse else smooth(mean)
+                sparse = key in (STRICT, LENIENT)  # evaluations: points
+                shown = mean  # 30 steps: drawn raw, so that the line stays inside its band
                 label = f"{g.preset}{', ' + suffix if suffix else ''} ({len(g.rows)} seeds)"
                 ax.plot(steps, [scale * v for v in shown], style, color=color, marker="o" if sparse else None,
                         lw=1.8, label=label)  # fmt: skip
