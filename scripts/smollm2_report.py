@@ -27,7 +27,7 @@ PANELS = [  # (title, [(key, label suffix, line style)], evaluations: points in 
 
 
 def load(spec: str) -> RungResult:
-    name, _, paths = spec.partition("=")
+    name, _, paths = spec.rpartition("=")  # the name may hold "=" (LoRA r=16), a path does not
     result = RungResult(name)
     for seed, path in enumerate(p for p in paths.split(",") if p):
         result.rows[seed] = merge_by_step(read_jsonl_metrics(Path(path) / "metrics.jsonl"))

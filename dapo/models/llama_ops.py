@@ -75,6 +75,74 @@ class LayerWeights:
     gate_up_bias: Tensor | None
     down_weight: Tensor
     down_bias: Tensor | None
+    qkv_lora: LowRank | None = None
+    o_lora: LowRank | None = None
+    gate_up_lora: LowRank | None = None
+    down_lora: LowRank | None = None
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """The LoRA updates of projections whose outputs are concatenated (q, k, v; gate, up): x ↦ [s_i · B_i A_i x]_i.
+
+    The A's are stacked, so the group costs one (N, Σr) product and one small product per adapted projection;
+    a projection without adapters adds zeros. Only A and B carry gradients: the frozen base is never touched.
+    """
+
+    a: Tensor
+    """(Σ r_i, in): the A matrices stacked (rank 0 rows for a projection without adapters)"""
+    b: tuple[Tensor | None, ...]
+    """B_i (out_i, r_i), None for a projection without adapters"""
+    ranks: tuple[int, ...]
+    outs: tuple[int, ...]
+    scales: tuple[float, ...]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        parts = F.linear(x, self.a).split(self.ranks, dim=-1)
+        return torch.cat(
+            [
+                x.new_zeros(*x.shape[:-1], out) if b is None else F.linear(part, b) * scale
+                for part, b, out, scale in zip(parts, self.b, self.outs, self.scales, strict=True)
+            ],
+            dim=-1,
+        )
+
+
+def project(x: Tensor, weight: Tensor, bias: Tensor | None, low_rank: LowRank | None) -> Tensor:
+    """x·Wᵀ + b, plus the LoRA update when the projection has adapters."""
+    y = F.linear(x, weight, bias)
+    return y if low_rank is None else y + low_rank(x)
+
+
+def _adapter(linear: nn.Module) -> tuple[Tensor, Tensor, float] | None:
+    """(A, B, scale) of a PEFT LoRA layer's one active plain adapter; None for a plain linear layer.
+    NotImplementedError for what these ops do not reproduce (dropout, DoRA and other variants, several
+    active adapters, merged or disabled adapters)."""
+    if not hasattr(linear, "lora_A"):
+        return None
+    active = [name for name in linear.active_adapters if name in linear.lora_A]
+    if len(active) != 1 or linear.merged or linear.disable_adapters:
+        raise NotImplementedError("LoRA layers with other than one active, unmerged adapter")
+    name = active[0]
+    if name in getattr(linear, "lora_variant", {}) or not isinstance(linear.lora_dropout[name], nn.Identity):
+        raise NotImplementedError("LoRA with dropout or a variant such as DoRA")
+    return linear.lora_A[name].weight, linear.lora_B[name].weight, float(linear.scaling[name])
+
+
+def _low_rank(*linears: nn.Module) -> LowRank | None:
+    adapters = [_adapter(m) for m in linears]
+    if all(a is None for a in adapters):
+        return None
+    weight = next(a for a in adapters if a is not None)[0]
+    return LowRank(
+        a=torch.cat(
+            [weight.new_zeros(0, m.in_features) if a is None else a[0] for m, a in zip(linears, adapters, strict=True)]
+        ),
+        b=tuple(None if a is None else a[1] for a in adapters),
+        ranks=tuple(0 if a is None else a[0].shape[0] for a in adapters),
+        outs=tuple(m.out_features for m in linears),
+        scales=tuple(1.0 if a is None else a[2] for a in adapters),
+    )
 
 
 def _cat_bias(*linears: nn.Linear) -> Tensor | None:
@@ -87,7 +155,8 @@ def gather_layer(layer: nn.Module) -> LayerWeights:
     """One decoder layer's weights with q/k/v and gate/up concatenated (4 matmuls per layer instead of 7).
 
     Under grad the concatenations are differentiable (their gradients flow back to the model's parameters);
-    under no_grad they are plain copies, to be gathered once per use.
+    under no_grad they are plain copies, to be gathered once per use. On a PEFT LoRA model the weights are the
+    frozen base's and each group's adapters come as its `LowRank` update.
     """
     a, m = layer.self_attn, layer.mlp
     return LayerWeights(
@@ -103,6 +172,10 @@ def gather_layer(layer: nn.Module) -> LayerWeights:
         gate_up_bias=_cat_bias(m.gate_proj, m.up_proj),
         down_weight=m.down_proj.weight,
         down_bias=m.down_proj.bias,
+        qkv_lora=_low_rank(a.q_proj, a.k_proj, a.v_proj),
+        o_lora=_low_rank(a.o_proj),
+        gate_up_lora=_low_rank(m.gate_proj, m.up_proj),
+        down_lora=_low_rank(m.down_proj),
     )
 
 
@@ -123,8 +196,8 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def mlp_block(h: Tensor, w: LayerWeights) -> Tensor:
     """The residual MLP half of a layer: h + Wd · (silu(g) ⊙ u) with [g u] from the post-attention norm."""
     x = rms_norm(h, w.norm_post, w.norm_post_eps)
-    gate, up = F.linear(x, w.gate_up_weight, w.gate_up_bias).chunk(2, dim=-1)
-    return h + F.linear(F.silu(gate) * up, w.down_weight, w.down_bias)
+    gate, up = project(x, w.gate_up_weight, w.gate_up_bias, w.gate_up_lora).chunk(2, dim=-1)
+    return h + project(F.silu(gate) * up, w.down_weight, w.down_bias, w.down_lora)
 
 
 def final_norm(model: nn.Module) -> tuple[Tensor, float]:

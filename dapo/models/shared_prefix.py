@@ -27,7 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dapo.models.llama_ops import Geometry, final_norm, gather_layer, mlp_block, rms_norm, rotate, unsupported_reason
+from dapo.models.llama_ops import (
+    Geometry,
+    final_norm,
+    gather_layer,
+    mlp_block,
+    project,
+    rms_norm,
+    rotate,
+    unsupported_reason,
+)
 
 
 class SharedPrefixForward:
@@ -43,6 +52,8 @@ class SharedPrefixForward:
         self.model = model
         self.decoder = model.get_decoder()
         self.geometry = Geometry.of(model)
+        with torch.no_grad():
+            gather_layer(self.decoder.layers[0])  # NotImplementedError for LoRA adapters these ops do not cover
 
     def response_logits(
         self, prompts: Sequence[Tensor], row_prompt: Tensor, responses: Tensor, response_lengths: Tensor
@@ -94,7 +105,7 @@ class SharedPrefixForward:
         H, KV, d = g.num_heads, g.num_kv_heads, g.head_dim
         for layer in decoder.layers:
             w = gather_layer(layer)
-            qkv = F.linear(rms_norm(h, w.norm_in, w.norm_in_eps), w.qkv_weight, w.qkv_bias)
+            qkv = project(rms_norm(h, w.norm_in, w.norm_in_eps), w.qkv_weight, w.qkv_bias, w.qkv_lora)
             qk = rotate(qkv[:, : (H + KV) * d].view(-1, H + KV, d), cos, sin)  # q and k in one rotation
             q, k, v = qk[:, :H], qk[:, H:], qkv[:, (H + KV) * d :].view(-1, KV, d)
             # Prompts: causal attention within each prompt (right padding is never attended by a real query).
@@ -116,7 +127,7 @@ class SharedPrefixForward:
                     enable_gqa=KV != H,
                 )
                 outs.append(_unpad(out_r, c.slots))
-            h = mlp_block(h + F.linear(torch.cat(outs), w.o_weight, w.o_bias), w)  # (N, D)
+            h = mlp_block(h + project(torch.cat(outs), w.o_weight, w.o_bias, w.o_lora), w)  # (N, D)
 
         # Positions that predict a response token: each prompt's last, then every fed response token.
         last_prompt = prompt_lengths.cumsum(0) - 1

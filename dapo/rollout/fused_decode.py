@@ -14,7 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dapo.models.llama_ops import Geometry, gather_layer, mlp_block, output_head, rms_norm, rotate, unsupported_reason
+from dapo.models.llama_ops import (
+    Geometry,
+    gather_layer,
+    mlp_block,
+    output_head,
+    project,
+    rms_norm,
+    rotate,
+    unsupported_reason,
+)
 
 __all__ = ["FusedDecoder", "decode_attention", "unsupported_reason"]
 
@@ -63,12 +72,12 @@ class FusedDecoder:
         attn_bias = bias[:, : L + 1]
         for i, w in enumerate(self.layers):
             x = rms_norm(h, w.norm_in, w.norm_in_eps)
-            qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
+            qkv = project(x, w.qkv_weight, w.qkv_bias, w.qkv_lora)
             qk = rotate(qkv[:, : (H + KV) * d].view(B, H + KV, d), cos, sin)  # q and k in one rotation
             q, k = qk[:, :H], qk[:, H:]
             cache.k[i][:, :, L] = k
             cache.v[i][:, :, L] = qkv[:, (H + KV) * d :].view(B, KV, d)
             keys, values = cache.k[i][:, :, : L + 1], cache.v[i][:, :, : L + 1]  # (B, KV, L+1, d)
             attn = decode_attention(q, keys, values, attn_bias, g.scaling)  # (B, H, d)
-            h = mlp_block(h + F.linear(attn.reshape(B, H * d), w.o_weight, w.o_bias), w)
+            h = mlp_block(h + project(attn.reshape(B, H * d), w.o_weight, w.o_bias, w.o_lora), w)
         return F.linear(rms_norm(h, self.final_norm, self.final_eps), self.head_weight, self.head_bias)

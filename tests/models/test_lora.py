@@ -46,9 +46,9 @@ def _batch(tok, seed=0) -> TrainBatch:
     )  # fmt: skip
 
 
-def test_only_the_adapters_train_and_the_hf_forward_is_used(tok):
+def test_only_the_adapters_train_through_the_shared_prefix_forward(tok):
     model, worker = _lora_worker(tok)
-    assert worker.forward.name == "hf" and "LoRA" in worker.forward.fallback_reason
+    assert worker.forward.name == "shared_prefix"
     before = {k: v.clone() for k, v in model.state_dict().items()}
     worker.update(_batch(tok), LOSS, 2, 1, None)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -56,6 +56,54 @@ def test_only_the_adapters_train_and_the_hf_forward_is_used(tok):
     assert any(".lora_B." in k for k in changed)  # B leaves 0: the adapters now change the model
     with pytest.raises(ValueError, match=r"match no linear layer"):
         apply_lora(build_tiny_model(tok, "1m"), 4, 8.0, 0.0, ["qkv"])
+
+
+@pytest.mark.parametrize("targets", [TARGETS, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj")])
+def test_the_shared_prefix_forward_gives_peft_s_logits_and_adapter_gradients(tok, targets):
+    from dapo.models.shared_prefix import SharedPrefixForward
+
+    # float64 and B != 0 (at initialisation B = 0 and the adapters would change nothing): the low-rank update
+    # [s·B_i A_i x] of a group with and without adapted members (q, k, v; gate, up) is PEFT's own.
+    model = apply_lora(build_tiny_model(tok, "1m", seed=0), 4, 8.0, 0.0, targets).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    prompts = [torch.tensor([5, 6, 7, 8]), torch.tensor([9, 10])]
+    row_prompt, lengths = torch.tensor([0, 0, 1]), torch.tensor([3, 1, 4])
+    responses = torch.randint(3, len(tok), (3, 5), generator=g)
+    real = torch.arange(5)[None, :] < lengths[:, None]
+    ids = [torch.cat([prompts[p], responses[r, : lengths[r]]]) for r, p in enumerate(row_prompt.tolist())]
+    got = SharedPrefixForward(model).response_logits(prompts, row_prompt, responses, lengths)
+    grads = []
+    for which in ("peft", "shared"):
+        model.zero_grad()
+        if which == "peft":  # row by row, unpadded: PEFT's own forward
+            rows = [
+                model(input_ids=x[None]).logits[0, len(prompts[p]) - 1 : -1]
+                for x, p in zip(ids, row_prompt.tolist(), strict=True)
+            ]
+            logits = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        else:
+            logits = SharedPrefixForward(model).response_logits(prompts, row_prompt, responses, lengths)[:, :4]
+        (torch.log_softmax(logits, -1)[real[:, :4]] * torch.arange(len(tok), dtype=torch.float64)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        if which == "peft":
+            want = logits
+    torch.testing.assert_close(got[:, :4][real[:, :4]], want[real[:, :4]], atol=1e-10, rtol=1e-10)
+    assert grads[0].keys() == grads[1].keys() and all(".lora_" in n for n in grads[0])
+    for name, reference in grads[0].items():  # RMSNorm keeps float32 statistics in both: ~1e-7 relative
+        scale = float(reference.abs().max()) + 1e-8
+        torch.testing.assert_close(grads[1][name] / scale, reference / scale, atol=1e-6, rtol=0, msg=name)
+
+
+def test_lora_dropout_keeps_the_model_s_own_forward(tok):
+    from dapo.workers.local import ResponseForward
+
+    model = apply_lora(build_tiny_model(tok, "1m", seed=0), 4, 8.0, 0.1, TARGETS)
+    forward = ResponseForward(model, True)
+    assert forward.name == "hf" and "dropout" in forward.fallback_reason
 
 
 def test_the_engine_decodes_the_merged_weights_after_each_update(tok):
