@@ -53,18 +53,19 @@ def run(out: Path, name: str, extra: list[str], steps: int, seed: int) -> dict:
     result["response_length"] = statistics.fmean(r["response_length/mean"] for r in steady)
     result["mfu_actor"] = statistics.median(r.get("perf/mfu/actor", 0.0) for r in steady)
     result["peak_rss_gb"] = usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
-    trained = [line for line in log.splitlines() if "trained parameters" in line]
-    result["log_trained_line"] = trained[0] if trained else ""
     return result
 
 
 def trained_parameters(extra: list[str]) -> int:
-    """Parameters the optimiser updates, counted on the model as the run builds it."""
+    """Parameters the optimiser updates, counted from the model's config as the dry run does (no weights)."""
     from dapo.config import load_config
-    from dapo.runtime import load_policy
+    from dapo.plan import count_parameters, lora_parameters, model_config
 
-    model, _ = load_policy(load_config("cpu_dapo", RECIPE, extra), say=lambda _: None)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    config = load_config("cpu_dapo", RECIPE, extra)
+    lora = config.model.lora
+    if lora.rank > 0:
+        return lora_parameters(model_config(config), lora.rank, lora.target_modules)
+    return count_parameters(model_config(config))
 
 
 def main() -> None:

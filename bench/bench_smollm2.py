@@ -26,24 +26,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "smollm2-cpu.yaml"
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 QUIET = [
     "trainer.test_freq=0", "trainer.val_before_train=false", "trainer.save_freq=0", "trainer.tensorboard=false",
     "trainer.progress=false", "trainer.resume=disable", "trainer.num_threads=2",
 ]  # fmt: skip
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    import statistics
-    import time
-
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
 
 
 def op_kind(name: str, shapes: list) -> str | None:
@@ -68,6 +55,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from dapo.config import load_config
+    from dapo.runtime import measure_matmul_peak
     from dapo.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,8 +69,7 @@ def main() -> None:
                 metrics = trainer.train_step(args.steps)
         finally:
             trainer.close()
-    torch.set_num_threads(2)
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {name: measure_matmul_peak(2, 2048, dtype=dtype) for name, dtype in PEAK_DTYPES.items()}
     head = 576 * 49_152  # SmolLM2's (tied) output head
     by_kind: dict[str, float] = defaultdict(float)
     update_total = 0.0

@@ -149,12 +149,14 @@ def load_run_data(config: Config, tokenizer, say: Say = print) -> RunData:
     return run
 
 
-def measure_matmul_peak(num_threads: int, size: int = 1024, repeats: int = 5) -> float:
-    """Achievable fp32 matmul FLOP/s on this machine now (the MFU denominator), median of a few runs."""
+def measure_matmul_peak(
+    num_threads: int, size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """Achievable matmul FLOP/s in `dtype` on this machine now (fp32: the MFU denominator), median of a few runs."""
     previous = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     gen = torch.Generator().manual_seed(0)  # a private generator: the run's RNG stream stays untouched
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    a, b = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
     torch.mm(a, b)  # warm-up
     times = []
     for _ in range(repeats):

@@ -106,7 +106,7 @@ def supervised_finetune(model, tokenizer, examples, settings: SftSettings, progr
 
 
 def build_base_model(
-    size: str, level: int | tuple[int, ...], out_dir: Path, settings: SftSettings, say: Callable[[str], None] = print
+    size: str, level: int | Sequence[int], out_dir: Path, settings: SftSettings, say: Callable[[str], None] = print
 ) -> Path:
     """Build the tiny model and tokenizer, warm-start them on the arith task, save atomically to out_dir."""
     torch.manual_seed(settings.seed)
@@ -127,21 +127,16 @@ def build_base_model(
     return out_dir
 
 
-def base_model_name(size: str, level: int | tuple[int, ...], settings: SftSettings) -> str:
+def base_model_name(size: str, level: int | Sequence[int], settings: SftSettings) -> str:
     """Directory name of a warm-started base: names the recipe, so a changed recipe never reuses an old base."""
-    levels = "-".join(map(str, level)) if isinstance(level, tuple) else level
+    levels = level if isinstance(level, int) else "-".join(map(str, level))
     name = f"tiny-{size}-arith-level{levels}-sft{settings.steps}"
     return name + (f"-shortcut{round(100 * settings.shortcut_rate)}" if settings.shortcut_rate else "")
 
 
-def _task_level(config: Config) -> int | tuple[int, ...]:
-    level = config.data.task_level
-    return tuple(level) if isinstance(level, list) else level
-
-
 def builtin_base_dir(config: Config) -> Path:
     size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    return Path(config.trainer.output_dir) / "base" / base_model_name(size, _task_level(config), SftSettings())
+    return Path(config.trainer.output_dir) / "base" / base_model_name(size, config.data.task_level, SftSettings())
 
 
 def ensure_builtin_base(config: Config, say: Callable[[str], None] = print) -> Path:
@@ -151,4 +146,4 @@ def ensure_builtin_base(config: Config, say: Callable[[str], None] = print) -> P
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    return build_base_model(size, _task_level(config), out_dir, SftSettings(), say=say)
+    return build_base_model(size, config.data.task_level, out_dir, SftSettings(), say=say)

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dapo.data.records import ChatMessage, PromptRecord
@@ -128,13 +129,11 @@ def as_chat_question(record: PromptRecord) -> PromptRecord:
     return dataclasses.replace(record, messages=(*CHAT_EXAMPLE, question))
 
 
-def make_task_records(
-    task: str, split: str, num: int, seed: int, level: int | tuple[int, ...] | list[int]
-) -> list[PromptRecord]:
+def make_task_records(task: str, split: str, num: int, seed: int, level: int | Sequence[int]) -> list[PromptRecord]:
     """`num` records of a built-in task (BUILTIN_TASKS) for `split`; `level` as in `make_arith_records`."""
     if task not in BUILTIN_TASKS:
         raise ValueError(f"unknown built-in task {task!r}; known: {', '.join(BUILTIN_TASKS)}")
-    records = make_arith_records(split, num, seed, tuple(level) if isinstance(level, list) else level)
+    records = make_arith_records(split, num, seed, level)
     return [as_chat_question(r) for r in records] if task == "arith_chat" else records
 
 
@@ -145,14 +144,14 @@ def _random_expression(rng: random.Random, level: ArithLevel) -> str:
     return "".join(parts)
 
 
-def make_arith_records(split: str, num: int, seed: int, level: int | tuple[int, ...] = 2) -> list[PromptRecord]:
+def make_arith_records(split: str, num: int, seed: int, level: int | Sequence[int] = 2) -> list[PromptRecord]:
     """`num` arith problems of `split` ("train" or "test").
 
     Args:
         split: "train" or "test" (disjoint problem sets, see module docstring).
         num: number of records.
         seed: generator seed (the same arguments always give the same records).
-        level: a level of LEVELS, or a tuple of levels drawn uniformly per problem.
+        level: a level of LEVELS, or a sequence of levels drawn uniformly per problem.
     Returns:
         Records with data_source "arith", ground truth the value as a string, extra = {"expression",
         "level", "split"}. Problems are distinct while the level's problem space allows it; in a space

@@ -263,21 +263,20 @@ class _Accumulator:
         self.maxes: dict[str, float] = {}
 
     def add_masked(self, name: str, values: Tensor, mask: Tensor) -> None:
+        """Sums in float32 at least (bf16 values are widened), in float64 for float64 values."""
         mask = mask.bool()
-        self.sums[name] += float(torch.where(mask, values.float(), 0.0).sum())
+        values = values.to(torch.promote_types(values.dtype, torch.float32))
+        self.sums[name] += float(torch.where(mask, values, 0.0).sum())
         self.counts[name] += float(mask.sum())
         self.per_token.add(name)
 
     def add_spread(self, name: str, values: Tensor, mask: Tensor) -> None:
         """`{name}_mean`, `{name}_std` and `{name}_max` of the masked values. The sums are float64: the std
         comes from E[x²] − E[x]², which float32 cannot resolve for ratios within 1e-4 of 1."""
-        keep = mask.bool()
         values = values.double()
-        for key, summed in ((f"{name}_mean", values), (f"{name}{_SQUARES}", values * values)):
-            self.sums[key] += float(torch.where(keep, summed, 0.0).sum())
-            self.counts[key] += float(keep.sum())
-            self.per_token.add(key)
-        largest = float(torch.where(keep, values, -math.inf).max()) if values.numel() else -math.inf
+        self.add_masked(f"{name}_mean", values, mask)
+        self.add_masked(f"{name}{_SQUARES}", values * values, mask)
+        largest = float(torch.where(mask.bool(), values, -math.inf).max()) if values.numel() else -math.inf
         self.maxes[f"{name}_max"] = max(self.maxes.get(f"{name}_max", -math.inf), largest)
 
     def reduce_per_token(self, dp: DataParallel) -> None:
