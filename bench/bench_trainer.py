@@ -6,7 +6,9 @@ saved with `save_pretrained_pair` and loaded by both through `from_pretrained`),
 (`dapo.data.make_arith_records`, rendered by the tokenizer's chat template in both), with the same
 settings: P prompts x G responses x up to L new tokens, temperature 1, one optimiser step per RL step,
 Clip-Higher (0.2 / 0.28), token-mean loss, no KL, truncated responses masked out of the loss, no
-dynamic sampling (TRL has none), no overlong shaping, no validation, fp32, one thread.
+dynamic sampling (TRL has none), no overlong shaping, no validation, one thread, fp32 unless
+`--precisions` names bf16 (ours `actor.precision=bf16-mixed`, TRL `bf16=True`; both given, the four runs
+are interleaved).
 
     TRL: GRPOConfig(loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0,
                     mask_truncated_completions=True, use_vllm=False, bf16=False,
@@ -38,10 +40,14 @@ the forward/backward of zero-advantage responses (exact, `actor.skip_zero_advant
 (`--sft-steps`) to solve some level-`--level` problems, and the report gives the training accuracy and the
 share of responses ours skipped. Ours also computes each prompt once for its G responses, on packed tokens
 (`actor.share_prompt_forward`, the same function; `--no-share` uses the model's own padded forward, as TRL).
+The report also sets each step against the 1-thread matmul peak of its precision, measured in the same run:
+the workload's useful FLOPs (2N a generated token, 6N a trained prompt or response token of every row, the
+same for both systems) over the step's time, and per phase.
 
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py            # 1m+5m ~10 min, 20m ~20 min more
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --quick    # ~3 min
     flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --mini-batches 2 --sizes 1m 5m
+    flock /tmp/dapo-heavy.lock .venv/bin/python bench/bench_trainer.py --no-skip --precisions fp32 bf16 --sizes 5m 20m
 The first run builds and caches the warm-started base models (--cache): 1m ~1 min, 5m ~2.5 min,
 20m ~10 min on an idle machine.
 """
@@ -61,7 +67,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -70,11 +76,13 @@ from dapo.config import Config
 from dapo.data import make_arith_records
 from dapo.models import load_model_and_tokenizer, num_parameters
 from dapo.rewards import score_dapo
+from dapo.runtime import measure_matmul_peak
 from dapo.sft import SftSettings, base_model_name, build_base_model
 from dapo.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS, TRL = "ours", "trl"
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,9 @@ class Workload:
     """ours only (TRL has no such option): False makes ours compute every row, as TRL does"""
     share_prompt_forward: bool = True
     """ours only: False runs the log-prob passes and the update through the model's own padded forward, as TRL"""
+    precision: str = "fp32"
+    """fp32 | bf16: ours actor.precision=bf16-mixed (bf16 autocast over fp32 master weights; the engine stays
+    float32, the faster one on this CPU), TRL bf16=True (its own autocast, generation included)"""
     lr: float = 2e-5
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -138,6 +149,7 @@ def our_config(model_dir: Path, w: Workload, run_dir: Path) -> Config:
     c.actor.ppo_epochs = 1
     c.actor.skip_zero_advantage_rows = w.skip_zero_advantage_rows
     c.actor.share_prompt_forward = w.share_prompt_forward
+    c.actor.precision = "bf16-mixed" if w.precision == "bf16" else "fp32"
     c.actor.lr, c.actor.lr_warmup_steps = w.lr, 0
     c.actor.weight_decay, c.actor.grad_clip = w.weight_decay, w.grad_clip
     c.trainer.seed = w.seed
@@ -217,9 +229,10 @@ def run_trl(model_dir: Path, w: Workload, warmup: int, steps: int, work: Path) -
         per_device_train_batch_size=w.prompts * w.group_size // w.mini_batches, num_generations=w.group_size,
         gradient_accumulation_steps=1, steps_per_generation=w.mini_batches, max_completion_length=w.max_new_tokens,
         temperature=1.0, top_p=1.0, top_k=0, max_steps=(warmup + steps) * w.mini_batches,
-        # same optimiser, fp32, CPU, no vLLM, nothing the other system does not do
+        # same optimiser, same precision, CPU, no vLLM, nothing the other system does not do
         learning_rate=w.lr, weight_decay=w.weight_decay, max_grad_norm=w.grad_clip, lr_scheduler_type="constant",
-        warmup_steps=0, use_vllm=False, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        warmup_steps=0, use_vllm=False, use_cpu=True, bf16=w.precision == "bf16", fp16=False,
+        gradient_checkpointing=False,
         report_to="none", logging_steps=10**6, save_strategy="no", disable_tqdm=True, seed=w.seed,
         dataloader_num_workers=0, log_completions=False,
     )  # fmt: skip
@@ -337,56 +350,92 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def bench_size(size: str, w: Workload, args: argparse.Namespace, work: Path) -> dict:
+def prompt_tokens(model_dir: Path, level: int, num: int = 256) -> float:
+    """Mean prompt length in tokens, as both systems render it (the tokenizer's chat template)."""
+    _, tokenizer = load_model_and_tokenizer(model_dir)
+    records = make_arith_records("train", num, seed=1, level=level)
+    messages = [[{"role": m.role, "content": m.content} for m in r.messages] for r in records]
+    return statistics.fmean(len(tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in messages)
+
+
+def fractions_of_peak(summary: dict, params: int, prompt_len: float, w: Workload, peak: float) -> dict:
+    """The step's useful work against the matmul peak of its precision, whole step and per phase. Useful work
+    is what the workload needs, the same for both systems: 2N FLOPs a generated token, and 6N a trained
+    token, prompt and response of every row (no credit for tokens a system skips or shares, no charge for
+    padding or recomputation)."""
+    gen_tokens = summary["median_tokens_per_step"]
+    gen_flops = 2.0 * params * gen_tokens
+    train_flops = 6.0 * params * (w.prompts * w.group_size * prompt_len + gen_tokens)
+    gen_s = summary["phases_median_s"].get("gen", float("nan"))
+    return {
+        "useful_gflops_per_step": (gen_flops + train_flops) / 1e9,
+        "step": (gen_flops + train_flops) / summary["median_s_per_step"] / peak,
+        "generation": gen_flops / gen_s / peak,
+        "update": train_flops / summary["median_update_s"] / peak,
+    }
+
+
+def bench_size(size: str, w: Workload, args: argparse.Namespace, work: Path, peaks: dict[str, float]) -> list[dict]:
+    """Both systems in every precision of `args.precisions`, interleaved (ABBA over the combinations)."""
     model_dir = base_model(size, w.level, args.sft_steps, args.cache)
     model, _ = load_model_and_tokenizer(model_dir)
     params = num_parameters(model)
     del model
-    runs: dict[str, list[dict]] = {OURS: [], TRL: []}
+    prompt_len = prompt_tokens(model_dir, w.level)
+    combos = [(name, p) for p in args.precisions for name in (OURS, TRL)]
+    runs: dict[tuple[str, str], list[dict]] = {c: [] for c in combos}
     runners = {OURS: run_ours, TRL: run_trl}
     for r in range(args.repeats):
-        order = (OURS, TRL) if r % 2 == 0 else (TRL, OURS)  # ABBA: drift hits both systems alike
-        for name in order:
+        for name, precision in combos if r % 2 == 0 else combos[::-1]:  # ABBA: drift hits every run alike
             run_dir = Path(tempfile.mkdtemp(dir=work))
             load_before = os.getloadavg()[0]
-            result = runners[name](model_dir, w, args.warmup, args.steps, run_dir)
+            result = runners[name](model_dir, replace(w, precision=precision), args.warmup, args.steps, run_dir)
             result["loadavg_1m"] = [load_before, os.getloadavg()[0]]  # > 1 means other work shared the cores
             shutil.rmtree(run_dir, ignore_errors=True)
-            runs[name].append(result)
+            runs[name, precision].append(result)
             print(
-                f"[{size}] repeat {r + 1}/{args.repeats} {name:>4}: "
+                f"[{size} {precision}] repeat {r + 1}/{args.repeats} {name:>4}: "
                 f"median {statistics.median(result['step_s']):.2f} s/step, "
                 f"{statistics.fmean(result['tokens']):.0f} tokens/step",
                 flush=True,
             )
-    ours, trl = summarise(runs[OURS]), summarise(runs[TRL])
-    return {
-        "size": size,
-        "parameters": params,
-        OURS: ours,
-        TRL: trl,
-        "ratio_trl_over_ours_s_per_step": trl["median_s_per_step"] / ours["median_s_per_step"],
-        "ratio_trl_over_ours_s_per_1k_tokens": trl["median_s_per_1k_tokens"] / ours["median_s_per_1k_tokens"],
-        "ratio_trl_over_ours_gen_s_per_1k_tokens": trl["median_gen_s_per_1k_tokens"]
-        / ours["median_gen_s_per_1k_tokens"],
-        "ratio_trl_over_ours_update_s": trl["median_update_s"] / ours["median_update_s"],
-        "paired_ratios_s_per_step": [
-            statistics.median(t["step_s"]) / statistics.median(o["step_s"])
-            for o, t in zip(runs[OURS], runs[TRL], strict=True)
-        ],
-    }
+    out = []
+    for precision in args.precisions:
+        ours, trl = summarise(runs[OURS, precision]), summarise(runs[TRL, precision])
+        for summary in (ours, trl):
+            summary["fraction_of_peak"] = fractions_of_peak(summary, params, prompt_len, w, peaks[precision])
+        out.append(
+            {
+                "size": size,
+                "precision": precision,
+                "parameters": params,
+                "mean_prompt_tokens": prompt_len,
+                OURS: ours,
+                TRL: trl,
+                "ratio_trl_over_ours_s_per_step": trl["median_s_per_step"] / ours["median_s_per_step"],
+                "ratio_trl_over_ours_s_per_1k_tokens": trl["median_s_per_1k_tokens"] / ours["median_s_per_1k_tokens"],
+                "ratio_trl_over_ours_gen_s_per_1k_tokens": trl["median_gen_s_per_1k_tokens"]
+                / ours["median_gen_s_per_1k_tokens"],
+                "ratio_trl_over_ours_update_s": trl["median_update_s"] / ours["median_update_s"],
+                "paired_ratios_s_per_step": [
+                    statistics.median(t["step_s"]) / statistics.median(o["step_s"])
+                    for o, t in zip(runs[OURS, precision], runs[TRL, precision], strict=True)
+                ],
+            }
+        )
+    return out
 
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| size | params | ours s/step | TRL s/step | ratio | ours tok/step | TRL tok/step "
+        "| size | precision | params | ours s/step | TRL s/step | ratio | ours tok/step | TRL tok/step "
         "| ours s/1k tok | TRL s/1k tok | ratio at equal work |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         o, t = r[OURS], r[TRL]
         lines.append(
-            f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {o['median_s_per_step']:.2f} "
+            f"| {r['size']} | {r['precision']} | {r['parameters'] / 1e6:.1f}M | {o['median_s_per_step']:.2f} "
             f"| {t['median_s_per_step']:.2f} "
             f"| {r['ratio_trl_over_ours_s_per_step']:.2f}x | {o['mean_tokens_per_step']:.0f} | "
             f"{t['mean_tokens_per_step']:.0f} | {o['median_s_per_1k_tokens']:.3f} | {t['median_s_per_1k_tokens']:.3f} "
@@ -394,24 +443,37 @@ def table(results: list[dict]) -> str:
         )
     lines += [
         "",
-        "| size | gen s/1k tok ours | gen s/1k tok TRL | gen ratio | update s ours | update s TRL | update ratio "
-        "| train acc ours / TRL | responses ours skipped |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| size | precision | gen s/1k tok ours | gen s/1k tok TRL | gen ratio | update s ours | update s TRL "
+        "| update ratio | train acc ours / TRL | responses ours skipped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         o, t = r[OURS], r[TRL]
         lines.append(
-            f"| {r['size']} | {o['median_gen_s_per_1k_tokens']:.3f} | {t['median_gen_s_per_1k_tokens']:.3f} "
+            f"| {r['size']} | {r['precision']} | {o['median_gen_s_per_1k_tokens']:.3f} "
+            f"| {t['median_gen_s_per_1k_tokens']:.3f} "
             f"| {r['ratio_trl_over_ours_gen_s_per_1k_tokens']:.2f}x | {o['median_update_s']:.2f} "
             f"| {t['median_update_s']:.2f} | {r['ratio_trl_over_ours_update_s']:.2f}x "
             f"| {o.get('mean_train_acc', float('nan')):.2f} / {t.get('mean_train_acc', float('nan')):.2f} "
             f"| {100 * o.get('mean_skipped_rows_frac', 0.0):.0f}% |"
         )
+    lines += [
+        "",
+        "Useful work against the matmul peak of the precision used (whole step / generation / update):",
+        "",
+        "| size | precision | useful GFLOP a step | ours | TRL |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        o, t = r[OURS]["fraction_of_peak"], r[TRL]["fraction_of_peak"]
+        cells = [" / ".join(f"{100 * f[k]:.0f} %" for k in ("step", "generation", "update")) for f in (o, t)]
+        gflops = o["useful_gflops_per_step"]
+        lines.append(f"| {r['size']} | {r['precision']} | {gflops:.1f} | {cells[0]} | {cells[1]} |")
     lines += ["", "Phases (median s per step):", ""]
     for r in results:
         for name in (OURS, TRL):
             phases = ", ".join(f"{k} {v:.3f}" for k, v in r[name]["phases_median_s"].items())
-            lines.append(f"- {r['size']} {name}: {phases}")
+            lines.append(f"- {r['size']} {r['precision']} {name}: {phases}")
     return "\n".join(lines)
 
 
@@ -430,6 +492,13 @@ def main() -> None:
         "--no-share", action="store_true", help="ours uses the model's own padded forward (no shared-prefix forward)"
     )
     parser.add_argument("--level", type=int, default=Workload.level, help="arith level of prompts and warm start")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32"],
+        choices=["fp32", "bf16"],
+        help="run both systems in each (interleaved); bf16 = ours bf16-mixed, TRL bf16=True",
+    )
     parser.add_argument("--quick", action="store_true", help="~3 minutes: sizes 1m and 5m, 2 repeats x 2 steps")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dapo-bench-trainer")
     parser.add_argument("--out", type=Path, default=None)
@@ -438,6 +507,7 @@ def main() -> None:
         args.sizes, args.repeats, args.steps = ["1m", "5m"], 2, 2
     name = "trainer" + (f"-mb{args.mini_batches}" if args.mini_batches > 1 else "")
     name += ("-noskip" if args.no_skip else "") + ("-noshare" if args.no_share else "")
+    name += "" if args.precisions == ["fp32"] else "-" + "-".join(args.precisions)
     name += "-quick" if args.quick else ""
     out = args.out or ROOT / "bench" / "results" / f"{name}.json"
     warnings.filterwarnings("ignore")
@@ -451,17 +521,20 @@ def main() -> None:
         parser.error(f"--mini-batches must divide the {w.prompts} prompts of a step")
     work = Path(tempfile.mkdtemp(prefix="dapo-bench-trainer-"))
     results: list[dict] = []
+    # The matmul peaks the step is measured against, one thread as the runs, in this run.
+    peaks = {p: measure_matmul_peak(1, 1024, dtype=PEAK_DTYPES[p]) for p in ("fp32", "bf16")}
+    print("matmul peaks, 1 thread: " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()), flush=True)
     try:
         for size in args.sizes:
-            results.append(bench_size(size, w, args, work))
-            write_report(out, w, args, results)  # a size at a time: a long run that stops keeps what it measured
+            results.extend(bench_size(size, w, args, work, peaks))
+            write_report(out, w, args, results, peaks)  # a size at a time: a long run that stops keeps what it measured
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results))
     print(f"\nwritten to {out}")
 
 
-def write_report(out: Path, w: Workload, args: argparse.Namespace, results: list[dict]) -> None:
+def write_report(out: Path, w: Workload, args: argparse.Namespace, results: list[dict], peaks: dict) -> None:
     import transformers
     import trl
 
@@ -473,6 +546,7 @@ def write_report(out: Path, w: Workload, args: argparse.Namespace, results: list
             "transformers": transformers.__version__,
             "trl": trl.__version__,
             "threads": 1,
+            "matmul_peak_gflops_1_thread": {p: v / 1e9 for p, v in peaks.items()},
         },
         "workload": {**asdict(w), "sft_steps": args.sft_steps},
         "protocol": {"repeats": args.repeats, "warmup_steps": args.warmup, "timed_steps_per_run": args.steps},

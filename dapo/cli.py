@@ -2,7 +2,7 @@
 
 dapo train  [--preset NAME] [--config FILE.yaml] [section.field=value ...]
 dapo eval   [--preset NAME] [--config FILE.yaml] [--checkpoint DIR] [section.field=value ...]
-dapo sft    [--size 1m] [--level 2] [--steps N] [--shortcut-rate R] [--out DIR]
+dapo sft    [--size 1m] [--level 2] [--steps N] [--shortcut-rate R] [--repeat-rate R] [--out DIR]
 dapo config [--preset NAME] [--config FILE.yaml] [--fields] [section.field=value ...]
 dapo presets
 """
@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="share of demonstrations that give the bare answer instead of the worked solution "
         "(default: the CPU default's recipe)",
+    )
+    sft.add_argument(
+        "--repeat-rate",
+        type=float,
+        default=None,
+        help="share of demonstrations that write their steps 2-3 times over before the answer, a repetition loop "
+        "(default 0; the CPU ablation's base uses 0.1)",
     )
     sft.add_argument(
         "--out", default=None, help="output directory (default runs/base/<name naming size, level and recipe>)"
@@ -181,10 +188,14 @@ def _write_eval(out: Path, metrics: dict, config, checkpoint: str | None) -> Non
 
 
 def _sft(args) -> int:
-    from dapo.sft import SftSettings, base_model_name, build_base_model
+    from dapo.sft import SftSettings, base_model_name, build_base_model, check_rates
 
-    chosen = {"steps": args.steps, "shortcut_rate": args.shortcut_rate}
+    chosen = {"steps": args.steps, "shortcut_rate": args.shortcut_rate, "repeat_rate": args.repeat_rate}
     settings = SftSettings(**{k: v for k, v in chosen.items() if v is not None})
+    try:
+        check_rates(settings.shortcut_rate, settings.repeat_rate)
+    except ValueError as error:
+        raise ConfigError(f"--shortcut-rate / --repeat-rate: {error}") from None
     out = Path(args.out or f"runs/base/{base_model_name(args.size, args.level, settings)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     build_base_model(args.size, args.level, out, settings)

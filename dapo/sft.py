@@ -46,21 +46,45 @@ class SftSettings:
     """distinct training problems"""
     shortcut_rate: float = 0.5
     """share of demonstrations that give the bare answer ("Answer: N") instead of the worked solution"""
+    repeat_rate: float = 0.0
+    """share of demonstrations that write their steps 2-3 times over before the answer line (a repetition
+    loop, the usual way a model's response overruns its length cap)"""
     seed: int = 0
 
 
+def check_rates(shortcut_rate: float, repeat_rate: float) -> None:
+    """Some demonstrations must stay plain worked solutions."""
+    if min(shortcut_rate, repeat_rate) < 0.0 or shortcut_rate + repeat_rate >= 1.0:
+        raise ValueError(
+            f"shortcut_rate and repeat_rate must be ≥ 0 with a sum below 1, got {shortcut_rate!r} and {repeat_rate!r}"
+        )
+
+
+def repeated_solution(record: PromptRecord, passes: int) -> str:
+    """The worked solution with its step lines written `passes` times over, then the answer line."""
+    *steps, answer = arith_solution(record).split("\n")
+    return "\n".join([*steps * passes, answer])
+
+
 def sft_examples(
-    records: Sequence[PromptRecord], tokenizer, shortcut_rate: float = 0.0, seed: int = 0
+    records: Sequence[PromptRecord], tokenizer, shortcut_rate: float = 0.0, seed: int = 0, repeat_rate: float = 0.0
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids + EOS) for each record of the built-in task: its worked solution, or
-    for a `shortcut_rate` share of them (drawn with `seed`) the bare "Answer: N" line."""
-    if not 0.0 <= shortcut_rate < 1.0:
-        raise ValueError(f"shortcut_rate must be in [0, 1), got {shortcut_rate!r}")
+    """(prompt ids, completion ids + EOS) for each record of the built-in task: its worked solution; for a
+    `shortcut_rate` share of them (drawn with `seed`) the bare "Answer: N" line; for a `repeat_rate` share
+    the worked solution with its steps written 2-3 times over (`repeated_solution`)."""
+    check_rates(shortcut_rate, repeat_rate)
     rng = random.Random(f"shortcuts:{seed}")
+    repeats = random.Random(f"repeats:{seed}")  # its own stream: repeat_rate=0 leaves the old draws as they were
     examples = []
     for record in records:
         prompt = tokenizer(render_prompt(record, tokenizer), add_special_tokens=False)["input_ids"]
-        text = f"Answer: {record.ground_truth}" if rng.random() < shortcut_rate else arith_solution(record)
+        draw = rng.random()
+        if draw < shortcut_rate:
+            text = f"Answer: {record.ground_truth}"
+        elif draw < shortcut_rate + repeat_rate:
+            text = repeated_solution(record, passes=repeats.randint(2, 3))
+        else:
+            text = arith_solution(record)
         completion = tokenizer(text, add_special_tokens=False)["input_ids"]
         examples.append((prompt, [*completion, tokenizer.eos_token_id]))
     return examples
@@ -117,7 +141,7 @@ def build_base_model(
         f"[sft] warm-starting a tiny-{size} model on {len(records)} arithmetic problems "
         f"(level {level}), {settings.steps} steps"
     )
-    examples = sft_examples(records, tokenizer, settings.shortcut_rate, settings.seed)
+    examples = sft_examples(records, tokenizer, settings.shortcut_rate, settings.seed, settings.repeat_rate)
     losses = supervised_finetune(model, tokenizer, examples, settings)
     say(f"[sft] loss {losses[0]:.3f} -> {sum(losses[-20:]) / len(losses[-20:]):.3f}")
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
@@ -131,12 +155,20 @@ def base_model_name(size: str, level: int | Sequence[int], settings: SftSettings
     """Directory name of a warm-started base: names the recipe, so a changed recipe never reuses an old base."""
     levels = level if isinstance(level, int) else "-".join(map(str, level))
     name = f"tiny-{size}-arith-level{levels}-sft{settings.steps}"
-    return name + (f"-shortcut{round(100 * settings.shortcut_rate)}" if settings.shortcut_rate else "")
+    name += f"-shortcut{round(100 * settings.shortcut_rate)}" if settings.shortcut_rate else ""
+    return name + (f"-repeat{round(100 * settings.repeat_rate)}" if settings.repeat_rate else "")
+
+
+def warm_start_settings(config: Config) -> SftSettings:
+    """The warm-start recipe of a `builtin:` model: `model.warm_start` over SftSettings' other defaults."""
+    w = config.model.warm_start
+    return SftSettings(steps=w.steps, shortcut_rate=w.shortcut_rate, repeat_rate=w.repeat_rate)
 
 
 def builtin_base_dir(config: Config) -> Path:
     size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    return Path(config.trainer.output_dir) / "base" / base_model_name(size, config.data.task_level, SftSettings())
+    name = base_model_name(size, config.data.task_level, warm_start_settings(config))
+    return Path(config.trainer.output_dir) / "base" / name
 
 
 def ensure_builtin_base(config: Config, say: Callable[[str], None] = print) -> Path:
@@ -146,4 +178,4 @@ def ensure_builtin_base(config: Config, say: Callable[[str], None] = print) -> P
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    return build_base_model(size, config.data.task_level, out_dir, SftSettings(), say=say)
+    return build_base_model(size, config.data.task_level, out_dir, warm_start_settings(config), say=say)

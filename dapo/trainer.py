@@ -96,7 +96,10 @@ class Trainer:
         self.counters = Counters(kl_reward_coef=config.algo.kl_reward_coef)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=config.trainer.keep_last)
         self.num_params = self.policy.num_parameters()
-        self.peak_flops = measure_matmul_peak(config.trainer.num_threads)
+        # The peak of the dtype the update's matmuls run in: bf16 under bf16-mixed or bf16 parameters.
+        bf16 = config.actor.precision == "bf16-mixed" or config.model.dtype == "bfloat16"
+        peak_dtype = torch.bfloat16 if bf16 else torch.float32
+        self.peak_flops = measure_matmul_peak(config.trainer.num_threads, dtype=peak_dtype)
         resumed_step = self._maybe_resume()
         self.logger = MetricsLogger(
             self.run_dir,
