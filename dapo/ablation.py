@@ -7,9 +7,11 @@ skipped, a killed one continues from its last checkpoint (`trainer.resume=auto`)
 partial ladder already compares every rung on the first seeds.
 
 The report (`<out>/report.md` and PNGs beside it) has:
-- a Table-1-style table: final held-out accuracy per rung, mean and a 95 % t-interval over seeds, and the
-  change against the rung below;
-- the steps each rung needs to reach naive GRPO's final accuracy (the paper's "50 % of the steps");
+- a Table-1-style table: held-out accuracy per rung, final and over the last evaluations, mean and a 95 %
+  t-interval over seeds, and the change against the rung below with the interval of the paired
+  differences (the rungs of one seed share the base and the prompts' order);
+- the steps each rung needs to reach naive GRPO's late accuracy (the paper's "50 % of the steps");
+- what the techniques had to act on: lengths, truncation, entropy, the clip, groups without signal;
 - mean-and-band curves over seeds: held-out accuracy, entropy (with and without Clip-Higher), response
   length, the upper and lower clip fractions, generation rounds per step, all-correct and all-wrong groups;
 - plain words where a step of the ladder does not move accuracy beyond the seeds' noise.
@@ -57,6 +59,8 @@ QUICK = {
     "trainer.total_steps": 2, "trainer.test_freq": 2, "data.val_size": 16, "rollout.val_n": 2,
     "data.train_batch_size": 4, "data.gen_batch_size": 4, "actor.mini_batch_size": 2,
 }  # fmt: skip
+# The report's late accuracy: the mean of each run's last evaluations (steps 90-120 of the CPU ladder).
+LATE_EVALUATIONS = 4
 # Every run: its own directory, no TensorBoard, no progress bar per run (the ladder has its own line).
 EVERY_RUN = {"trainer.tensorboard": False, "trainer.progress": False, "trainer.resume": "auto"}
 
@@ -159,6 +163,17 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float]:
     return mean, _t_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def paired_interval(below: dict[int, float], above: dict[int, float]) -> tuple[float, float, int]:
+    """(mean, 95 % half-width, pairs) of `above - below` over the seeds both have. Rungs of one seed share
+    the base, the prompts' order and the sampling seed, so the paired difference removes what the seeds
+    share, and its interval is narrower than one built from the two rungs' own intervals."""
+    seeds = sorted(set(below) & set(above))
+    if not seeds:
+        return math.nan, math.nan, 0
+    mean, half = mean_interval([above[s] - below[s] for s in seeds])
+    return mean, half, len(seeds)
+
+
 def _accuracy_key(rows: Sequence[dict]) -> str | None:
     keys = sorted({k for r in rows for k in r if k.startswith("val-core/") and "/acc/mean@" in k})
     return keys[0] if keys else None
@@ -175,7 +190,22 @@ class RungResult:
         return [s for s, _ in points], [v for _, v in points]
 
     def final_accuracy(self, key: str) -> list[float]:
-        return [ys[-1] for seed in self.rows if (ys := self.curve(seed, key)[1])]
+        return list(self.final_by_seed(key).values())
+
+    def final_by_seed(self, key: str) -> dict[int, float]:
+        """Per seed, the last evaluation."""
+        return {seed: ys[-1] for seed in self.rows if (ys := self.curve(seed, key)[1])}
+
+    def late_by_seed(self, key: str, last: int = LATE_EVALUATIONS) -> dict[int, float]:
+        """Per seed, the mean of the last `last` evaluations: a plateau's level with a quarter of one
+        evaluation's sampling noise, where the last one alone is a single draw."""
+        return {seed: statistics.fmean(ys[-last:]) for seed in self.rows if (ys := self.curve(seed, key)[1])}
+
+    def mean_over_steps(self, seed: int, key: str, first: int | None = None, last: int | None = None) -> float:
+        """The mean of a training metric over the run's first `first` or last `last` logged steps (NaN if none)."""
+        ys = self.curve(seed, key)[1]
+        ys = ys[:first] if first is not None else ys[-last:] if last is not None else ys
+        return statistics.fmean(ys) if ys else math.nan
 
     def steps_to_reach(self, key: str, target: float) -> list[float]:
         """Per seed, the first evaluated step whose accuracy reaches `target` (NaN if never)."""
@@ -224,7 +254,9 @@ def write_report(plan: AblationPlan, title: str = "Ablation") -> Path:
     lines += [
         f"{len(results)} rungs × seeds {sorted({s for r in results for s in r.rows})}"
         + (" (--quick: a smoke run, not a result)" if plan.quick else "")
-        + f"; held-out metric `{key}`, the last evaluation of each run; ± is a 95 % t-interval over seeds.",
+        + f"; held-out metric `{key}`: the last evaluation of each run, and the mean of its last "
+        f"{LATE_EVALUATIONS} evaluations (the comparisons use it); ± is a 95 % t-interval over seeds, and for a "
+        "change between rungs over the paired differences of the seeds.",
         "",
     ]
     if key is None:
@@ -235,6 +267,7 @@ def write_report(plan: AblationPlan, title: str = "Ablation") -> Path:
     if variants:
         lines += ["", *_variant_table(results[-1], variants, key)]
     lines += ["", *_steps_to_baseline(results + variants, key)]
+    lines += ["", *_acted_on_table(results + variants)]
     lines += ["", "## Directions", "", *_honest_words(results, key)]
     lines += _honest_words([results[-1], *variants], key, pairs=[(results[-1], v) for v in variants])
     lines += ["", "## Figures", ""]
@@ -244,18 +277,30 @@ def write_report(plan: AblationPlan, title: str = "Ablation") -> Path:
     return report
 
 
+def _paired_text(mean: float, half: float, pairs: int) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{100 * mean:+.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
+
+
 def _table(results: list[RungResult], key: str) -> list[str]:
     lines = [
-        "| rung | adds | held-out accuracy, % | vs the rung below, points | paper (AIME 2024) |",
-        "|---|---|---|---|---|",
+        f"| rung | adds | held-out accuracy, %: final | last {LATE_EVALUATIONS} evaluations "
+        f"| vs the rung below, points (paired, last {LATE_EVALUATIONS}) | paper (AIME 2024) |",
+        "|---|---|---|---|---|---|",
     ]
-    previous: float | None = None
+    previous: RungResult | None = None
     for rung in results:
-        mean, half = mean_interval(rung.final_accuracy(key))
-        delta = "" if previous is None else f"{100 * (mean - previous):+.1f}"
+        final = _percent(*mean_interval(rung.final_accuracy(key)))
+        late = _percent(*mean_interval(list(rung.late_by_seed(key).values())))
+        delta = (
+            ""
+            if previous is None
+            else _paired_text(*paired_interval(previous.late_by_seed(key), rung.late_by_seed(key)))
+        )
         paper = PAPER_TABLE_1.get(technique(rung.preset), "")
-        lines.append(f"| `{rung.preset}` | {technique(rung.preset)} | {_percent(mean, half)} | {delta} | {paper} |")
-        previous = mean
+        lines.append(f"| `{rung.preset}` | {technique(rung.preset)} | {final} | {late} | {delta} | {paper} |")
+        previous = rung
     return lines
 
 
@@ -265,21 +310,63 @@ def _variant_table(last: RungResult, variants: list[RungResult], key: str) -> li
         f'The last rung with the other meanings of "token-level loss" (`{last.preset}` uses the exact token '
         "mean over the mini-batch):",
         "",
-        "| variant | loss aggregation | held-out accuracy, % | vs the last rung, points |",
-        "|---|---|---|---|",
+        f"| variant | loss aggregation | held-out accuracy, %: final | last {LATE_EVALUATIONS} evaluations "
+        f"| vs the last rung, points (paired, last {LATE_EVALUATIONS}) |",
+        "|---|---|---|---|---|",
     ]
-    base, _ = mean_interval(last.final_accuracy(key))
     for rung in variants:
-        mean, half = mean_interval(rung.final_accuracy(key))
+        final = _percent(*mean_interval(rung.final_accuracy(key)))
+        late = _percent(*mean_interval(list(rung.late_by_seed(key).values())))
+        delta = _paired_text(*paired_interval(last.late_by_seed(key), rung.late_by_seed(key)))
         mode = load_config(rung.preset).algo.loss_agg_mode
-        lines.append(f"| `{rung.preset}` | `{mode}` | {_percent(mean, half)} | {100 * (mean - base):+.1f} |")
+        lines.append(f"| `{rung.preset}` | `{mode}` | {final} | {late} | {delta} |")
+    return lines
+
+
+# What each rung's techniques had to act on: (column, metric key, steps: ("first" | "last", n)).
+ACTED_ON = (
+    ("response length, tokens (last 20 steps)", "response_length/mean", ("last", 20)),
+    ("truncated, % (first 20 steps)", "response_length/clip_ratio", ("first", 20)),
+    ("truncated, % (last 20 steps)", "response_length/clip_ratio", ("last", 20)),
+    ("entropy (first 10 steps)", "actor/entropy", ("first", 10)),
+    ("entropy (last 20 steps)", "actor/entropy", ("last", 20)),
+    ("upper clip, % of tokens", "actor/pg_clipfrac_higher", ("all", 0)),
+    ("all correct, % (last 20 steps)", "train/all_correct_group_frac", ("last", 20)),
+    ("all wrong, % (last 20 steps)", "train/all_wrong_group_frac", ("last", 20)),
+    ("generation rounds a step", "train/num_gen_batches", ("all", 0)),
+)
+_PERCENT_COLUMNS = {"response_length/clip_ratio", "actor/pg_clipfrac_higher", "train/all_correct_group_frac",
+                    "train/all_wrong_group_frac"}  # fmt: skip
+
+
+def _acted_on_table(results: list[RungResult]) -> list[str]:
+    """Per rung, the mean over seeds of what the techniques act on: lengths, truncation, entropy, the clip,
+    the groups without signal, the generation rounds."""
+    lines = [
+        "What the techniques had to act on (mean over seeds; training batches, before any filtering):",
+        "",
+        "| rung | " + " | ".join(column for column, _, _ in ACTED_ON) + " |",
+        "|---|" + "---|" * len(ACTED_ON),
+    ]
+    for rung in results:
+        cells = []
+        for _, key, (where, n) in ACTED_ON:
+            span = {"first": {"first": n}, "last": {"last": n}, "all": {}}[where]
+            values = [v for seed in rung.rows if not math.isnan(v := rung.mean_over_steps(seed, key, **span))]
+            if not values:
+                cells.append("—")
+                continue
+            value = statistics.fmean(values)
+            cells.append(f"{100 * value:.1f}" if key in _PERCENT_COLUMNS else f"{value:.3g}")
+        lines.append(f"| `{rung.preset}` | " + " | ".join(cells) + " |")
     return lines
 
 
 def _steps_to_baseline(results: list[RungResult], key: str) -> list[str]:
-    baseline, _ = mean_interval(results[0].final_accuracy(key))
+    baseline, _ = mean_interval(list(results[0].late_by_seed(key).values()))
     lines = [
-        f"Steps to reach the first rung's final accuracy ({100 * baseline:.1f} %), first evaluation at or above "
+        f"Steps to reach the first rung's late accuracy ({100 * baseline:.1f} %, the mean of its last "
+        f"{LATE_EVALUATIONS} evaluations: a level it holds, not its luckiest draw), first evaluation at or above "
         "it, mean over the seeds that reach it (the paper: DAPO needs 50 % of naive GRPO's steps):",
         "",
         "| rung | steps | seeds that reach it | vs the first rung's steps |",
@@ -300,28 +387,23 @@ def _steps_to_baseline(results: list[RungResult], key: str) -> list[str]:
 
 
 def _honest_words(results: list[RungResult], key: str, pairs=None) -> list[str]:
-    """Where a rung's change against the one below (or each given pair's) is within the seeds' noise, or
-    goes the other way."""
+    """For each rung against the one below (or each given pair), the paired change of the late accuracy and
+    whether it is beyond the seeds' noise; every rung of the paper's Table 1 raised accuracy."""
     lines = []
     for below, rung in pairs if pairs is not None else itertools.pairwise(results):
-        a, b = below.final_accuracy(key), rung.final_accuracy(key)
-        mean_a, half_a = mean_interval(a)
-        mean_b, half_b = mean_interval(b)
-        delta = 100 * (mean_b - mean_a)
-        noise = 100 * math.hypot(half_a, half_b) if not (math.isnan(half_a) or math.isnan(half_b)) else math.nan
+        delta, half, n = paired_interval(below.late_by_seed(key), rung.late_by_seed(key))
         what = technique(rung.preset) if pairs is None else f"{technique(rung.preset)} instead of the token mean"
-        if math.isnan(noise):
-            lines.append(f"- {what}: {delta:+.1f} points with one seed: no interval, no conclusion.")
-        elif abs(delta) <= noise:
-            lines.append(
-                f"- {what}: {delta:+.1f} points, within the seeds' noise (±{noise:.1f}): not resolved at this scale."
-            )
+        change = f"{100 * delta:+.1f} points"
+        if n < 2:
+            lines.append(f"- {what}: {change} with {n} seed{'s' * (n != 1)}: no interval, no conclusion.")
+            continue
+        interval = f"(± {100 * half:.1f}, paired over {n} seeds)"
+        if abs(delta) <= half:
+            lines.append(f"- {what}: {change} {interval}: within the seeds' noise, not resolved at this scale.")
         elif delta < 0:
-            lines.append(
-                f"- {what}: {delta:+.1f} points (noise ±{noise:.1f}): the paper's direction is not reproduced."
-            )
+            lines.append(f"- {what}: {change} {interval}: the paper's direction is not reproduced.")
         else:
-            lines.append(f"- {what}: {delta:+.1f} points (noise ±{noise:.1f}): the paper's direction.")
+            lines.append(f"- {what}: {change} {interval}: the paper's direction.")
     return lines
 
 

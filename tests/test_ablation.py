@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from dapo.ablation import LADDERS, VARIANTS, mean_interval, plan, write_report
+from dapo.ablation import LADDERS, VARIANTS, mean_interval, paired_interval, plan, write_report
 from dapo.config import ConfigError
 
 KEY = "val-core/arith/acc/mean@4"
@@ -34,6 +34,13 @@ def test_mean_interval_is_the_t_interval_by_hand():
     assert math.isnan(mean_interval([0.3])[1])
 
 
+def test_paired_interval_is_the_t_interval_of_the_differences_on_common_seeds():
+    # differences 0.1, 0.3 on seeds 0 and 1 (seed 2 has no partner): mean 0.2, sd 0.141421, n = 2
+    mean, half, n = paired_interval({0: 0.5, 1: 0.4, 2: 0.9}, {0: 0.6, 1: 0.7})
+    assert n == 2 and mean == pytest.approx(0.2) and half == pytest.approx(12.706 * 0.1414214 / math.sqrt(2))
+    assert paired_interval({0: 0.5}, {1: 0.5})[2] == 0
+
+
 def test_the_report_has_a_row_per_rung_the_steps_to_the_baseline_and_honest_words(tmp_path):
     the_plan = plan(None, ["cpu_ablation_naive_grpo", "cpu_ablation_clip_higher"], 2, tmp_path, quick=True)
     _fake_run(the_plan, "cpu_ablation_naive_grpo", 0, [0.30, 0.40, 0.50])
@@ -41,13 +48,20 @@ def test_the_report_has_a_row_per_rung_the_steps_to_the_baseline_and_honest_word
     _fake_run(the_plan, "cpu_ablation_clip_higher", 0, [0.30, 0.55, 0.60], entropy=0.3)
     _fake_run(the_plan, "cpu_ablation_clip_higher", 1, [0.30, 0.50, 0.62], entropy=0.3)
     text = write_report(the_plan).read_text()
-    # final accuracies: 0.50, 0.52 (mean 51.0, ± 12.706 · 0.01414 / √2 = 12.7) and 0.60, 0.62 (61.0 ± 12.7)
-    assert "| `cpu_ablation_naive_grpo` | naive_grpo | 51.0 ± 12.7 |  | 30 |" in text
-    assert "| `cpu_ablation_clip_higher` | clip_higher | 61.0 ± 12.7 | +10.0 | 38 |" in text
-    # the baseline's final 51.0 %: naive GRPO reaches it at step 20 (seed 1 only); clip-higher at steps 10, 20
-    assert "| `cpu_ablation_naive_grpo` | 20 | 1/2 | 1.00 |" in text
-    assert "| `cpu_ablation_clip_higher` | 15 | 2/2 | 0.75 |" in text
-    assert "clip_higher: +10.0 points, within the seeds' noise (±18.0): not resolved at this scale." in text
+    # final accuracies: 0.50, 0.52 (mean 51.0, ± 12.706 · 0.01414 / √2 = 12.7) and 0.60, 0.62 (61.0 ± 12.7);
+    # late means (all three evaluations here): 0.4, 0.41333 (40.7 ± 12.706 · 0.009428 / √2 = 8.5) and
+    # 0.48333, 0.47333 (47.8 ± 6.4); paired differences 0.08333, 0.06: +7.2 ± 12.706 · 0.016499 / √2 = 14.8
+    assert "| `cpu_ablation_naive_grpo` | naive_grpo | 51.0 ± 12.7 | 40.7 ± 8.5 |  | 30 |" in text
+    assert "| `cpu_ablation_clip_higher` | clip_higher | 61.0 ± 12.7 | 47.8 ± 6.4 | +7.2 ± 14.8 | 38 |" in text
+    # the baseline's late 40.7 %: naive GRPO reaches it at steps 20 and 10; clip-higher at steps 10 and 10
+    assert "| `cpu_ablation_naive_grpo` | 15 | 2/2 | 1.00 |" in text
+    assert "| `cpu_ablation_clip_higher` | 10 | 2/2 | 0.67 |" in text
+    assert (
+        "clip_higher: +7.2 points (± 14.8, paired over 2 seeds): within the seeds' noise, not resolved at this scale."
+        in text
+    )
+    # what the techniques acted on: only entropy and the generation rounds were logged
+    assert "| `cpu_ablation_clip_higher` | — | — | — | 0.3 | 0.3 | — | — | — | 1 |" in text
     for png in ("accuracy.png", "entropy.png", "generation_rounds.png"):
         assert (tmp_path / png).stat().st_size > 10_000 and f"]({png})" in text
     assert not (tmp_path / "clip_fractions.png").exists()  # no run logged them: no empty figure
