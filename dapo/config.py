@@ -782,6 +782,9 @@ def _no_kl(c: Config) -> None:
 
 def _legacy_token_mean(c: Config) -> None:
     c.algo.loss_agg_mode = "token-mean-legacy"
+    # Micro-batches of one longest sequence, as verl's DAPO recipe (ppo_max_token_len_per_gpu = max prompt +
+    # max response): the legacy mean depends on the split, and in one large micro-batch it IS the token mean.
+    c.actor.micro_batch_max_tokens = c.data.max_prompt_length + c.rollout.max_response_length
 
 
 def _group_token_mean(c: Config) -> None:
