@@ -268,8 +268,15 @@ def write_report(plan: AblationPlan, title: str = "Ablation") -> Path:
         lines += ["", *_variant_table(results[-1], variants, key)]
     lines += ["", *_steps_to_baseline(results + variants, key)]
     lines += ["", *_acted_on_table(results + variants)]
-    lines += ["", "## Directions", "", *_honest_words(results, key)]
-    lines += _honest_words([results[-1], *variants], key, pairs=[(results[-1], v) for v in variants])
+    lines += ["", "## Directions", "", *_honest_words(itertools.pairwise(results), key, technique)]
+    if len(results) > 2:
+        everything_at_once = [(results[0], results[-1])]
+        lines += _honest_words(
+            everything_at_once, key, lambda p: f"all of them together ({technique(p)} vs the first rung)"
+        )
+    lines += _honest_words(
+        [(results[-1], v) for v in variants], key, lambda p: f"{technique(p)} instead of the token mean"
+    )
     lines += ["", "## Figures", ""]
     for name, png in _figures(results + variants, key, plan.out):
         lines.append(f"![{name}]({png.name})")
@@ -334,6 +341,7 @@ ACTED_ON = (
     ("all correct, % (last 20 steps)", "train/all_correct_group_frac", ("last", 20)),
     ("all wrong, % (last 20 steps)", "train/all_wrong_group_frac", ("last", 20)),
     ("generation rounds a step", "train/num_gen_batches", ("all", 0)),
+    ("seconds a step", "timing_s/step", ("all", 0)),
 )
 _PERCENT_COLUMNS = {"response_length/clip_ratio", "actor/pg_clipfrac_higher", "train/all_correct_group_frac",
                     "train/all_wrong_group_frac"}  # fmt: skip
@@ -341,7 +349,7 @@ _PERCENT_COLUMNS = {"response_length/clip_ratio", "actor/pg_clipfrac_higher", "t
 
 def _acted_on_table(results: list[RungResult]) -> list[str]:
     """Per rung, the mean over seeds of what the techniques act on: lengths, truncation, entropy, the clip,
-    the groups without signal, the generation rounds."""
+    the groups without signal, the generation rounds; and what a step cost."""
     lines = [
         "What the techniques had to act on (mean over seeds; training batches, before any filtering):",
         "",
@@ -386,13 +394,13 @@ def _steps_to_baseline(results: list[RungResult], key: str) -> list[str]:
     return lines
 
 
-def _honest_words(results: list[RungResult], key: str, pairs=None) -> list[str]:
-    """For each rung against the one below (or each given pair), the paired change of the late accuracy and
-    whether it is beyond the seeds' noise; every rung of the paper's Table 1 raised accuracy."""
+def _honest_words(pairs, key: str, label: Callable[[str], str]) -> list[str]:
+    """For each (below, rung) pair, the paired change of the late accuracy and whether it is beyond the seeds'
+    noise; every rung of the paper's Table 1 raised accuracy."""
     lines = []
-    for below, rung in pairs if pairs is not None else itertools.pairwise(results):
+    for below, rung in pairs:
         delta, half, n = paired_interval(below.late_by_seed(key), rung.late_by_seed(key))
-        what = technique(rung.preset) if pairs is None else f"{technique(rung.preset)} instead of the token mean"
+        what = label(rung.preset)
         change = f"{100 * delta:+.1f} points"
         if n < 2:
             lines.append(f"- {what}: {change} with {n} seed{'s' * (n != 1)}: no interval, no conclusion.")

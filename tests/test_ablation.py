@@ -61,7 +61,8 @@ def test_the_report_has_a_row_per_rung_the_steps_to_the_baseline_and_honest_word
         in text
     )
     # what the techniques acted on: only entropy and the generation rounds were logged
-    assert "| `cpu_ablation_clip_higher` | — | — | — | 0.3 | 0.3 | — | — | — | 1 |" in text
+    assert "| `cpu_ablation_clip_higher` | — | — | — | 0.3 | 0.3 | — | — | — | 1 | — |" in text
+    assert "all of them together (clip_higher vs the first rung): +7.2 points" not in text  # two rungs: no extra line
     for png in ("accuracy.png", "entropy.png", "generation_rounds.png"):
         assert (tmp_path / png).stat().st_size > 10_000 and f"]({png})" in text
     assert not (tmp_path / "clip_fractions.png").exists()  # no run logged them: no empty figure
@@ -82,3 +83,20 @@ def test_bad_plans_are_one_line_errors(tmp_path):
         plan(None, ["no_such_preset"], 1, tmp_path, False)
     with pytest.raises(ConfigError, match=r"actor\.lr"):
         plan("cpu", None, 1, tmp_path, False, ["actor.lr=-1"])
+
+
+def test_a_ladder_of_three_or_more_rungs_also_compares_its_last_rung_with_its_first(tmp_path):
+    rungs = ["cpu_ablation_naive_grpo", "cpu_ablation_overlong_filtering", "cpu_ablation_clip_higher"]
+    the_plan = plan(None, rungs, 2, tmp_path, quick=True)
+    _fake_run(the_plan, rungs[0], 0, [0.30, 0.40, 0.50])
+    _fake_run(the_plan, rungs[0], 1, [0.30, 0.42, 0.52])
+    for seed in (0, 1):
+        _fake_run(the_plan, rungs[1], seed, [0.30, 0.45, 0.55])
+    _fake_run(the_plan, rungs[2], 0, [0.30, 0.60, 0.70])
+    _fake_run(the_plan, rungs[2], 1, [0.30, 0.62, 0.68])
+    text = write_report(the_plan).read_text()
+    # late means 0.4, 0.41333 against 0.53333, 0.53333: differences 0.13333, 0.12, so +12.7 ± 12.706 · 0.009428 / √2
+    assert (
+        "- all of them together (clip_higher vs the first rung): +12.7 points (± 8.5, paired over 2 seeds): "
+        "the paper's direction." in text
+    )
