@@ -4,6 +4,8 @@ settings on it: its metrics rows, one dict per logged step."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 from dapo.config import load_config
@@ -16,7 +18,10 @@ QUIET = {"trainer.save_freq": 0, "trainer.tensorboard": False, "trainer.progress
 def run_main_job(overrides: dict[str, Any]) -> tuple[Trainer, list[dict]]:
     """(the closed trainer, its metrics.jsonl rows) of `cpu_dapo` with `overrides` (and QUIET) applied."""
     settings = {**QUIET, **overrides}
-    trainer = Trainer(load_config("cpu_dapo", None, [f"{k}={v}" for k, v in settings.items()]), log_to_console=False)
+    config = load_config("cpu_dapo", None, [f"{k}={v}" for k, v in settings.items()])
+    # The metrics log appends: a run directory left by an earlier benchmark run would mix its rows in.
+    shutil.rmtree(Path(config.trainer.output_dir) / config.trainer.run_name, ignore_errors=True)
+    trainer = Trainer(config, log_to_console=False)
     try:
         trainer.train()
     finally:

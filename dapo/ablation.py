@@ -284,7 +284,7 @@ def write_report(plan: AblationPlan, title: str = "Ablation") -> Path:
     return report
 
 
-def _paired_text(mean: float, half: float, pairs: int) -> str:
+def _paired_text(mean: float, half: float, _pairs: int) -> str:
     if math.isnan(mean):
         return ""
     return f"{100 * mean:+.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
@@ -330,7 +330,7 @@ def _variant_table(last: RungResult, variants: list[RungResult], key: str) -> li
     return lines
 
 
-# What each rung's techniques had to act on: (column, metric key, steps: ("first" | "last", n)).
+# What each rung's techniques had to act on: (column, metric key, steps: ("first" | "last", n) or ("all", 0)).
 ACTED_ON = (
     ("response length, tokens (last 20 steps)", "response_length/mean", ("last", 20)),
     ("truncated, % (first 20 steps)", "response_length/clip_ratio", ("first", 20)),
