@@ -73,7 +73,7 @@ from pathlib import Path
 import torch
 
 from dapo.config import Config
-from dapo.data import make_arith_records
+from dapo.data import make_arith_records, render_prompt
 from dapo.models import load_model_and_tokenizer, num_parameters
 from dapo.rewards import score_dapo
 from dapo.runtime import measure_matmul_peak
@@ -199,6 +199,11 @@ def _timed(record: Callable[[float, object], None], fn: Callable) -> Callable:
     return wrapper
 
 
+def chat_messages(record) -> list[dict[str, str]]:
+    """A record's messages as TRL's dataset (and the chat template) takes them."""
+    return [{"role": m.role, "content": m.content} for m in record.messages]
+
+
 def arith_reward(completions, ground_truth, **_) -> list[float]:
     """The DAPO rule reward (+1 / -1) on the arith answer: the scorer our trainer routes "arith" to."""
     return [
@@ -213,12 +218,7 @@ def run_trl(model_dir: Path, w: Workload, warmup: int, steps: int, work: Path) -
     from trl import GRPOConfig, GRPOTrainer
 
     records = make_arith_records("train", 4000, seed=1, level=w.level)
-    dataset = Dataset.from_list(
-        [
-            {"prompt": [{"role": m.role, "content": m.content} for m in r.messages], "ground_truth": r.ground_truth}
-            for r in records
-        ]
-    )
+    dataset = Dataset.from_list([{"prompt": chat_messages(r), "ground_truth": r.ground_truth} for r in records])
     model, tokenizer = load_model_and_tokenizer(model_dir, dtype=torch.float32)
     args = GRPOConfig(
         output_dir=str(work / "trl"),
@@ -350,12 +350,12 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def prompt_tokens(model_dir: Path, level: int, num: int = 256) -> float:
+def prompt_tokens(tokenizer, level: int, num: int = 256) -> float:
     """Mean prompt length in tokens, as both systems render it (the tokenizer's chat template)."""
-    _, tokenizer = load_model_and_tokenizer(model_dir)
     records = make_arith_records("train", num, seed=1, level=level)
-    messages = [[{"role": m.role, "content": m.content} for m in r.messages] for r in records]
-    return statistics.fmean(len(tokenizer.apply_chat_template(m, add_generation_prompt=True)) for m in messages)
+    return statistics.fmean(
+        len(tokenizer(render_prompt(r, tokenizer), add_special_tokens=False)["input_ids"]) for r in records
+    )
 
 
 def fractions_of_peak(summary: dict, params: int, prompt_len: float, w: Workload, peak: float) -> dict:
@@ -378,10 +378,10 @@ def fractions_of_peak(summary: dict, params: int, prompt_len: float, w: Workload
 def bench_size(size: str, w: Workload, args: argparse.Namespace, work: Path, peaks: dict[str, float]) -> list[dict]:
     """Both systems in every precision of `args.precisions`, interleaved (ABBA over the combinations)."""
     model_dir = base_model(size, w.level, args.sft_steps, args.cache)
-    model, _ = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir)
     params = num_parameters(model)
     del model
-    prompt_len = prompt_tokens(model_dir, w.level)
+    prompt_len = prompt_tokens(tokenizer, w.level)
     combos = [(name, p) for p in args.precisions for name in (OURS, TRL)]
     runs: dict[tuple[str, str], list[dict]] = {c: [] for c in combos}
     runners = {OURS: run_ours, TRL: run_trl}

@@ -290,6 +290,12 @@ def _paired_text(mean: float, half: float, _pairs: int) -> str:
     return f"{100 * mean:+.1f}" + ("" if math.isnan(half) else f" ± {100 * half:.1f}")
 
 
+def _final_and_late(rung: RungResult, key: str) -> tuple[str, str]:
+    """The table cells of a rung's final and late accuracy, mean ± interval over seeds."""
+    final = _percent(*mean_interval(rung.final_accuracy(key)))
+    return final, _percent(*mean_interval(list(rung.late_by_seed(key).values())))
+
+
 def _table(results: list[RungResult], key: str) -> list[str]:
     lines = [
         f"| rung | adds | held-out accuracy, %: final | last {LATE_EVALUATIONS} evaluations "
@@ -298,8 +304,7 @@ def _table(results: list[RungResult], key: str) -> list[str]:
     ]
     previous: RungResult | None = None
     for rung in results:
-        final = _percent(*mean_interval(rung.final_accuracy(key)))
-        late = _percent(*mean_interval(list(rung.late_by_seed(key).values())))
+        final, late = _final_and_late(rung, key)
         delta = (
             ""
             if previous is None
@@ -322,8 +327,7 @@ def _variant_table(last: RungResult, variants: list[RungResult], key: str) -> li
         "|---|---|---|---|---|",
     ]
     for rung in variants:
-        final = _percent(*mean_interval(rung.final_accuracy(key)))
-        late = _percent(*mean_interval(list(rung.late_by_seed(key).values())))
+        final, late = _final_and_late(rung, key)
         delta = _paired_text(*paired_interval(last.late_by_seed(key), rung.late_by_seed(key)))
         mode = load_config(rung.preset).algo.loss_agg_mode
         lines.append(f"| `{rung.preset}` | `{mode}` | {final} | {late} | {delta} |")

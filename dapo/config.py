@@ -477,8 +477,7 @@ def _check_choices(c: Config) -> None:
     w = c.model.warm_start
     _require(w.steps >= 1, "model.warm_start.steps", "must be ≥ 1", w.steps)
     for name in ("shortcut_rate", "repeat_rate"):
-        rate = getattr(w, name)
-        _require(0.0 <= rate < 1.0, f"model.warm_start.{name}", "must be in [0, 1)", rate)
+        _require(getattr(w, name) >= 0.0, f"model.warm_start.{name}", "must be ≥ 0", getattr(w, name))
     _require(
         w.shortcut_rate + w.repeat_rate < 1.0,
         "model.warm_start.repeat_rate",

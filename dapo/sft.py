@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dapo.config import Config
+from dapo.config import Config, WarmStartConfig
 from dapo.data import PromptRecord, arith_solution, make_arith_records, render_prompt
 from dapo.models import build_char_tokenizer, build_tiny_model, save_pretrained_pair
 
 
 @dataclass(frozen=True)
 class SftSettings:
-    steps: int = 1000
+    steps: int = WarmStartConfig.steps  # the CPU default's recipe, as `model.warm_start` gives it
     """optimiser steps (1000 steps, half of them on shortcuts, give the 1M model ~37 % held-out accuracy
     on level 2: ~50 % when it works the problem out, ~18 % when it answers directly)"""
     batch_size: int = 32
@@ -44,9 +44,9 @@ class SftSettings:
     """AdamW learning rate (peak; linear decay to 10%)"""
     num_examples: int = 4000
     """distinct training problems"""
-    shortcut_rate: float = 0.5
+    shortcut_rate: float = WarmStartConfig.shortcut_rate
     """share of demonstrations that give the bare answer ("Answer: N") instead of the worked solution"""
-    repeat_rate: float = 0.0
+    repeat_rate: float = WarmStartConfig.repeat_rate
     """share of demonstrations that write their steps 2-3 times over before the answer line (a repetition
     loop, the usual way a model's response overruns its length cap)"""
     seed: int = 0
@@ -165,9 +165,12 @@ def warm_start_settings(config: Config) -> SftSettings:
     return SftSettings(steps=w.steps, shortcut_rate=w.shortcut_rate, repeat_rate=w.repeat_rate)
 
 
+def _builtin_size(config: Config) -> str:
+    return config.model.path.removeprefix("builtin:").removeprefix("tiny-")
+
+
 def builtin_base_dir(config: Config) -> Path:
-    size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    name = base_model_name(size, config.data.task_level, warm_start_settings(config))
+    name = base_model_name(_builtin_size(config), config.data.task_level, warm_start_settings(config))
     return Path(config.trainer.output_dir) / "base" / name
 
 
@@ -177,5 +180,5 @@ def ensure_builtin_base(config: Config, say: Callable[[str], None] = print) -> P
     if (out_dir / "config.json").exists():
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    size = config.model.path.removeprefix("builtin:").removeprefix("tiny-")
-    return build_base_model(size, config.data.task_level, out_dir, warm_start_settings(config), say=say)
+    settings = warm_start_settings(config)
+    return build_base_model(_builtin_size(config), config.data.task_level, out_dir, settings, say=say)
