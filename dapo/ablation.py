@@ -28,19 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dapo.config import ConfigError, load_config
+from dapo.config import ABLATION_PREFIXES, ABLATION_RUNGS, ConfigError, ablation_ladder, load_config
 from dapo.metrics import merge_by_step, read_jsonl_metrics
 
-LADDERS: dict[str, tuple[str, ...]] = {
-    "cpu": (
-        "cpu_ablation_naive_grpo", "cpu_ablation_overlong_filtering", "cpu_ablation_clip_higher",
-        "cpu_ablation_soft_overlong", "cpu_ablation_token_level_loss", "cpu_ablation_dynamic_sampling",
-    ),
-    "paper": (
-        "ablation_naive_grpo", "ablation_overlong_filtering", "ablation_clip_higher", "ablation_soft_overlong",
-        "ablation_token_level_loss", "ablation_dynamic_sampling",
-    ),
-}  # fmt: skip
+# The ladders' presets, from the one table of Table 1 (`dapo.config.presets.ABLATION_RUNGS`).
+LADDERS: dict[str, tuple[str, ...]] = {ladder: ablation_ladder(ladder) for ladder in ABLATION_PREFIXES}
 
 # Variants of a ladder's last rung, shown as extra rows: the other meanings of "token-level loss".
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -49,10 +41,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 # The paper's Table 1 (AIME 2024 avg@32) for the rungs of both ladders, by the technique a rung adds.
-PAPER_TABLE_1 = {
-    "naive_grpo": 30, "overlong_filtering": 36, "clip_higher": 38, "soft_overlong": 41, "token_level_loss": 42,
-    "dynamic_sampling": 50,
-}  # fmt: skip
+PAPER_TABLE_1: dict[str, int] = {rung.name: rung.paper_aime for rung in ABLATION_RUNGS}
 
 # --quick: a first look in minutes (and the CI check); the numbers it gives mean nothing.
 QUICK = {

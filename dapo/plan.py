@@ -186,7 +186,7 @@ def make_plan(config: Config) -> Plan:
     if c.uses_critic:
         terms["critic"] = 4 * weights / shards + weights
     tokens = c.actor.micro_batch_max_tokens
-    act_bytes = 2 if c.actor.precision == "bf16-mixed" or c.model.dtype == "bfloat16" else 4
+    act_bytes = 2 if c.update_dtype_is_bf16 else 4
     terms[f"activations ({tokens:,} tokens a micro-batch)"] = tokens * layers * hidden * 17 * act_bytes
     terms["logits (float32)"] = tokens * vocab * 4 * 3
     total = sum(terms.values())
