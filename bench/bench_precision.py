@@ -23,8 +23,9 @@ from bench_forward import make_batch
 
 from dapo import algo
 from dapo.models import build_char_tokenizer, build_tiny_model
+from dapo.workers.base import OptimParams, PolicyLossParams, PolicySettings
 from dapo.workers.batch import batch_from_prompts
-from dapo.workers.local import OptimParams, PolicyLossParams, PolicyWorker
+from dapo.workers.policy import PolicyWorker
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS = PolicyLossParams(0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.0)
@@ -41,7 +42,7 @@ def bench(size: str, repeats: int) -> dict:
         advantages=algo.broadcast_to_tokens(algo.grpo_advantages(rewards).reshape(-1), batch.response_mask)
     )
     workers = {
-        p: PolicyWorker(copy.deepcopy(model), OPTIM, with_reference=False, micro_batch_max_tokens=4096, precision=p)
+        p: PolicyWorker(copy.deepcopy(model), PolicySettings(OPTIM, micro_batch_max_tokens=4096, precision=p))
         for p in PRECISIONS
     }
     times: dict[str, list[float]] = {p: [] for p in PRECISIONS}

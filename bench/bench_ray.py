@@ -30,14 +30,15 @@ import torch
 from dapo import algo
 from dapo.cluster import connect
 from dapo.models import build_char_tokenizer, build_tiny_model
+from dapo.workers.base import OptimParams, PolicyLossParams, PolicySettings
 from dapo.workers.batch import TrainBatch
-from dapo.workers.local import OptimParams, PolicyLossParams, PolicyWorker
+from dapo.workers.policy import PolicyWorker
 from dapo.workers.ray_group import RayPolicyWorkers, RaySettings, RayTrainGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIM = OptimParams(1e-4, (0.9, 0.999), 0.0, 1.0, 0, "constant", 100, 0.0)
 LOSS = PolicyLossParams(0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0)
-OPTIONS = {"optim": OPTIM, "with_reference": False, "micro_batch_max_tokens": 4096, "share_prompt_forward": True}
+OPTIONS = PolicySettings(OPTIM, micro_batch_max_tokens=4096, share_prompt_forward=True)
 
 
 def workload(vocab: int, prompts: int = 8, group: int = 8, seed: int = 0) -> TrainBatch:
@@ -78,7 +79,7 @@ def timed_step(policy, batch) -> dict[str, float]:
 
 class Local:
     def __init__(self, model, threads: int):
-        self.worker, self.threads = PolicyWorker(copy.deepcopy(model), **OPTIONS), threads
+        self.worker, self.threads = PolicyWorker(copy.deepcopy(model), OPTIONS), threads
 
     def step(self, batch) -> dict[str, float]:
         torch.set_num_threads(self.threads)

@@ -55,7 +55,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from dapo.config import load_config
-    from dapo.runtime import measure_matmul_peak
+    from dapo.metrics import measure_matmul_peak
     from dapo.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -74,9 +74,9 @@ import torch
 
 from dapo.config import Config
 from dapo.data import make_arith_records, render_prompt
+from dapo.metrics import measure_matmul_peak
 from dapo.models import load_model_and_tokenizer, num_parameters
 from dapo.rewards import score_dapo
-from dapo.runtime import measure_matmul_peak
 from dapo.sft import SftSettings, base_model_name, build_base_model
 from dapo.trainer import Trainer
 

@@ -78,6 +78,13 @@ _KEY = re.compile(r"^[A-Za-z0-9_]+$")
 # Modules whose classes may be allow-listed for weights_only loading without asking the caller:
 # our own package (records kept in the buffer) and numpy's array reconstruction.
 _TRUSTED_MODULE_PREFIXES = ("dapo.", "numpy.")
+# Classes that moved since checkpoints holding them were first written: old qualified name -> where the class
+# lives now. A pickle names the class where it lived at save time, so an older checkpoint names the old place.
+_MOVED_CLASSES = {
+    "dapo.groups.ScoredGroup": "dapo.step.groups.ScoredGroup",
+    "dapo.data.records.PromptRecord": "dapo.data.types.PromptRecord",
+    "dapo.data.records.ChatMessage": "dapo.data.types.ChatMessage",
+}
 
 
 class CheckpointError(DapoError, RuntimeError):
@@ -546,7 +553,9 @@ class CheckpointManager:
             # The caller vouched for the file and its sha256 matched the manifest: full pickle.
             return torch.load(path, map_location=map_location, weights_only=False)
         for name in needed:
-            if name not in allowed_names:
+            if name in _MOVED_CLASSES:
+                allow.append((_resolve_global(_MOVED_CLASSES[name]), name))  # unpickled under its old name
+            elif name not in allowed_names:
                 allow.append(_resolve_global(name))
         if any(g.startswith("numpy.") for g in needed):
             allow.extend(_numpy_dtype_classes())  # dtype instances are rebuilt from their DType class

@@ -145,7 +145,7 @@ def _summary(run_dir: Path) -> list[str]:
 
 def _evaluate(args) -> int:
     from dapo.checkpoint import CheckpointManager
-    from dapo.evaluation import format_eval
+    from dapo.step.evaluation import format_eval
     from dapo.trainer import Trainer
 
     # An evaluation is never a resume: it must not touch the training run's logs, config or checkpoints.
@@ -174,7 +174,7 @@ def _evaluate(args) -> int:
 def _write_eval(out: Path, metrics: dict, config, checkpoint: str | None) -> None:
     import json
 
-    from dapo.evaluation import results_markdown, results_rows
+    from dapo.step.evaluation import results_markdown, results_rows
 
     out.mkdir(parents=True, exist_ok=True)
     policy = checkpoint or config.model.path

@@ -22,10 +22,12 @@ import fnmatch
 import json
 import math
 import os
+import statistics
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -37,7 +39,8 @@ __all__ = [
     "SHORT_LABELS",
     "MetricsLogger",
     "ProgressView",
-    "masked_mean",
+    "Timer",
+    "measure_matmul_peak",
     "merge_by_step",
     "read_jsonl_metrics",
     "stats_dict",
@@ -50,21 +53,6 @@ WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 # ------------------------------------------------------------------------------------- reductions
-
-
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` over the positions where ``mask`` is true: Σ v·m / Σ m.
-
-    Args:
-        values: (...) any shape, e.g. (B, T) per-token entropy.
-        mask: same shape (bool or 0/1), e.g. (B, T) response_mask.
-    Returns:
-        0-dim tensor. NaN when the mask is empty (no data is not the same as zero).
-    Values at masked-out positions never leak in, even when they are NaN or inf (padding logits).
-    """
-    mask = mask.to(torch.bool)
-    picked = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
-    return picked.sum() / mask.sum()
 
 
 def stats_dict(prefix: str, values: Tensor, mask: Tensor | None = None) -> dict[str, float]:
@@ -83,6 +71,37 @@ def stats_dict(prefix: str, values: Tensor, mask: Tensor | None = None) -> dict[
     # One stacked transfer instead of three .item() calls (each would synchronise a GPU).
     mean, vmax, vmin = torch.stack([v.mean(), v.max(), v.min()]).tolist()
     return {f"{prefix}/mean": mean, f"{prefix}/max": vmax, f"{prefix}/min": vmin}
+
+
+class Timer:
+    """Seconds spent in named phases, added up over repeated entries (`timing_s/<name>`, verl's names)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def measure_matmul_peak(
+    num_threads: int, size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """Achievable matmul FLOP/s in `dtype` on this machine now (the MFU denominator), median of a few runs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    gen = torch.Generator().manual_seed(0)  # a private generator: the run's RNG stream stays untouched
+    a, b = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    torch.set_num_threads(previous)
+    return 2.0 * size**3 / statistics.median(times)
 
 
 def _to_float(key: str, value: Any) -> float:

@@ -68,7 +68,7 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    # avg@k is logged under val-core, maj@k under val-aux (verl's split; dapo.evaluation)
+    # avg@k is logged under val-core, maj@k under val-aux (verl's split; dapo.step.evaluation)
     Panel("Held-out accuracy", "accuracy", (Series("val-core/*/acc/mean@*"), Series("val-aux/*/acc/maj@*"))),
     Panel(
         "Training accuracy and reward",

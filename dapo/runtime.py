@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -147,21 +145,3 @@ def load_run_data(config: Config, tokenizer, say: Say = print) -> RunData:
     run.val_records = _tokenise(_unique_uids(val, "val:"), tokenizer, config, run, say, "val") if val else []
     run.sampler = PromptSampler(run.train_records, seed=d.seed, batch_size=d.gen_batch_size)
     return run
-
-
-def measure_matmul_peak(
-    num_threads: int, size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32
-) -> float:
-    """Achievable matmul FLOP/s in `dtype` on this machine now (fp32: the MFU denominator), median of a few runs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    gen = torch.Generator().manual_seed(0)  # a private generator: the run's RNG stream stays untouched
-    a, b = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
-    torch.mm(a, b)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - start)
-    torch.set_num_threads(previous)
-    return 2.0 * size**3 / statistics.median(times)

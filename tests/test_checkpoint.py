@@ -416,6 +416,30 @@ def test_buffer_classes_weights_only_policy(tmp_path, monkeypatch):
     assert mgr.load(2, trust_pickle=True)[1]["buffer"][0].score == 1.0
 
 
+def test_a_checkpoint_naming_a_class_where_it_used_to_live_still_loads(tmp_path, monkeypatch):
+    """Checkpoints written before `ScoredGroup` moved from `dapo.groups` to `dapo.step.groups` pickle the old
+    path; they load into today's class (`_MOVED_CLASSES`), weights_only and without asking the caller."""
+    import types
+
+    from dapo.step.groups import ScoredGroup
+
+    group = ScoredGroup(
+        record=None, prompt_ids=(1, 2), response_ids=((3,), (4, 5)), finish_reasons=("eos", "length"),
+        scores=(1.0, -1.0), rewards=(1.0, -1.5), acc=(True, False), preds=("3", None),
+    )  # fmt: skip
+    old_home = types.ModuleType("dapo.groups")
+    old_home.ScoredGroup = ScoredGroup
+    with monkeypatch.context() as m:  # the class as it was at save time
+        m.setitem(sys.modules, "dapo.groups", old_home)
+        m.setattr(ScoredGroup, "__module__", "dapo.groups")
+        CheckpointManager(tmp_path).save(1, {"dynamic_sampling": {"buffer": [group]}})
+    manifest = json.loads((tmp_path / "global_step_1" / "manifest.json").read_text())
+    assert "dapo.groups.ScoredGroup" in json.dumps(manifest)  # the file really names the old place
+    _, loaded = CheckpointManager(tmp_path).load()
+    assert loaded["dynamic_sampling"]["buffer"] == [group]
+    assert type(loaded["dynamic_sampling"]["buffer"][0]) is ScoredGroup
+
+
 def test_invalid_keys_rejected(tmp_path):
     with pytest.raises(ValueError, match="keys must match"):
         CheckpointManager(tmp_path).save(1, {"../evil": 1})

@@ -12,23 +12,11 @@ import torch
 from dapo.metrics import (
     MetricsLogger,
     ProgressView,
-    masked_mean,
     merge_by_step,
     read_jsonl_metrics,
     stats_dict,
     truncate_jsonl_after_step,
 )
-
-
-def test_masked_mean_hand_computed_and_ignores_garbage_in_padding():
-    # row 0: tokens 1, 2 valid; row 1: 3, 4, 5 valid -> (1+2+3+4+5)/5 = 3.0 (not the mean of row means 2.75)
-    values = torch.tensor([[1.0, 2.0, float("nan")], [3.0, 4.0, 5.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    assert masked_mean(values, mask).item() == 3.0
-    assert masked_mean(values, mask.bool()).item() == 3.0
-    values[0, 2] = float("inf")
-    assert masked_mean(values, mask).item() == 3.0
-    assert math.isnan(masked_mean(values, torch.zeros_like(mask)).item())
 
 
 def test_stats_dict_values_and_mask():

@@ -13,6 +13,7 @@ from dapo.rewards.reward_fn import (
     RewardFunction,
     RewardFunctionError,
     RewardSample,
+    RewardSettings,
     build_reward_function,
     route,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "RewardFunction",
     "RewardFunctionError",
     "RewardSample",
+    "RewardSettings",
     "ScoreResult",
     "TaskOutcome",
     "build_reward_function",

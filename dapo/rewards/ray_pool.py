@@ -13,21 +13,22 @@ to `ray.max_rollout_restarts` times. A scorer's own exception (on_error=raise) r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dapo.cluster import ClusterError, import_ray
-from dapo.rewards.reward_fn import RewardFunction, RewardSample
+from dapo.rewards.reward_fn import RewardFunction, RewardSample, RewardSettings
 from dapo.rewards.types import ScoreResult
 
 
 class RewardScorer:
     """One scoring actor: the run's reward function, built in this process."""
 
-    def __init__(self, options: dict[str, Any]):
-        self.reward_fn = RewardFunction(**options)
+    def __init__(self, settings: RewardSettings):
+        self.reward_fn = RewardFunction(settings)
 
     def score(self, samples: Sequence[RewardSample], first_index: int) -> tuple[list[ScoreResult], int]:
         self.reward_fn.index_offset = first_index  # errors name the sample's index in the whole batch
@@ -50,15 +51,20 @@ class RayRewardFunction(RewardFunction):
     """`RewardFunction` whose scoring runs on K `RewardScorer` actors; see the module docstring."""
 
     def __init__(
-        self, options: dict[str, Any], workers: int, cpus_per_worker: float, max_restarts: int, startup_timeout_s: float
+        self,
+        settings: RewardSettings,
+        workers: int,
+        cpus_per_worker: float,
+        max_restarts: int,
+        startup_timeout_s: float,
     ):
-        options = {**options, "custom": portable_reference(options.get("custom"))}
-        super().__init__(**options)  # the driver's own copy: validates the options, scores what a dead worker lost
+        settings = dataclasses.replace(settings, custom=portable_reference(settings.custom))
+        super().__init__(settings)  # the driver's own copy: validates the settings, scores what a dead worker lost
         ray = import_ray()
         self.ray = ray
         self.worker_failures = 0
         actor = ray.remote(RewardScorer).options(num_cpus=cpus_per_worker, max_restarts=max_restarts)
-        self.workers = [actor.remote(options) for _ in range(workers)]
+        self.workers = [actor.remote(settings) for _ in range(workers)]
         try:
             ray.get([w.pid.remote() for w in self.workers], timeout=startup_timeout_s)
         except ray.exceptions.GetTimeoutError:

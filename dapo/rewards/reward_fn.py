@@ -124,25 +124,44 @@ class RewardBatch:
     metrics: dict[str, float]
 
 
-class RewardFunction:
-    """Built once by `build_reward_function`, called on every batch. Use as a context manager or call
-    `close()` to stop the worker pool."""
+@dataclass(frozen=True)
+class RewardSettings:
+    """How the reward step is built: the same value in the driver and in every Ray reward worker."""
 
-    def __init__(
-        self,
-        *,
-        custom: str | Callable | None = None,
-        overlong_enable: bool,
-        max_response_length: int,
-        overlong_buffer_length: int,
-        overlong_penalty_factor: float,
-        on_error: str = "raise",
-        num_workers: int = 0,
-        scorer_mode: str = "default",
-        symbolic_timeout_s: float = 5.0,
-        parallel_min_batch: int = 1_000_000,
-    ) -> None:
-        """The arguments are `build_reward_function`'s."""
+    overlong_enable: bool
+    """add the soft overlong punishment (DAPO Eq. 13) to the reward"""
+    max_response_length: int
+    """L_max, the generation cap in tokens (paper: 20480)"""
+    overlong_buffer_length: int
+    """L_cache (paper: 4096)"""
+    overlong_penalty_factor: float
+    """scale of the punishment (paper: 1.0)"""
+    custom: str | Callable | None = None
+    """a user reward function (callable, "module:function" or "path/file.py:function"; the two accepted
+    signatures are in `dapo.rewards.custom`); replaces the data-source routing"""
+    on_error: str = "raise"
+    """"raise" (a sample whose scoring raises stops the step with an error naming the sample and its data
+    source) or "score_as_failure" (score −1, failure "error", counted in `reward/num_errors`)"""
+    num_workers: int = 0
+    """worker processes. Symbolic (math-verify) checks always run in a pool of max(1, num_workers) processes;
+    the DAPO scorer runs in it too for batches of at least `parallel_min_batch` responses when num_workers > 0"""
+    scorer_mode: str = "default"
+    """"default" (never accepts a wrong answer) or "verl" (verl's math_dapo verdict for verdict)"""
+    symbolic_timeout_s: float = 5.0
+    """math-verify's budget per symbolic check; the worker is killed 1 s after it"""
+    parallel_min_batch: int = 1_000_000
+    """smallest batch scored in the pool (the default never does: bench/results shows the in-process DAPO
+    scorer is faster than shipping text to workers)"""
+
+
+class RewardFunction:
+    """Built once, called on every batch. Use as a context manager or call `close()` to stop the worker pool."""
+
+    def __init__(self, settings: RewardSettings) -> None:
+        s = self.settings = settings
+        custom, on_error, scorer_mode, num_workers = s.custom, s.on_error, s.scorer_mode, s.num_workers
+        overlong_enable, overlong_buffer_length = s.overlong_enable, s.overlong_buffer_length
+        max_response_length = s.max_response_length
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
         if scorer_mode not in SCORER_MODES:
@@ -159,12 +178,12 @@ class RewardFunction:
         self.overlong_enable = overlong_enable
         self.max_response_length = max_response_length
         self.overlong_buffer_length = overlong_buffer_length
-        self.overlong_penalty_factor = overlong_penalty_factor
+        self.overlong_penalty_factor = s.overlong_penalty_factor
         self.on_error = on_error
         self.num_workers = num_workers
         self.scorer_mode = scorer_mode
-        self.symbolic_timeout_s = symbolic_timeout_s
-        self.parallel_min_batch = parallel_min_batch
+        self.symbolic_timeout_s = s.symbolic_timeout_s
+        self.parallel_min_batch = s.parallel_min_batch
         self._pool: KillablePool | None = None
         self.index_offset = 0  # added to the sample index errors name (a reward worker scores one chunk)
 
@@ -351,48 +370,6 @@ def _batch_metrics(
     }
 
 
-def build_reward_function(
-    *,
-    custom: str | Callable | None = None,
-    overlong_enable: bool,
-    max_response_length: int,
-    overlong_buffer_length: int,
-    overlong_penalty_factor: float,
-    on_error: str = "raise",
-    num_workers: int = 0,
-    scorer_mode: str = "default",
-    symbolic_timeout_s: float = 5.0,
-    parallel_min_batch: int = 1_000_000,
-) -> RewardFunction:
-    """Build the reward step.
-
-    Args:
-        custom: a user reward function (callable, "module:function" or "path/file.py:function"; the two
-            accepted signatures are in `dapo.rewards.custom`); replaces the data-source routing.
-        overlong_enable: add the soft overlong punishment (DAPO Eq. 13) to the reward.
-        max_response_length: L_max, the generation cap in tokens (paper: 20480).
-        overlong_buffer_length: L_cache (paper: 4096).
-        overlong_penalty_factor: scale of the punishment (paper: 1.0).
-        on_error: "raise" (a sample whose scoring raises stops the step with an error naming the sample
-            and its data source) or "score_as_failure" (score −1, failure "error", counted in
-            `reward/num_errors`).
-        num_workers: worker processes. Symbolic (math-verify) checks always run in a pool of
-            max(1, num_workers) processes; the DAPO scorer runs in it too for batches of at least
-            `parallel_min_batch` responses when num_workers > 0.
-        scorer_mode: "default" (never accepts a wrong answer) or "verl" (verl's math_dapo verdict for verdict).
-        symbolic_timeout_s: math-verify's budget per symbolic check; the worker is killed 1 s after it.
-        parallel_min_batch: smallest batch scored in the pool (the default never does: bench/results
-            shows the in-process DAPO scorer is faster than shipping text to workers).
-    """
-    return RewardFunction(
-        custom=custom,
-        overlong_enable=overlong_enable,
-        max_response_length=max_response_length,
-        overlong_buffer_length=overlong_buffer_length,
-        overlong_penalty_factor=overlong_penalty_factor,
-        on_error=on_error,
-        num_workers=num_workers,
-        scorer_mode=scorer_mode,
-        symbolic_timeout_s=symbolic_timeout_s,
-        parallel_min_batch=parallel_min_batch,
-    )
+def build_reward_function(**settings: Any) -> RewardFunction:
+    """The reward step from `RewardSettings`' fields given as keywords (documented there)."""
+    return RewardFunction(RewardSettings(**settings))

@@ -15,6 +15,7 @@ from dapo.rollout.base import (
     RolloutEngine,
     SamplingParams,
     concat_rollouts,
+    engine_logprobs_are_sampling_logprobs,
     validate_request,
     wave_seed,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "SamplingParams",
     "build_engine",
     "concat_rollouts",
+    "engine_logprobs_are_sampling_logprobs",
     "validate_request",
     "wave_seed",
 ]

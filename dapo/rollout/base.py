@@ -152,6 +152,13 @@ class RolloutEngine(Protocol):
     def close(self) -> None: ...
 
 
+def engine_logprobs_are_sampling_logprobs(temperature: float) -> bool:
+    """Engines report log-probs of the raw, untempered logits (`RolloutBatch.logprobs`); the policy that sampled
+    (and that the trainer's ratios use) is logits / T. The two agree only at T = 1. The one home of this rule:
+    the mismatch metrics, the rollout correction and reusing the engine's log-probs as π_old all ask it."""
+    return temperature == 1.0
+
+
 def validate_request(
     prompts: Sequence[Sequence[int]],
     n: int,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dapo.errors import DapoError
-from dapo.groups import ScoredGroup, informative
+from dapo.step.groups import ScoredGroup, informative
 
 # draw(round_index) -> the parts of one generation round, in order: each part's scored groups and reward metrics
 Draw = Callable[[int], Iterable[tuple[list[ScoredGroup], dict[str, float]]]]

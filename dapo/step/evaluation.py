@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from dapo.data import PromptRecord
-from dapo.groups import reward_samples
 from dapo.rewards import RewardFunction
 from dapo.rewards.text import last_number_matches, parse_number
-from dapo.rollout import RolloutEngine, SamplingParams, concat_rollouts, wave_seed
+from dapo.rollout import RolloutEngine, SamplingParams, concat_rollouts
+from dapo.rollout.base import waves_one_by_one
+from dapo.step.groups import groups_from_rollout, reward_samples
 
 PROMPTS_PER_CALL = 128  # an evaluation generates this many prompts per engine call, so its progress shows
 
@@ -90,24 +91,22 @@ def evaluate(
     parts = []
     bar = tqdm(total=len(prompts), desc="eval", unit="prompt", disable=not progress, mininterval=_bar_interval())
     with bar:
-        for part, start in enumerate(range(0, len(prompts), prompts_per_call)):
-            chunk = prompts[start : start + prompts_per_call]
-            parts.append(engine.generate(chunk, n, sampling, wave_seed(seed, part)))
-            bar.update(len(chunk))
+        for part in waves_one_by_one(engine, prompts, n, sampling, seed, prompts_per_call):
+            parts.append(part)
+            bar.update(part.num_prompts)
     rollout = parts[0] if len(parts) == 1 else concat_rollouts(parts)
-    lengths = rollout.response_lengths.tolist()
     samples = reward_samples(records, prompt_texts, rollout, decode)
-    scored = reward_fn(samples)
+    groups = groups_from_rollout(records, prompts, rollout, reward_fn(samples))
+    lenient = [last_number_matches(s.response, s.ground_truth) for s in samples]
     per_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for p, record in enumerate(records):
-        rows = range(p * n, p * n + n)
+    for p, (record, group) in enumerate(zip(records, groups, strict=True)):
         per_source[record.data_source].append(
             {
-                "acc": [bool(scored.acc[r]) for r in rows],
-                "score": [float(scored.scores[r]) for r in rows],
-                "preds": [scored.preds[r] for r in rows],
-                "length": [lengths[r] for r in rows],
-                "lenient": [last_number_matches(samples[r].response, record.ground_truth) for r in rows],
+                "acc": list(group.acc),
+                "score": list(group.scores),
+                "preds": list(group.preds),
+                "length": [len(r) for r in group.response_ids],
+                "lenient": lenient[p * n : p * n + n],
                 "numeric": parse_number(record.ground_truth) is not None,
             }
         )

@@ -17,7 +17,7 @@ from dapo import algo
 from dapo.data import PromptRecord
 from dapo.rewards import RewardBatch, RewardSample
 from dapo.rollout import RolloutBatch
-from dapo.workers.batch import TrainBatch
+from dapo.workers.batch import TrainBatch, batch_from_prompts
 
 
 @dataclass(frozen=True)
@@ -107,17 +107,36 @@ def informative(groups: Sequence[ScoredGroup], metric: str) -> list[bool]:
     return algo.informative_groups(torch.tensor([g.metric(metric) for g in groups])).tolist()
 
 
-def rollout_logprob_matrix(groups: Sequence[ScoredGroup], width: int) -> Tensor | None:
-    """(B, width) the engine's log-probs of every response token, zero elsewhere; None if a group has none."""
-    known = rollout_logprobs_by_row(groups, width)
-    return None if known is None or not bool(known[1].all()) else known[0]
+def build_train_batch(
+    groups: Sequence[ScoredGroup], pad_id: int, mask_truncated: bool, with_rollout_logprobs: bool
+) -> TrainBatch:
+    """Pad the groups' prompts on the left and responses on the right into one TrainBatch (no advantages yet).
+
+    With `mask_truncated` (overlong filtering, DAPO §3.4) truncated responses get an all-zero loss mask
+    (`response_mask`); `generated_mask` still covers them. With `with_rollout_logprobs` the engine's log-probs
+    come along (`rollout_logprobs`, zero off the generated tokens, and `rollout_rows`: the rows of groups that
+    kept theirs), for the mismatch metrics, the rollout correction and π_old when they may stand for it.
+    """
+    prompts = [torch.tensor(g.prompt_ids, dtype=torch.long) for g in groups]
+    responses = [r for g in groups for r in g.response_ids]
+    lengths = torch.tensor([len(r) for r in responses])
+    padded = torch.full((len(responses), max(1, int(lengths.max()))), pad_id, dtype=torch.long)
+    for i, r in enumerate(responses):
+        padded[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    group_index = torch.arange(len(groups)).repeat_interleave(torch.tensor([g.size for g in groups]))
+    batch = batch_from_prompts(prompts, group_index, padded, lengths, pad_id)
+    if mask_truncated:
+        truncated = torch.tensor([t for g in groups for t in g.truncated])
+        batch = batch.replace(response_mask=algo.overlong_filter_mask(batch.response_mask, truncated))
+    if with_rollout_logprobs and any(g.rollout_logprobs is not None for g in groups):
+        logprobs, rows = _rollout_logprobs(groups, padded.shape[1])
+        batch = batch.replace(rollout_logprobs=logprobs * batch.generated_mask, rollout_rows=rows)
+    return batch
 
 
-def rollout_logprobs_by_row(groups: Sequence[ScoredGroup], width: int) -> tuple[Tensor, Tensor] | None:
+def _rollout_logprobs(groups: Sequence[ScoredGroup], width: int) -> tuple[Tensor, Tensor]:
     """((B, width) the engine's log-probs, zero elsewhere and on the rows of groups without them, (B,) bool
-    rows that have them); None if no group has any."""
-    if all(g.rollout_logprobs is None for g in groups):
-        return None
+    rows that have them)."""
     out = torch.zeros(sum(g.size for g in groups), width)
     rows = torch.zeros(out.shape[0], dtype=torch.bool)
     row = 0
@@ -127,44 +146,3 @@ def rollout_logprobs_by_row(groups: Sequence[ScoredGroup], width: int) -> tuple[
             rows[row : row + g.size] = True
         row += g.size
     return out, rows
-
-
-def build_train_batch(groups: Sequence[ScoredGroup], pad_id: int, mask_truncated: bool) -> TrainBatch:
-    """Pad the groups' prompts on the left and responses on the right into one TrainBatch (no advantages yet).
-
-    With `mask_truncated` (overlong filtering, DAPO §3.4) truncated responses get an all-zero loss mask.
-    """
-    prompts = [g.prompt_ids for g in groups for _ in range(g.size)]
-    responses = [r for g in groups for r in g.response_ids]
-    truncated = [t for g in groups for t in g.truncated]
-    tp = max(len(p) for p in prompts)
-    t = max(1, max(len(r) for r in responses))
-    rows = len(prompts)
-    input_ids = torch.full((rows, tp + t), pad_id, dtype=torch.long)
-    attention = torch.zeros((rows, tp + t), dtype=torch.bool)
-    response_mask = torch.zeros((rows, t))
-    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        input_ids[i, tp - len(p) : tp] = torch.tensor(p, dtype=torch.long)
-        attention[i, tp - len(p) : tp] = True
-        if r:
-            input_ids[i, tp : tp + len(r)] = torch.tensor(r, dtype=torch.long)
-            attention[i, tp : tp + len(r)] = True
-            response_mask[i, : len(r)] = 1.0
-    if mask_truncated:
-        response_mask = algo.overlong_filter_mask(response_mask, torch.tensor(truncated))
-    group_index = torch.arange(len(groups)).repeat_interleave(torch.tensor([g.size for g in groups]))
-    return TrainBatch(
-        input_ids=input_ids,
-        attention_mask=attention,
-        response_mask=response_mask,
-        prompt_width=tp,
-        group_index=group_index,
-    )
-
-
-def sequence_mask(groups: Sequence[ScoredGroup]) -> torch.Tensor:
-    """(B, T) float mask of every generated token, truncated or not (for length statistics and GAE)."""
-    responses = [r for g in groups for r in g.response_ids]
-    t = max(1, max(len(r) for r in responses))
-    lengths = torch.tensor([len(r) for r in responses])
-    return (torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)).float()

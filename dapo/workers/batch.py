@@ -27,7 +27,8 @@ class TrainBatch:
     attention_mask: Tensor
     """(B, Tp + T) bool: True on real prompt and response tokens"""
     response_mask: Tensor
-    """(B, T) float: 1 on response tokens that count in the loss (overlong filtering already applied)"""
+    """(B, T) float: 1 on response tokens that count in the loss (overlong filtering already applied); the
+    tokens generated, truncated responses' included, are `generated_mask`"""
     prompt_width: int
     """Tp: column where every response starts"""
     group_index: Tensor
@@ -55,6 +56,12 @@ class TrainBatch:
     @property
     def response_ids(self) -> Tensor:
         return self.input_ids[:, self.prompt_width :]
+
+    @property
+    def generated_mask(self) -> Tensor:
+        """(B, T) float: 1 on every generated token, truncated responses' included (what log-probs, values,
+        GAE and the length statistics cover; the loss covers `response_mask`)."""
+        return self.attention_mask[:, self.prompt_width :].float()
 
     def replace(self, **changes) -> TrainBatch:
         return dataclasses.replace(self, **changes)
@@ -90,6 +97,12 @@ class TrainBatch:
         return self.replace(**changes)
 
 
+def response_columns(per_position: Tensor, prompt_width: int, width: int) -> Tensor:
+    """The columns of a (b, Tp + T, ...) per-position output (logits, hidden states, values) that predict the
+    `width` response tokens: position `prompt_width - 1 + t` predicts response token t."""
+    return per_position[:, prompt_width - 1 : prompt_width - 1 + width]
+
+
 def mini_batches(batch: TrainBatch, groups_per_mini_batch: int, generator: torch.Generator | None) -> Iterator[Tensor]:
     """Row indices of each mini-batch: whole groups, `groups_per_mini_batch` at a time (shuffled if a generator)."""
     num_groups = int(batch.group_index.max()) + 1
@@ -97,6 +110,16 @@ def mini_batches(batch: TrainBatch, groups_per_mini_batch: int, generator: torch
     for start in range(0, num_groups, groups_per_mini_batch):
         chosen = order[start : start + groups_per_mini_batch]
         yield torch.nonzero(torch.isin(batch.group_index, chosen)).squeeze(-1)
+
+
+def epochs_of_mini_batches(
+    batch: TrainBatch, groups_per_mini_batch: int, epochs: int, shuffle_seed: int | None
+) -> Iterator[Tensor]:
+    """The row indices of every optimiser step of an update: `epochs` passes over the batch in mini-batches of
+    whole groups (each pass in a new order drawn from `shuffle_seed`, or in group order without one)."""
+    generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+    for _ in range(epochs):
+        yield from mini_batches(batch, groups_per_mini_batch, generator)
 
 
 def micro_batches(lengths: Sequence[int], rows: Tensor, max_tokens: int) -> list[Tensor]:

@@ -1,7 +1,7 @@
 """The policy, reference and critic on data-parallel ranks of a Ray cluster (trainer.backend=ray).
 
 One worker group: N Ray actors (`TrainRank`), one placement-group bundle each, forming one torch.distributed
-process group (gloo on CPU, NCCL on GPU). Every rank runs the very workers of `dapo.workers.local` with a
+process group (gloo on CPU, NCCL on GPU). Every rank runs the very workers of `dapo.workers.policy` and `.critic` with a
 `TorchDistributed` data-parallel strategy (DDP or FSDP2): the math is written once. The driver trains no
 model; it keeps the rollout engine's copy (or, with rollout workers, the template they were built from).
 
@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from dapo.cluster import ClusterError, connect, dead_actors, get_all, import_ray, in_bundle, release, reserve_bundles
 from dapo.models.loading import save_pretrained_pair
-from dapo.rollout.base import RolloutEngine
-from dapo.workers.batch import TrainBatch, forward_tokens
+from dapo.rollout.base import RolloutEngine, engine_logprobs_are_sampling_logprobs
+from dapo.workers.base import CriticSettings, PolicyLossParams, PolicySettings, PolicyUpdate
+from dapo.workers.batch import TrainBatch
 
 
 @dataclass(frozen=True)
@@ -78,19 +79,21 @@ class TrainRank:
             timeout=timedelta(seconds=timeout_s),
         )
 
-    def build(self, model: nn.Module, policy_options: dict, critic_options: dict | None, settings: RaySettings):
-        """The local workers over this rank's process group; what the driver needs to know about them."""
-        from dapo.workers.local import CriticWorker, PolicyWorker
+    def build(
+        self, model: nn.Module, policy: PolicySettings, critic: CriticSettings | None, settings: RaySettings
+    ) -> str | None:
+        """The workers over this rank's process group; why the shared-prefix forward is not used (None if it is)."""
+        from dapo.workers.critic import CriticWorker
         from dapo.workers.parallel import TorchDistributed
+        from dapo.workers.policy import PolicyWorker
 
         if settings.gpus_per_worker > 0:
             model = model.to("cuda")
         dp = TorchDistributed(settings.strategy, bf16_compute=settings.bf16_compute)
-        if critic_options is not None:  # first: its body is a copy of the decoder, before FSDP2 shards it
-            self.workers["critic"] = CriticWorker(model, **critic_options, parallel=dp)
-        policy = PolicyWorker(model, **policy_options, parallel=dp)
-        self.workers["policy"] = policy
-        return {"shared_forward": policy.forward.shared is not None, "fallback": policy.forward.fallback_reason}
+        if critic is not None:  # first: its body is a copy of the decoder, before FSDP2 shards it
+            self.workers["critic"] = CriticWorker(model, critic, parallel=dp)
+        self.workers["policy"] = PolicyWorker(model, policy, parallel=dp)
+        return self.workers["policy"].fallback_reason
 
     def call(self, role: str, method: str, *args, reply: bool = True, **kwargs):
         """Run a worker method on this rank; with reply=False only rank 0 sends its result back (the others
@@ -112,8 +115,8 @@ class RayTrainGroup:
         self,
         settings: RaySettings,
         model: nn.Module,
-        policy_options: dict,
-        critic_options: dict | None,
+        policy: PolicySettings,
+        critic: CriticSettings | None,
         say: Callable[[str], None] = print,
     ):
         ray = import_ray()
@@ -143,10 +146,9 @@ class RayTrainGroup:
         self._get([r.join.remote(host, port, settings.collective_timeout_s, settings.gpus_per_worker > 0)
                    for r in self.ranks], "join the process group")  # fmt: skip
         model_ref = ray.put(model)
-        info = self._get(
-            [r.build.remote(model_ref, policy_options, critic_options, settings) for r in self.ranks], "build"
+        self.fallback_reason = self._get(
+            [r.build.remote(model_ref, policy, critic, settings) for r in self.ranks], "build"
         )[0]
-        self.shared_forward, self.fallback_reason = info["shared_forward"], info["fallback"]
         per_rank = f"{settings.cpus_per_worker:g} CPU / {settings.gpus_per_worker:g} GPU"
         say(f"ray: {n} training rank(s), {settings.strategy}, {per_rank} each, on {len(set(self.nodes))} node(s)")
 
@@ -229,7 +231,18 @@ class RayPolicyWorkers:
     def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> Tensor:
         return _sum_of_parts(self.group.run("policy", "compute_logprobs", self.group.put(batch), reference=reference))
 
-    def update(self, batch, loss, groups_per_mini_batch, epochs, shuffle_seed) -> dict[str, float]:
+    @property
+    def fallback_reason(self) -> str | None:
+        return self.group.fallback_reason
+
+    def update(
+        self,
+        batch: TrainBatch,
+        loss: PolicyLossParams,
+        groups_per_mini_batch: int,
+        epochs: int,
+        shuffle_seed: int | None,
+    ) -> PolicyUpdate:
         ref = self.group.put(batch)
         args = (ref, loss, groups_per_mini_batch, epochs, shuffle_seed)
         return self.group.run("policy", "update", *args, reply=False)[0]
@@ -248,10 +261,16 @@ class RayPolicyWorkers:
     def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
         # The engine's copy holds the ranks' float32 weights bitwise after every push: its log-probs are the
         # policy's up to float rounding, as in one process.
-        return temperature == 1.0 and self.precision == "fp32" and engine.reports_logprobs_of(self.rollout_model)
+        return (
+            engine_logprobs_are_sampling_logprobs(temperature)
+            and self.precision == "fp32"
+            and engine.reports_logprobs_of(self.rollout_model)
+        )
 
-    def tokens_computed(self, batch: TrainBatch, rows: Tensor) -> int:
-        return forward_tokens(batch, rows, self.group.shared_forward)
+    def matmul_peak_flops(self, dtype: torch.dtype) -> float:
+        # Measured on the ranks at once, each with its own threads (ray.cpus_per_worker): the driver's
+        # trainer.num_threads says nothing of where the update runs.
+        return self.group.run("policy", "matmul_peak_flops", dtype, reply=False)[0]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.rollout_model.parameters())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dapo.config import load_config
-from dapo.dynamic_sampling import DynamicSamplingError
+from dapo.step.dynamic_sampling import DynamicSamplingError
 from dapo.trainer import ResumeConfigError, Trainer
 
 pytestmark = pytest.mark.slow
@@ -250,22 +250,25 @@ def test_export_is_a_hugging_face_model(base_model_dir, tmp_path, e2e_overrides)
 def test_old_logprobs_taken_from_the_rollout_equal_a_recompute(base_model_dir, tmp_path, e2e_overrides):
     """With 2 mini-batches π_old is needed; the built-in engine's log-probs (same module, float32, T = 1) are
     the training forward's up to float rounding, so the recomputing pass is skipped."""
-    from dapo.groups import build_train_batch, sequence_mask
-    from dapo.trainer import Timer
+    from dapo.metrics import Timer
+    from dapo.step.advantages import behaviour_logprobs
+    from dapo.step.groups import build_train_batch
 
     config = load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "lp"))
     trainer = Trainer(config, log_to_console=False)
     try:
-        groups, _ = trainer.sampling.collect(1, lambda r: trainer._generation_round(1, r, Timer()))
-        batch = build_train_batch(groups, trainer.tokenizer.pad_token_id, False)
-        all_tokens = sequence_mask(groups)
-        reused = trainer._logprobs_from_rollout(groups, all_tokens)
-        recomputed = trainer.policy.compute_logprobs(batch.replace(response_mask=all_tokens))
+        assert trainer.parts.logprobs.reuse_rollout_logprobs and not trainer.parts.logprobs.on_policy
+        groups, _ = trainer.sampling.collect(1, trainer.rounds.draw(1, Timer()))
+        batch = build_train_batch(groups, trainer.tokenizer.pad_token_id, True, with_rollout_logprobs=True)
+        with_old, reused, metrics = behaviour_logprobs(trainer.policy, batch, trainer.parts.logprobs, Timer())
+        recomputed = trainer.policy.compute_logprobs(batch)
     finally:
         trainer.close()
+    assert metrics["train/old_logprobs_from_rollout"] == 1.0 and with_old.old_logprobs is reused
     assert reused is not None and reused.shape == recomputed.shape
     torch.testing.assert_close(reused, recomputed, atol=1e-4, rtol=0)
-    assert (reused[all_tokens == 0] == 0).all() and (reused[all_tokens == 1] < 0).any()
+    generated = batch.generated_mask  # truncated responses included, although overlong filtering masks their loss
+    assert (reused[generated == 0] == 0).all() and (reused[generated == 1] < 0).any()
 
 
 @pytest.mark.parametrize(

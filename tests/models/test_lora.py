@@ -14,8 +14,9 @@ from dapo import algo
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.models.lora import adapter_state_dict, apply_lora, merged_model, merged_state_dict, save_lora
 from dapo.rollout import SamplingParams, build_engine
+from dapo.workers.base import OptimParams, PolicyLossParams, PolicySettings
 from dapo.workers.batch import TrainBatch
-from dapo.workers.local import OptimParams, PolicyLossParams, PolicyWorker
+from dapo.workers.policy import PolicyWorker
 
 TARGETS = ("q_proj", "v_proj", "up_proj")
 LOSS = PolicyLossParams(0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.0)
@@ -29,7 +30,7 @@ def tok():
 
 def _lora_worker(tok, rank=4):
     model = apply_lora(build_tiny_model(tok, "1m", seed=0), rank, 8.0, 0.0, TARGETS)
-    return model, PolicyWorker(model, OPTIM, with_reference=False, micro_batch_max_tokens=10_000)
+    return model, PolicyWorker(model, PolicySettings(OPTIM, micro_batch_max_tokens=10_000))
 
 
 def _batch(tok, seed=0) -> TrainBatch:
@@ -99,7 +100,7 @@ def test_the_shared_prefix_forward_gives_peft_s_logits_and_adapter_gradients(tok
 
 
 def test_lora_dropout_keeps_the_model_s_own_forward(tok):
-    from dapo.workers.local import ResponseForward
+    from dapo.workers.forward import ResponseForward
 
     model = apply_lora(build_tiny_model(tok, "1m", seed=0), 4, 8.0, 0.1, TARGETS)
     forward = ResponseForward(model, True)

@@ -6,7 +6,7 @@ import torch
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.models.shared_prefix import SharedPrefixForward
 from dapo.workers.batch import batch_from_prompts, grouped_micro_batches, position_ids, prompt_sharing
-from dapo.workers.local import ResponseForward
+from dapo.workers.forward import ResponseForward
 
 
 @pytest.fixture(scope="module")

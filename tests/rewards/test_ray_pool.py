@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from dapo.rewards import RewardFunctionError, RewardSample, build_reward_function
+from dapo.rewards import RewardFunctionError, RewardSample, RewardSettings, build_reward_function
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -34,7 +34,9 @@ def _batch() -> list[RewardSample]:
 def pool(ray_cluster):
     from dapo.rewards.ray_pool import RayRewardFunction
 
-    fn = RayRewardFunction(OPTIONS, workers=2, cpus_per_worker=0.5, max_restarts=1, startup_timeout_s=60)
+    fn = RayRewardFunction(
+        RewardSettings(**OPTIONS), workers=2, cpus_per_worker=0.5, max_restarts=1, startup_timeout_s=60
+    )
     yield fn
     fn.close()
 
@@ -64,7 +66,7 @@ def test_a_scorer_error_names_the_sample_of_the_whole_batch(ray_cluster, tmp_pat
         "    if solution_str == 'boom':\n        raise ValueError('cannot read this')\n    return 1.0\n"
     )
     monkeypatch.chdir(tmp_path)
-    fn = RayRewardFunction({**OPTIONS, "custom": "strict.py:compute_score"}, 2, 0.5, 0, 60)
+    fn = RayRewardFunction(RewardSettings(**{**OPTIONS, "custom": "strict.py:compute_score"}), 2, 0.5, 0, 60)
     try:
         samples = [RewardSample("p", t, 3, False, "1", "anything", {}) for t in ["a", "b", "c", "d", "boom", "f"]]
         with pytest.raises(RewardFunctionError, match=r"ValueError on sample 4 \(data_source='anything'\)"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dapo.data import ChatMessage, PromptRecord
-from dapo.dynamic_sampling import DynamicSampler, DynamicSamplingError, SamplingSettings
-from dapo.groups import ScoredGroup
+from dapo.step.dynamic_sampling import DynamicSampler, DynamicSamplingError, SamplingSettings
+from dapo.step.groups import ScoredGroup
 
 
 def group(name: str, acc: list[bool]) -> ScoredGroup:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dapo.data import ChatMessage, PromptRecord
-from dapo.evaluation import evaluate, format_eval, majority_correct, pass_at_k
 from dapo.rollout.base import RolloutBatch, wave_seed
+from dapo.step.evaluation import evaluate, format_eval, majority_correct, pass_at_k
 
 # ---------------------------------------------------------------- pass@k
 
@@ -142,7 +142,7 @@ def _score(samples):
     """Exact match of the decoded response with the record's ground truth; score ±1, no answer -> pred None."""
     preds = tuple(s.response or None for s in samples)
     acc = torch.tensor([p == s.ground_truth for p, s in zip(preds, samples, strict=True)])
-    return SimpleNamespace(acc=acc, scores=acc.float() * 2 - 1, preds=preds)
+    return SimpleNamespace(acc=acc, scores=acc.float() * 2 - 1, rewards=acc.float() * 2 - 1, preds=preds)
 
 
 def test_evaluate_hand_computed_metrics_per_source():
@@ -199,7 +199,8 @@ STRICT_TEXTS = ["Answer: 7", "so 7", "7 or 3", "Answer: 3", "x"]
 def _strict_score(samples):
     """Right only as "Answer: <truth>" (a strict format, as the DAPO scorer's)."""
     acc = torch.tensor([s.response == f"Answer: {s.ground_truth}" for s in samples])
-    return SimpleNamespace(acc=acc, scores=acc.float() * 2 - 1, preds=tuple(s.response for s in samples))
+    scores = acc.float() * 2 - 1
+    return SimpleNamespace(acc=acc, scores=scores, rewards=scores, preds=tuple(s.response for s in samples))
 
 
 def test_the_lenient_accuracy_counts_the_last_number_whatever_the_format():
@@ -261,7 +262,7 @@ def test_evaluate_in_parts_gives_the_same_metrics_with_a_seed_per_part(capsys):
 
 
 def test_the_results_table_has_a_row_per_source_in_percent():
-    from dapo.evaluation import results_markdown, results_rows
+    from dapo.step.evaluation import results_markdown, results_rows
 
     metrics = {
         "val-core/gsm8k/acc/mean@4": 0.25, "val-aux/gsm8k/acc/pass@4": 0.5, "val-aux/gsm8k/acc/maj@4": 0.3,

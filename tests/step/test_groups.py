@@ -6,14 +6,16 @@ The groups are built on the trainer's own path: a generation round (`RolloutBatc
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from dapo import algo
 from dapo.data import ChatMessage, PromptRecord
-from dapo.groups import build_train_batch, groups_from_rollout, informative, reward_samples
 from dapo.rewards import build_reward_function
 from dapo.rollout import RolloutBatch
+from dapo.step.groups import build_train_batch, groups_from_rollout, informative, reward_samples
 
 L_MAX, L_CACHE = 24, 8  # the punishment starts past 16 tokens
 
@@ -78,10 +80,24 @@ def test_all_correct_groups_are_dropped_and_mixed_ones_kept():
 def test_a_kept_group_is_kept_whole_and_every_response_gets_an_advantage(estimator):
     (group,) = _round([["Answer: 3", "Answer: 4", "Answer: 5", "Answer: 6"]])
     assert group.acc == (True, False, False, False) and informative([group], "acc") == [True]
-    batch = build_train_batch([group], pad_id=0, mask_truncated=False)
+    batch = build_train_batch([group], pad_id=0, mask_truncated=False, with_rollout_logprobs=False)
     assert batch.response_mask.shape[0] == 4 and batch.group_index.tolist() == [0, 0, 0, 0]
     advantages = algo.GROUP_ADVANTAGES[estimator](torch.tensor([group.rewards]), 1e-6)[0]
     if estimator == "rloo":
         # Â_i = R_i − mean of the other three: 1 − (−1) = 2 for the right answer, −1 − (1 − 1 − 1)/3 = −2/3 else.
         torch.testing.assert_close(advantages, torch.tensor([2.0, -2 / 3, -2 / 3, -2 / 3]))
     assert (advantages != 0).all() and advantages.sum().abs() < 1e-6
+
+
+def test_the_batch_knows_its_generated_tokens_apart_from_its_loss_tokens():
+    """Overlong filtering zeroes a truncated response's loss mask; `generated_mask` still covers it (log-probs,
+    values, GAE and the length statistics read it); the engine's log-probs come along only when asked for."""
+    (group,) = _round([["Answer: 3", "1" * 30 + "\nAnswer: 3"]])
+    group = dataclasses.replace(group, finish_reasons=("eos", "length"))
+    plain = build_train_batch([group], pad_id=0, mask_truncated=False, with_rollout_logprobs=False)
+    filtered = build_train_batch([group], pad_id=0, mask_truncated=True, with_rollout_logprobs=True)
+    lengths = [len(r) for r in group.response_ids]
+    assert filtered.generated_mask.sum(dim=1).tolist() == lengths == plain.response_mask.sum(dim=1).tolist()
+    assert filtered.response_mask.sum(dim=1).tolist() == [lengths[0], 0]
+    assert plain.rollout_logprobs is None and filtered.rollout_rows.tolist() == [True, True]
+    assert torch.equal(filtered.rollout_logprobs, group.rollout_logprobs * filtered.generated_mask)

@@ -8,8 +8,11 @@ import torch
 
 from dapo import algo
 from dapo.models import build_char_tokenizer, build_tiny_model
+from dapo.workers.base import CriticSettings, OptimParams, PolicyLossParams, PolicySettings
 from dapo.workers.batch import TrainBatch, micro_batches, position_ids
-from dapo.workers.local import CriticWorker, OptimParams, PolicyLossParams, PolicyWorker, lr_factor
+from dapo.workers.critic import CriticWorker
+from dapo.workers.optim import lr_factor
+from dapo.workers.policy import PolicyWorker
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ OPTIM = OptimParams(1e-3, (0.9, 0.999), 0.0, 1e9, 0, "constant", 10, 0.0)
 @pytest.mark.parametrize("share", [True, False], ids=["shared_prefix", "hf"])
 def test_logprobs_match_a_plain_forward_and_ignore_padding(model, share):
     batch = _batch(model.config.vocab_size)
-    worker = PolicyWorker(model, OPTIM, with_reference=False, micro_batch_max_tokens=24, share_prompt_forward=share)
+    worker = PolicyWorker(model, PolicySettings(OPTIM, micro_batch_max_tokens=24, share_prompt_forward=share))
     assert worker.forward.name == ("shared_prefix" if share else "hf")
     logprobs, entropy = worker.compute_logprobs(batch, with_entropy=True)
     for row in range(batch.num_rows):  # one row at a time, no padding at all
@@ -66,7 +69,7 @@ def test_logprobs_and_entropy_are_those_of_the_sampling_temperature(model, share
     """Samples come from softmax(logits / T): the ratio, KL and entropy must use that distribution (verl, TRL)."""
     batch = _batch(model.config.vocab_size)
     worker = PolicyWorker(
-        model, OPTIM, with_reference=False, micro_batch_max_tokens=10_000, share_prompt_forward=share, temperature=0.6
+        model, PolicySettings(OPTIM, micro_batch_max_tokens=10_000, share_prompt_forward=share, temperature=0.6)
     )
     logprobs, entropy = worker.compute_logprobs(batch, with_entropy=True)
     row = 5
@@ -86,11 +89,11 @@ def _sgd_update(model, batch, params, micro_batch_max_tokens, share=True):
     in near-zero gradients to ±lr and hide what the tests compare."""
     m = copy.deepcopy(model)
     worker = PolicyWorker(
-        m, OPTIM, with_reference=False, micro_batch_max_tokens=micro_batch_max_tokens, share_prompt_forward=share
+        m, PolicySettings(OPTIM, micro_batch_max_tokens=micro_batch_max_tokens, share_prompt_forward=share)
     )
     worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
     old = worker.compute_logprobs(batch)
-    stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None)
+    stats = worker.update(batch.replace(old_logprobs=old + 0.05), params, 3, 1, None).metrics
     return m.state_dict(), stats
 
 
@@ -147,7 +150,7 @@ def test_a_mini_batch_without_advantage_still_takes_the_adamw_step(model):
             0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.0, skip_zero_advantage_rows=skip
         )
         m = copy.deepcopy(model)
-        worker = PolicyWorker(m, optim, with_reference=False, micro_batch_max_tokens=10_000)
+        worker = PolicyWorker(m, PolicySettings(optim, micro_batch_max_tokens=10_000))
         worker.update(batch, params, 3, 1, None)  # informative: builds Adam moments
         worker.update(batch.replace(advantages=torch.zeros_like(batch.advantages)), params, 3, 1, None)
         results.append(m.state_dict())
@@ -170,8 +173,8 @@ def test_skipping_is_off_when_a_kl_or_entropy_term_needs_every_row():
 def test_update_changes_every_trainable_parameter(model):
     m = copy.deepcopy(model)
     before = {k: v.clone() for k, v in m.named_parameters()}
-    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=64)
-    stats = worker.update(_batch(m.config.vocab_size, seed=2), LOSS, 3, 1, None)
+    worker = PolicyWorker(m, PolicySettings(OPTIM, micro_batch_max_tokens=64))
+    stats = worker.update(_batch(m.config.vocab_size, seed=2), LOSS, 3, 1, None).metrics
     unchanged = [k for k, v in m.named_parameters() if torch.equal(v, before[k])]
     assert not unchanged, unchanged
     assert stats["actor/grad_norm"] > 0 and stats["actor/lr"] == pytest.approx(1e-3)
@@ -180,7 +183,7 @@ def test_update_changes_every_trainable_parameter(model):
 def test_non_finite_gradient_skips_the_step(model):
     m = copy.deepcopy(model)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=64)
+    worker = PolicyWorker(m, PolicySettings(OPTIM, micro_batch_max_tokens=64))
     batch = _batch(m.config.vocab_size, seed=3)
     bad = batch.advantages.clone()
     bad[0, 0] = float("inf")
@@ -192,7 +195,14 @@ def test_non_finite_gradient_skips_the_step(model):
 
 def test_critic_learns_a_constant_return(model):
     batch = _batch(model.config.vocab_size, seed=4)
-    critic = CriticWorker(model, OptimParams(3e-3, (0.9, 0.999), 0.0, 1.0, 0, "constant", 10, 0.0), None, 256)
+    critic = CriticWorker(
+        model,
+        CriticSettings(
+            OptimParams(3e-3, (0.9, 0.999), 0.0, 1.0, 0, "constant", 10, 0.0),
+            value_clip=None,
+            micro_batch_max_tokens=256,
+        ),
+    )
     returns = batch.response_mask * 0.7
     errors = []
     for _ in range(30):
@@ -207,7 +217,9 @@ def test_critic_values_and_update_are_the_same_with_shared_prompts(model):
     returns = batch.response_mask * 0.3
     results = []
     for share in (True, False):
-        critic = CriticWorker(model, OPTIM, 0.5, 10_000, share_prompt_forward=share)
+        critic = CriticWorker(
+            model, CriticSettings(OPTIM, value_clip=0.5, micro_batch_max_tokens=10_000, share_prompt_forward=share)
+        )
         assert (critic.forward.shared is not None) == share
         with torch.no_grad():  # a non-zero head, so that values and the body's gradient are not trivially 0
             critic.model.head.weight.copy_(torch.linspace(-1, 1, model.config.hidden_size)[None])
@@ -218,7 +230,9 @@ def test_critic_values_and_update_are_the_same_with_shared_prompts(model):
     (v_shared, w_shared), (v_own, w_own) = results
     assert v_own.abs().sum() > 0
     torch.testing.assert_close(v_shared, v_own, atol=1e-5, rtol=1e-5)
-    before = CriticWorker(model, OPTIM, 0.5, 10_000).model.state_dict()
+    before = CriticWorker(
+        model, CriticSettings(OPTIM, value_clip=0.5, micro_batch_max_tokens=10_000)
+    ).model.state_dict()
     for name, w in w_own.items():
         if name.startswith("head."):
             continue  # the head was overwritten above
@@ -252,9 +266,12 @@ def test_the_local_workers_fulfil_the_protocols_the_trainer_types_against(model,
     from dapo.workers.base import CriticWorkers, PolicyWorkers
 
     policy_model = copy.deepcopy(model)
-    policy = PolicyWorker(policy_model, OPTIM, with_reference=False, micro_batch_max_tokens=10_000)
+    policy = PolicyWorker(policy_model, PolicySettings(OPTIM, micro_batch_max_tokens=10_000))
     assert isinstance(policy, PolicyWorkers) and not policy.has_reference
-    assert isinstance(CriticWorker(copy.deepcopy(model), OPTIM, 0.5, 10_000), CriticWorkers)
+    assert isinstance(
+        CriticWorker(copy.deepcopy(model), CriticSettings(OPTIM, value_clip=0.5, micro_batch_max_tokens=10_000)),
+        CriticWorkers,
+    )
     assert policy.num_parameters() == sum(p.numel() for p in policy_model.parameters())
     # π_old may come from the engine only when it holds this very module, in float32, at temperature 1.
     shared = BuiltinEngine(policy_model, build_char_tokenizer())
@@ -276,15 +293,17 @@ def test_bf16_mixed_computes_in_bf16_over_float32_master_weights(model, share):
     batch = _batch(model.config.vocab_size, seed=2)
     params = PolicyLossParams(0.2, 0.28, 10.0, 20.0, "token-mean", 7.0, 0.0, None, 0.0)
     fp32, mixed = (
-        PolicyWorker(copy.deepcopy(model), OPTIM, with_reference=False, micro_batch_max_tokens=10_000,
-                     share_prompt_forward=share, precision=p)
+        PolicyWorker(
+            copy.deepcopy(model),
+            PolicySettings(OPTIM, micro_batch_max_tokens=10_000, share_prompt_forward=share, precision=p),
+        )
         for p in ("fp32", "bf16-mixed")
-    )  # fmt: skip
+    )
     exact, approx = fp32.compute_logprobs(batch), mixed.compute_logprobs(batch)
     assert approx.dtype == torch.float32 and not torch.equal(exact, approx)  # bf16 matmuls: other rounding
     torch.testing.assert_close(approx, exact, atol=0.1, rtol=0)  # bf16 has 8 bits of mantissa
     before = {k: v.clone() for k, v in mixed.model.state_dict().items()}
-    stats = mixed.update(batch.replace(old_logprobs=approx), params, 3, 1, None)
+    stats = mixed.update(batch.replace(old_logprobs=approx), params, 3, 1, None).metrics
     assert math.isfinite(stats["actor/grad_norm"]) and stats["actor/grad_norm"] > 0
     assert all(p.dtype == torch.float32 for p in mixed.model.parameters())  # master weights stay float32
     assert any(not torch.equal(before[k], v) for k, v in mixed.model.state_dict().items())
@@ -298,7 +317,12 @@ def test_bf16_mixed_computes_in_bf16_over_float32_master_weights(model, share):
 
 def test_bf16_mixed_critic_values_stay_float32(model):
     batch = _batch(model.config.vocab_size, seed=3)
-    critics = [CriticWorker(copy.deepcopy(model), OPTIM, 0.5, 10_000, precision=p) for p in ("fp32", "bf16-mixed")]
+    critics = [
+        CriticWorker(
+            copy.deepcopy(model), CriticSettings(OPTIM, value_clip=0.5, micro_batch_max_tokens=10_000, precision=p)
+        )
+        for p in ("fp32", "bf16-mixed")
+    ]
     for critic in critics:
         with torch.no_grad():
             critic.model.head.weight.copy_(torch.linspace(-1, 1, model.config.hidden_size)[None])
@@ -322,7 +346,7 @@ def _rollout_view(batch, old, log_rho, rows=None):
 
 def _sgd_worker(model, budget=10_000):
     m = copy.deepcopy(model)
-    worker = PolicyWorker(m, OPTIM, with_reference=False, micro_batch_max_tokens=budget, share_prompt_forward=True)
+    worker = PolicyWorker(m, PolicySettings(OPTIM, micro_batch_max_tokens=budget, share_prompt_forward=True))
     worker.optimizer = torch.optim.SGD(m.parameters(), lr=1.0)
     return m, worker
 
@@ -332,7 +356,7 @@ def test_the_mismatch_is_exactly_zero_when_the_loss_uses_the_rollout_logprobs(mo
     _, worker = _sgd_worker(model)
     old = worker.compute_logprobs(batch)
     view, _ = _rollout_view(batch, old, torch.zeros_like(old))
-    stats = worker.update(view, LOSS, 3, 1, None)
+    stats = worker.update(view, LOSS, 3, 1, None).metrics
     for name in ("training/rollout_probs_diff", "rollout_corr/ratio"):
         zero = 1.0 if name == "rollout_corr/ratio" else 0.0
         assert (stats[f"{name}_mean"], stats[f"{name}_std"], stats[f"{name}_max"]) == (zero, 0.0, zero)
@@ -348,7 +372,7 @@ def test_the_mismatch_metrics_are_the_spread_over_the_known_tokens(model):
     log_rho = (torch.rand(old.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.6
     rows = batch.group_index != 1
     view, known = _rollout_view(batch, old, log_rho, rows)
-    stats = worker.update(view, LOSS, 3, 1, None)
+    stats = worker.update(view, LOSS, 3, 1, None).metrics
     diff = (old.exp() - (old - log_rho).exp()).abs()[known].double()
     ratio = log_rho.exp()[known].double()
     for name, values in (("training/rollout_probs_diff", diff), ("rollout_corr/ratio", ratio)):
@@ -381,7 +405,7 @@ def test_truncated_importance_sampling_scales_each_tokens_gradient_by_its_weight
         0.2, 0.28, 10.0, 20.0, "token-mean", None, 0.0, None, 0.0,
         rollout_is_level=level, rollout_is_mode=mode, rollout_is_cap=cap,
     )  # fmt: skip
-    stats = corrected.update(view, params, 3, 1, None)
+    stats = corrected.update(view, params, 3, 1, None).metrics
     for name, before in start.items():
         expected = before + factor * (plain_model.state_dict()[name] - before)
         torch.testing.assert_close(corrected_model.state_dict()[name], expected, atol=1e-6, rtol=1e-5)

@@ -15,15 +15,16 @@ from test_local import OPTIM, _batch  # the same tiny batch as the local workers
 
 from dapo.algo import EXACT_AGGREGATION_MODES
 from dapo.models import build_char_tokenizer, build_tiny_model
-from dapo.workers.base import CriticWorkers, PolicyWorkers
-from dapo.workers.local import CriticWorker, PolicyLossParams, PolicyWorker
+from dapo.workers.base import CriticSettings, CriticWorkers, PolicyLossParams, PolicySettings, PolicyWorkers
+from dapo.workers.critic import CriticWorker
 from dapo.workers.parallel import balanced_group_assignment, rank_rows
+from dapo.workers.policy import PolicyWorker
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 EXACT_OPTIM = dataclasses.replace(OPTIM, eps=1e-4)
-POLICY = {"optim": EXACT_OPTIM, "with_reference": True, "micro_batch_max_tokens": 40, "share_prompt_forward": True}
-CRITIC = {"optim": EXACT_OPTIM, "value_clip": 0.5, "micro_batch_max_tokens": 40, "share_prompt_forward": True}
+POLICY = PolicySettings(EXACT_OPTIM, micro_batch_max_tokens=40, with_reference=True, share_prompt_forward=True)
+CRITIC = CriticSettings(EXACT_OPTIM, micro_batch_max_tokens=40, value_clip=0.5, share_prompt_forward=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def two_ranks(request, ray_cluster, model):
 def _fresh(model, policy: bool = True):
     torch.set_num_threads(1)  # as each rank: one thread
     m = copy.deepcopy(model)
-    return PolicyWorker(m, **POLICY) if policy else CriticWorker(m, **CRITIC)
+    return PolicyWorker(m, POLICY) if policy else CriticWorker(m, CRITIC)
 
 
 @pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
@@ -95,9 +96,10 @@ def test_two_ranks_update_like_one_process(two_ranks, model, mode):
     expected = local.update(batch, loss, 2, 2, 123)
     got = two_ranks.run("policy", "update", batch, loss, 2, 2, 123, reply=False)[0]
     assert _max_difference(two_ranks.run("policy", "full_weights", reply=False)[0], local.full_weights()) < 1e-6
-    assert got.keys() == expected.keys()
-    for name, value in expected.items():
-        assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert got.tokens_computed == expected.tokens_computed > 0
+    assert got.metrics.keys() == expected.metrics.keys()
+    for name, value in expected.metrics.items():
+        assert got.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
 
 def test_two_ranks_compute_the_log_probs_of_one_process(two_ranks, model):
