@@ -30,7 +30,9 @@ def kl_estimate(
     *,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Per-token KL(π_θ ‖ π_ref) estimate, GRPO's penalty term β·D_KL (DAPO Eq. 4 restating DeepSeekMath).
+    """Per-token KL(π_θ ‖ π_ref) estimate: the D_KL of GRPO's penalty term −β·D_KL in its objective (DAPO Eq. 5,
+    restating DeepSeekMath, arXiv:2402.03300; DAPO Eq. 4 is the group advantage). DeepSeekMath
+    estimates it per token with k3, Schulman's unbiased non-negative approximation (2020).
 
     Args:
         logprobs: (B, T) log π_θ of the sampled tokens (may carry gradient).

@@ -1,19 +1,10 @@
 """dapo.data: typed prompt records, readers/writers for verl parquet and jsonl data sets, prompt
-templates, prompt-length budgets, a resumable sampler and the built-in arithmetic task."""
+templates, a resumable sampler and the built-in arithmetic task. (The prompt-length budget is applied where
+prompts are tokenised: `dapo.runtime`, `data.max_prompt_length` and `data.truncation`.)"""
 
-from dapo.data.filtering import (
-    LENGTH_MODES,
-    PromptLengthReport,
-    filter_by_prompt_length,
-    prompt_token_ids,
-    tokenize_prompt,
-)
 from dapo.data.records import (
-    ChatMessage,
     DatasetFileError,
     DatasetRowError,
-    LoadedDataset,
-    PromptRecord,
     normalize_ground_truth,
     read_dataset,
     write_verl_parquet,
@@ -30,6 +21,7 @@ from dapo.data.tasks import (
     make_task_records,
 )
 from dapo.data.templates import DAPO_PREFIX, DAPO_SUFFIX, apply_dapo_template, has_dapo_template, render_prompt
+from dapo.data.types import ChatMessage, LoadedDataset, PromptRecord
 
 __all__ = [
     "ARITH_CHARSET",
@@ -37,26 +29,21 @@ __all__ = [
     "BUILTIN_TASKS",
     "DAPO_PREFIX",
     "DAPO_SUFFIX",
-    "LENGTH_MODES",
     "LEVELS",
     "ChatMessage",
     "DatasetFileError",
     "DatasetRowError",
     "LoadedDataset",
-    "PromptLengthReport",
     "PromptRecord",
     "PromptSampler",
     "apply_dapo_template",
     "arith_solution",
     "as_chat_question",
-    "filter_by_prompt_length",
     "has_dapo_template",
     "make_arith_records",
     "make_task_records",
     "normalize_ground_truth",
-    "prompt_token_ids",
     "read_dataset",
     "render_prompt",
-    "tokenize_prompt",
     "write_verl_parquet",
 ]

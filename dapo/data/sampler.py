@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dapo.data.records import PromptRecord
+from dapo.data.types import PromptRecord
 
 
 def _fingerprint(records: Sequence[PromptRecord]) -> str:

@@ -27,7 +27,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dapo.data.records import ChatMessage, PromptRecord
+from dapo.data.types import ChatMessage, PromptRecord
 
 ARITH_DATA_SOURCE = "arith"
 BUILTIN_TASKS = ("arith", "arith_chat")

@@ -9,10 +9,9 @@ RLHFDataset does), a plain fallback otherwise.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dapo.data.records import PromptRecord
+from dapo.data.types import PromptRecord
 
 DAPO_PREFIX = (
     "Solve the following math problem step by step. The last line of your response should be of the form "

@@ -8,7 +8,9 @@ may be missed, a wrong one is never taken. Three things stand in the way of math
 * the answer is a box that ends the response (`final_boxed`): `\\boxed{5}. Wait, that is wrong: it is 6.`
   has no answer, rather than the retracted 5;
 * equality is decided on the DAPO canonical form (`canonical_answer`), whose every step keeps the value:
-  `5 40` stays two numbers, a dropped percent sign is accepted only when the ground truth has one;
+  `5 40` stays two numbers, a dropped percent sign is accepted only when the ground truth has one, an
+  added one only after a bare number whose value is the bare-number ground truth (`10\\%` for 10, never
+  for 0.1);
 * before math-verify runs, `_states_more` rejects a prediction that says more than the ground truth in a
   way math-verify ignores: words or variables the ground truth lacks (`540 apples`, `540\\text{ thousand}`;
   units of the closed list aside), an equation that is not an assignment (`2x = 540`), a hedge or a mark
@@ -60,6 +62,9 @@ _MARKS = re.compile(r"\\(?:[lc]?dots|approx|sim|simeq|pm|mp|circ|degree|prime)(?
 _ENVIRONMENT = re.compile(r"\\(?:begin|end)\s*\{[A-Za-z*]*\}")
 _COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]+")
+# What makes an answer more than a plain number though its canonical form drops it: a dollar sign, a power
+# (`^2` of a unit, `^\\circ`), a degree sign.
+_NOT_BARE = re.compile(r"\\\$|\^|°")
 _DECIMAL = re.compile(r"(?<![\d.])(\d*)\.(\d+)(?![\d.])")
 _THOUSANDS_GROUP = re.compile(r"\d,\d{3}\.")  # `1,234.5`: `234.5` is not a numeral of its own
 
@@ -170,12 +175,31 @@ def _symbolic_form(answer: str, value: Fraction | None) -> str:
     return _latex_number(value) if value is not None else _exact_decimals(answer)
 
 
-def _percent_agrees(pred: str, gt: str) -> tuple[str, str] | None:
-    """Canonical forms with `%` removed, or None when `pred` is a percentage and `gt` is not (`50\\%` for
-    50, math-verify would accept it). A dropped percent sign is accepted when `gt` has one (`50` for
-    `50\\%`, the MATH convention)."""
+def _bare_number(answer: str) -> bool:
+    """Whether `answer` (as written) is a plain number and nothing else: no word, unit, dollar sign, power
+    or degree sign that its canonical form would drop (`15\\mbox{ cm}^2`, `\\$32,\\!348` and `90^\\circ` are
+    not bare; `\\frac{1}{2}` and `1,000` are)."""
+    return (
+        parse_number(normalize_latex(answer).replace("%", "", 1)) is not None
+        and not _words(answer)
+        and not _NOT_BARE.search(answer)
+    )
+
+
+def _percent_agrees(pred: str, gt: str, raw_pred: str, raw_gt: str) -> tuple[str, str] | None:
+    """Canonical forms with `%` removed, or None when `pred` has a percent sign that `gt` lacks and is not
+    a bare number followed by one sign for a bare-number `gt`.
+
+    MATH's own normaliser strips `\\%`, and MATH asks "By what percent does the area decrease?" with ground
+    truth 10: `10\\%` for 10 is right. It is compared by exact value here, never as a fraction (math-verify
+    would take `10\\%` for 0.1 and accept it for `0.1`). Any other percent sign the ground truth lacks is
+    rejected: on an expression (`\\pi\\%`), before more text (`10\\% of 5`), for a ground truth with a unit
+    (`15\\%` for `15\\mbox{ cm}^2`); `50\\%` for `\\frac{1}{2}` is a right answer missed. A dropped percent sign
+    is accepted when `gt` has one (`50` for `50\\%`, the MATH convention)."""
     if "%" in pred and "%" not in gt:
-        return None
+        if not (pred.endswith("%") and pred.count("%") == 1 and _bare_number(raw_pred) and _bare_number(raw_gt)):
+            return None
+        return pred[:-1], gt
     return pred.replace("%", ""), gt.replace("%", "")
 
 
@@ -188,7 +212,7 @@ def check_math_answer(response: str | bytes, ground_truth: str) -> MathCheck:
     pred = extract_math_answer(response)
     if pred is None:
         return MathCheck(verdict(False, None), None, gt)
-    forms = _percent_agrees(normalize_latex(pred), normalize_latex(gt))
+    forms = _percent_agrees(normalize_latex(pred), normalize_latex(gt), pred, gt)
     if forms is None:
         return MathCheck(verdict(False, pred), pred, gt)
     p, g = forms

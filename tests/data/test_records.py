@@ -145,3 +145,48 @@ def test_render_prompt_uses_chat_template_or_plain_fallback(data_file):
     assert render_prompt(record, _Tok()) == f"<user>{record.messages[0].content}<assistant>"
     no_template = type("T", (), {"chat_template": None})()
     assert render_prompt(record, no_template) == record.messages[0].content
+
+
+def test_the_record_types_live_in_types_and_templates_does_not_import_the_readers():
+    """`dapo.data.types` holds the records; `templates` and `records` both import it, not each other (the old
+    `records ↔ templates` circle). The old import path keeps working."""
+    import ast
+    from pathlib import Path
+
+    from dapo.data import ChatMessage, LoadedDataset, PromptRecord, records, templates, types
+
+    assert records.PromptRecord is PromptRecord and records.ChatMessage is ChatMessage
+    assert records.LoadedDataset is LoadedDataset
+    assert PromptRecord.__module__ == ChatMessage.__module__ == LoadedDataset.__module__ == "dapo.data.types"
+    assert types.PromptRecord is PromptRecord
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+    assert "dapo.data.types" in imported(templates) and "dapo.data.types" in imported(records)
+    assert "dapo.data.records" not in imported(templates)
+    assert not any(m.startswith("dapo") for m in imported(types) if m)
+
+
+def test_a_checkpoint_naming_the_records_module_still_loads(tmp_path, monkeypatch):
+    """Checkpoints written before the move pickle `dapo.data.records.PromptRecord` / `.ChatMessage` (in the
+    dynamic-sampling buffer); they load weights_only into today's `dapo.data.types` classes."""
+    from dapo.checkpoint import CheckpointManager
+    from dapo.data import ChatMessage, PromptRecord
+
+    record = PromptRecord(
+        "7", (ChatMessage("system", "s"), ChatMessage("user", "2+2?")), "4", "math500", "MATH", {"level": 3}
+    )
+    with monkeypatch.context() as m:  # the classes as they were named at save time (records re-exports them)
+        m.setattr(PromptRecord, "__module__", "dapo.data.records")
+        m.setattr(ChatMessage, "__module__", "dapo.data.records")
+        CheckpointManager(tmp_path).save(1, {"dynamic_sampling": {"buffer": [record]}})
+    manifest = json.loads((tmp_path / "global_step_1" / "manifest.json").read_text())
+    assert manifest["files"]["dynamic_sampling"]["globals"] == [
+        "dapo.data.records.ChatMessage",
+        "dapo.data.records.PromptRecord",
+    ]
+    _, state = CheckpointManager(tmp_path).load()
+    (loaded,) = state["dynamic_sampling"]["buffer"]
+    assert loaded == record and type(loaded) is PromptRecord and type(loaded.messages[0]) is ChatMessage

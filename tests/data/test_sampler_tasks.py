@@ -1,4 +1,4 @@
-"""Prompt-length budget, the resumable sampler and the arith task."""
+"""The resumable sampler and the arith task."""
 
 from __future__ import annotations
 
@@ -11,38 +11,10 @@ from dapo.data import (
     LEVELS,
     PromptSampler,
     arith_solution,
-    filter_by_prompt_length,
     make_arith_records,
     make_task_records,
-    tokenize_prompt,
 )
 from dapo.rewards import score_dapo
-
-
-class _CharTok:
-    """One token per character; no chat template (plain rendering)."""
-
-    chat_template = None
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) for c in text]
-
-
-def test_filter_by_prompt_length_drop_and_left_truncate():
-    records = make_arith_records("train", 50, seed=0, level=(1, 5))
-    lengths = [len(r.messages[0].content) for r in records]
-    budget = sorted(lengths)[25]
-    kept, report = filter_by_prompt_length(records, _CharTok(), budget, mode="drop")
-    over = sum(n > budget for n in lengths)
-    assert (report.num_kept, report.num_dropped, report.num_truncated) == (50 - over, over, 0)
-    assert all(len(r.messages[0].content) <= budget for r in kept)
-    kept, report = filter_by_prompt_length(records, _CharTok(), budget, mode="left_truncate")
-    assert (len(kept), report.num_dropped, report.num_truncated) == (50, 0, over)
-    longest = max(records, key=lambda r: len(r.messages[0].content))
-    ids = tokenize_prompt(longest, _CharTok(), budget)
-    assert ids == [ord(c) for c in longest.messages[0].content[-budget:]]
-    with pytest.raises(ValueError, match="max_prompt_tokens"):
-        tokenize_prompt(longest, _CharTok(), budget, truncation="error")
 
 
 def test_sampler_resume_reproduces_future_batches():

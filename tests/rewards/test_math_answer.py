@@ -68,7 +68,7 @@ def test_fast_path_decides_without_sympy():
 
 
 # (ground truth, boxed prediction, verdict): decided in-process, without math-verify. math-verify alone
-# accepts every False row from `50\%` to `3r^2`: it drops trailing words, solves `2x = 540` for 540, forgives
+# accepts every False row from `\frac{1}{2}` to `3r^2`: it drops trailing words, solves `2x = 540` for 540, forgives
 # `\ldots`, `\approx`, `\pm 0`, a prime and a degree sign, ignores the case of a variable and takes a
 # percentage for a number.
 IN_PROCESS_CASES = [
@@ -76,7 +76,7 @@ IN_PROCESS_CASES = [
     ("540", "5\\,40", False),
     ("50\\%", "50", True),
     ("50\\%", "50\\%", True),
-    ("50", "50\\%", False),
+    ("50", "50\\%", True),
     ("\\frac{1}{2}", "50\\%", False),
     ("540", "540 apples", False),
     ("540", "540\\text{ thousand}", False),
@@ -99,6 +99,51 @@ IN_PROCESS_CASES = [
 
 @pytest.mark.parametrize(("gt", "pred", "expected"), IN_PROCESS_CASES)
 def test_in_process_verdicts(gt, pred, expected):
+    check = check_math_answer(f"So $\\boxed{{{pred}}}$.", gt)
+    assert not check.needs_symbolic
+    assert check.result.acc is expected
+
+
+# (ground truth, boxed prediction, verdict): a percent sign the ground truth lacks. MATH's normaliser strips
+# `\%`, and MATH-500 asks "By what percent does the square's area decrease?" with ground truth 10: a bare
+# number with a percent sign is that number. Compared by exact value in-process: math-verify reads `10\%` as
+# 0.1 and would accept it for `0.1`.
+PERCENT_CASES = [
+    ("10", "10\\%", True),
+    ("10", "10%", True),
+    ("10", "10 \\%", True),
+    ("10", "10.0\\%", True),
+    ("-10", "-10\\%", True),
+    ("1000", "1,000\\%", True),
+    ("10\\%", "10\\%", True),
+    ("10\\%", "10", True),
+    ("0.1", "10\\%", False),
+    ("\\frac{1}{10}", "10\\%", False),
+    ("1000", "10\\%", False),
+    ("100", "10\\%", False),
+    ("11", "10\\%", False),
+    ("10", "11\\%", False),
+    ("10", "1000\\%", False),
+    ("10", "0.1\\%", False),
+    ("10", "10\\%\\%", False),
+    ("10", "10\\% of 5", False),
+    ("10", "10\\% \\text{ of } 5", False),
+    ("10", "10\\% \\text{ decrease}", False),
+    ("10", "(10\\%)", False),
+    ("10", "5 10\\%", False),
+    ("10", "10^\\circ\\%", False),
+    ("\\pi", "\\pi\\%", False),
+    ("x", "x\\%", False),
+    ("2k", "2k\\%", False),
+    ("15\\mbox{ cm}^2", "15\\%", False),
+    ("90^\\circ", "90\\%", False),
+    ("\\$32,\\!348", "32,348\\%", False),
+    ("10, 20", "10, 20\\%", False),
+]
+
+
+@pytest.mark.parametrize(("gt", "pred", "expected"), PERCENT_CASES)
+def test_percent_sign_on_a_bare_number(gt, pred, expected):
     check = check_math_answer(f"So $\\boxed{{{pred}}}$.", gt)
     assert not check.needs_symbolic
     assert check.result.acc is expected
@@ -153,3 +198,18 @@ def test_symbolic_verdicts(reward_fn, gt, pred, expected):
     batch = reward_fn([_sample(f"Thus $\\boxed{{{pred}}}$", gt)])
     assert bool(batch.acc[0]) is expected
     assert batch.failures[0] == (None if expected else "wrong")
+
+
+def test_by_what_percent_through_the_reward_step(reward_fn):
+    # MATH-500's "By what percent does the square's area decrease?" (ground truth 10), routed as math500.
+    rows = [
+        ("The area decreases by $\\boxed{10\\%}$.", True),
+        ("The area decreases by $\\boxed{10}$.", True),
+        ("Work.\nAnswer: $10\\%$", True),
+        ("The area decreases by $\\boxed{0.1}$.", False),
+        ("The area decreases by $\\boxed{11\\%}$.", False),
+        ("The area decreases by $\\boxed{10\\% \\text{ of } 5}$.", False),
+    ]
+    batch = reward_fn([_sample(response, "10") for response, _ in rows])
+    assert batch.acc.tolist() == [expected for _, expected in rows]
+    assert batch.metrics["reward/num_symbolic_checks"] == 0

@@ -1,10 +1,11 @@
 """The MATH scorer never accepts a wrong answer (docs/rewards.md), pinned on a corpus of near misses built
 from the real MATH-500 ground truths: each distinct ground truth g, rewritten into responses whose answer is
-close to g but is not g (g apples, g thousand, g%, 2x = g, g \\ldots, a boxed g retracted, g + 1, (g)!,
-a 6-place decimal for an irrational g, ...). None is accepted through `build_reward_function` routing with
-data_source "math500", the math-verify pool included. The same ground truths written the usual ways (a final
-box, `$\\boxed{g}$.`, display math, an end-of-sequence marker, `\\dfrac`, spacing, `0.5` for `\\frac{1}{2}`,
-`x = g`, units dropped) and a table of equivalent forms that need math-verify are accepted.
+close to g but is not g (g apples, g thousand, g% for a g that is not a bare number, `10\\%` for 0.1,
+2x = g, g \\ldots, a boxed g retracted, g + 1, (g)!, a 6-place decimal for an irrational g, ...). None is
+accepted through `build_reward_function` routing with data_source "math500", the math-verify pool included.
+The same ground truths written the usual ways (a final box, `$\\boxed{g}$.`, display math, an end-of-sequence
+marker, `\\dfrac`, spacing, `0.5` for `\\frac{1}{2}`, `x = g`, units dropped, `g\\%` for a bare number g, as
+MATH's normaliser strips `\\%`) and a table of equivalent forms that need math-verify are accepted.
 
 Near misses that math-verify itself would accept (it reads a leading value and drops trailing words, solves
 `2x = 540` for 540, forgives `\\ldots` and `\\approx`, rounds floats to 6 places) must be rejected before
@@ -105,6 +106,23 @@ def _base_changed(g: str) -> str | None:
     return None if m is None else f"{m[1]}_{m[2]}{int(m[3]) + 1}{m[4]}"
 
 
+def _bare_number(g: str) -> bool:
+    """g is a plain number and nothing else: no unit, dollar sign, degree sign or name (`\\frac{1}{2}`, `10,\\!080`;
+    not `15\\mbox{ cm}^2`, `\\$36`, `90^\\circ`, `x=5`). A percent sign after such a g is the same answer."""
+    return _value(g) is not None and not re.search(r"[A-Za-z^$°]", re.sub(r"\\[dt]?frac", "", g))
+
+
+def _hundredfold(g: str) -> str | None:
+    """100 times a bare-number g's value, as a numeral: `10` for 0.1, `100` for 1 (math-verify reads `10\\%` as
+    0.1), None for other ground truths and 0."""
+    v = _value(g) if _bare_number(g) else None
+    if not v:
+        return None
+    w = 100 * v
+    sign = "-" if w < 0 else ""
+    return str(w.numerator) if w.denominator == 1 else f"{sign}\\frac{{{abs(w.numerator)}}}{{{w.denominator}}}"
+
+
 def _box(answer: str | None) -> str | None:
     return None if answer is None else f"We find that the answer is $\\boxed{{{answer}}}$."
 
@@ -120,10 +138,13 @@ GUARDED = {
     "million": lambda g: _box(f"{g} \\text{{ million}}"),
     "or more": lambda g: _box(f"{g} \\text{{ or more}}"),
     "hedge": lambda g: _box(f"{g} \\text{{ or }} 1001"),
-    # a percentage for a ground truth that is not one
-    "percent sign": lambda g: _box(f"{g}\\%"),
-    "bare percent": lambda g: _box(f"{g}%"),
+    # a percentage for a ground truth that is not one (after a bare number g, a percent sign is right: RIGHT)
+    "percent sign": lambda g: None if _bare_number(g) else _box(f"{g}\\%"),
+    "bare percent": lambda g: None if _bare_number(g) else _box(f"{g}%"),
     "percent word": lambda g: _box(f"{g} \\text{{ percent}}"),
+    "percent of": lambda g: _box(f"{g}\\% \\text{{ of }} 5"),
+    "percent for a fraction": lambda g: _box(f"{h}\\%") if (h := _hundredfold(g)) else None,
+    "percent, last digit changed": lambda g: _box(f"{_last_digit_changed(g)}\\%") if _bare_number(g) else None,
     # equations and relations (math-verify solves `2x = g` for its right side)
     "2x =": lambda g: None if "=" in g else _box(f"2{_fresh(g)} = {g}"),
     "x^2 =": lambda g: None if "=" in g else _box(f"{_fresh(g)}^2 = {g}"),
@@ -258,6 +279,8 @@ RIGHT = {
     "unit dropped": lambda g: _box(m[1]) if (m := _UNIT_SUFFIX.fullmatch(g)) else None,
     "text unwrapped": lambda g: _box(m[1]) if (m := re.fullmatch(r"\\text\{(.*)\}", g)) else None,
     "braced base": lambda g: _box(re.sub(r"_(\d+)$", r"_{\1}", g)) if re.search(r"_\d+$", g) else None,
+    "percent sign": lambda g: _box(f"{g}\\%") if _bare_number(g) else None,
+    "bare percent": lambda g: _box(f"{g}%") if _bare_number(g) else None,
 }
 
 # Equivalent forms that need math-verify: (MATH-500 ground truth, boxed prediction).
