@@ -433,20 +433,10 @@ def mean_band(rung: RungResult, key: str) -> tuple[list[int], list[float], list[
     return steps, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
-def _smooth(ys: list[float], weight: float = 0.8) -> list[float]:
-    out, last = [], None
-    for y in ys:
-        last = y if last is None else weight * last + (1 - weight) * y
-        out.append(last)
-    return out
-
-
 def _figures(results: list[RungResult], accuracy_key: str, out: Path) -> list[tuple[str, Path]]:
-    import matplotlib
+    from dapo.report import pyplot, smoothed
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = plt.get_cmap("tab10")  # distinct hues: the rungs are categories, not a scale
     made = []
     for file_name, title, ylabel, series in FIGURES:
@@ -462,7 +452,7 @@ def _figures(results: list[RungResult], accuracy_key: str, out: Path) -> list[tu
                 drawn = on_this_axis = True
                 color = colors(i % 10)
                 sparse = key == accuracy_key or len(steps) < 12  # evaluations: points, never smoothed
-                shown = mean if sparse else _smooth(mean)
+                shown = mean if sparse else smoothed(mean)
                 ax.plot(steps, shown, color=color, marker="o" if sparse else None, lw=1.8, label=technique(rung.preset))
                 ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
             ax.set_title(f"{title}: {label}" if len(series) > 1 else title)

@@ -142,7 +142,7 @@ def _matching_keys(rows: Sequence[Mapping[str, Any]], pattern: str) -> list[str]
     return sorted(k for k in keys if fnmatch.fnmatchcase(k, pattern))
 
 
-def _ema(ys: Sequence[float]) -> list[float]:
+def smoothed(ys: Sequence[float]) -> list[float]:
     """Debiased exponential moving average (TensorBoard's), weight chosen from the series length.
 
     w = clip(1 − 10/n, 0, 0.9): no smoothing for ≤ 10 points, 0.5 at 20, 0.9 from 100 on.
@@ -168,7 +168,8 @@ def _label(key: str) -> str:
 # ------------------------------------------------------------------------------------- drawing
 
 
-def _setup():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (unless one is already chosen)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -220,7 +221,7 @@ def _draw(ax, xs, ys, color: str, label: str, sparse: bool, annotate: bool = Tru
     few = len(xs) <= 30  # little or no smoothing: show where the measurements are
     ax.plot(
         xs,
-        _ema(ys),
+        smoothed(ys),
         linestyle=linestyle,
         linewidth=1.9,
         color=color,
@@ -285,7 +286,7 @@ def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path, *, titl
     The figure has `NCOLS` columns of panels of `PANEL_SIZE_IN` inches at `DPI`; a run without any
     known metric still gets a PNG that says so (a report at the end of a killed run must not fail).
     """
-    plt = _setup()
+    plt = pyplot()
     rows = _load(metrics_jsonl)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -365,7 +366,7 @@ def compare_runs(
     ``keys`` are metric names or fnmatch patterns (a pattern becomes one panel per matching metric).
     Each run keeps its colour in every panel. Metrics no run has are left out.
     """
-    plt = _setup()
+    plt = pyplot()
     runs = {name: _load(path) for name, path in jsonl_paths.items()}
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from dapo.report import _ema, compare_runs, figure_size_px, grid_shape, plot_training_curves
+from dapo.report import compare_runs, figure_size_px, grid_shape, plot_training_curves, smoothed
 
 ALL_PANEL_KEYS = (  # one or more keys for each of 9 panels (not the critic panel)
     "critic/acc/mean",
@@ -116,11 +116,11 @@ def test_compare_runs_overlays_and_expands_patterns(tmp_path):
 
 
 def test_ema_is_debiased_and_off_for_short_series():
-    assert _ema([3.0, 1.0, 2.0]) == [3.0, 1.0, 2.0]  # ≤ 10 points: no smoothing
-    assert all(math.isclose(v, 5.0) for v in _ema([5.0] * 40))  # debiased: no pull towards 0 at the start
+    assert smoothed([3.0, 1.0, 2.0]) == [3.0, 1.0, 2.0]  # ≤ 10 points: no smoothing
+    assert all(math.isclose(v, 5.0) for v in smoothed([5.0] * 40))  # debiased: no pull towards 0 at the start
     # n = 20 -> w = 0.5: after a step 0 -> 1 at i = 11, the average covers half the remaining gap each step.
     ys = [0.0] * 10 + [1.0] * 10
-    sm = _ema(ys)
+    sm = smoothed(ys)
     assert sm[9] == 0.0 and 0.49 < sm[10] < 0.51 and 0.74 < sm[11] < 0.76
 
 

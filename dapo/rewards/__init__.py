@@ -17,7 +17,7 @@ from dapo.rewards.reward_fn import (
     build_reward_function,
     route,
 )
-from dapo.rewards.text import last_boxed, parse_number, sanitize
+from dapo.rewards.text import last_boxed, last_number_matches, parse_number, sanitize
 from dapo.rewards.types import FAILURE_KINDS, ScoreResult
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "extract_math_answer",
     "gsm8k_ground_truth",
     "last_boxed",
+    "last_number_matches",
     "load_callable",
     "normalize_latex",
     "parse_number",

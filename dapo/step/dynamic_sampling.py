@@ -1,17 +1,17 @@
 """Dynamic sampling (DAPO §3.2, Algorithm 1 lines 3-7), with the carry-over buffer, as one component.
 
 A training step asks for `batch_size` informative groups. The sampler takes the groups left over from the
-previous step first, then draws generation rounds (each: prompts sampled, responses generated and scored,
-by a function the trainer passes in) and keeps the groups whose accuracy is neither all 0 nor all 1, until the
-batch is full or the round cap is hit. A round arrives in parts: the whole round at once, or, with
+previous step first, then draws generation rounds (each: prompts sampled, responses generated and scored, by
+`GenerationRounds.draw` in `dapo.step.rounds`) and keeps the groups whose accuracy is neither all 0 nor all 1,
+until the batch is full or the round cap is hit. A round arrives in parts: the whole round at once, or, with
 `stop_when_full`, wave by wave as the engine generates it, and then the round stops at the first wave that
-fills the batch (the draw's iterator is closed; the trainer gives the prompts not generated back to the data
+fills the batch (the draw's iterator is closed; the round gives the prompts not generated back to the data
 sampler, so that the next round starts with them). Informative groups beyond the batch are kept for the next step
 (`keep_surplus`, Algorithm 1's buffer) or dropped (verl). Kept groups lose their rollout log-probs: the next
 step's weights are not the ones that sampled them.
 
-The sampler holds no model and does no I/O: the trainer gives it a `draw(round_index)` function, so it is
-tested with a fake one (tests/test_dynamic_sampling.py). Its `state_dict` is what a resumed run needs.
+The sampler holds no model and does no I/O: it is given a `draw(round_index)` function, so it is tested with a
+fake one (tests/step/test_dynamic_sampling.py). Its `state_dict` is what a resumed run needs.
 """
 
 from __future__ import annotations

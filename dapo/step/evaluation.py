@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dapo.data import PromptRecord
-from dapo.rewards import RewardFunction
-from dapo.rewards.text import last_number_matches, parse_number
+from dapo.rewards import RewardFunction, last_number_matches, parse_number
 from dapo.rollout import RolloutEngine, SamplingParams, concat_rollouts
 from dapo.rollout.base import waves_one_by_one
 from dapo.step.groups import groups_from_rollout, reward_samples
@@ -32,7 +31,7 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     ones is correct. C(n − c, k) / C(n, k) = Π_{i=n−c+1}^{n} (1 − k/i) is computed as that running product
     (Chen et al.'s numerically stable form): no factorials, so no overflow for large n.
 
-    Edge cases (pinned by tests/test_evaluation.py): c = 0 gives 0; n − c < k (every k-subset holds a correct
+    Edge cases (pinned by tests/step/test_evaluation.py): c = 0 gives 0; n − c < k (every k-subset holds a correct
     sample, in particular c = n or k = n with c ≥ 1) gives 1. ValueError unless 1 ≤ k ≤ n and 0 ≤ c ≤ n.
     """
     if not 1 <= k <= num_samples:
@@ -50,7 +49,7 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
 def majority_correct(preds: Sequence[str | None], acc: Sequence[bool]) -> bool:
     """maj@k for one problem: is the most frequent extracted answer a correct one?
 
-    Conventions (pinned by tests/test_evaluation.py):
+    Conventions (pinned by tests/step/test_evaluation.py):
         * responses with no extracted answer (None) do not vote; no answer at all counts as wrong.
         * a tie in votes goes to the tied answer that appears FIRST in `preds` (response order), so the
           result is deterministic and does not depend on hash order.

@@ -5,7 +5,6 @@ step 3, then a resume on a replacement node. Prints one JSON line with what happ
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,16 +35,17 @@ def main(base: str, out: str) -> None:
     overrides = _overrides(Path(base), Path(out), "node-loss", **settings)
     trainer = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
     removed_at = {}
+    train_step = trainer.train_step
 
-    def remove_node_2():
-        pointer = trainer.run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
-        while not (pointer.exists() and int(pointer.read_text().strip() or 0) >= 2):
-            time.sleep(0.02)
-        time.sleep(0.3)
-        removed_at["t"] = time.monotonic()
-        cluster.remove_node(node_2, allow_graceful=False)
+    def step_losing_node_2(step: int):
+        # At the start of step 3, after the step-2 checkpoint: deterministic, whatever the machine's speed (a
+        # timer after the checkpoint could fire after a fast run had already finished).
+        if step == 3:
+            removed_at["t"] = time.monotonic()
+            cluster.remove_node(node_2, allow_graceful=False)
+        return train_step(step)
 
-    threading.Thread(target=remove_node_2, daemon=True).start()
+    trainer.train_step = step_losing_node_2
     result = {"ranks_on_node_2": all(node == node_2.node_id for node in trainer.policy.group.nodes)}
     try:
         trainer.train()

@@ -9,8 +9,6 @@ rank count, and a run resumed on the ranks that saved it continues exactly.
 import json
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -121,22 +119,17 @@ def test_a_checkpoint_resumes_on_another_rank_count(runs, saved_by, backend, tmp
     _assert_close_metrics(resumed, _read(runs[saved_by])[2:])
 
 
-def _kill_when_checkpointed(run_dir: Path, step: int, pid: int, delay_s: float = 0.3) -> threading.Thread:
-    """SIGKILL `pid` a little after the run has committed the checkpoint of `step` (so: inside the next step)."""
+def _kill_at_step(trainer: Trainer, step: int, pid: int) -> None:
+    """SIGKILL `pid` as the trainer starts `step` (after the previous step's checkpoint): deterministic, whatever the
+    machine's speed (a timer after the checkpoint could fire after a fast run had already finished)."""
+    train_step = trainer.train_step
 
-    def watch():
-        pointer = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if pointer.exists() and int(pointer.read_text().strip() or 0) >= step:
-                time.sleep(delay_s)
-                os.kill(pid, signal.SIGKILL)
-                return
-            time.sleep(0.02)
+    def killing(s: int):
+        if s == step:
+            os.kill(pid, signal.SIGKILL)
+        return train_step(s)
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
+    trainer.train_step = killing
 
 
 def test_lost_workers_a_rollout_worker_restarted_then_a_training_rank_stops_the_run_and_resume_completes_it(
@@ -153,7 +146,7 @@ def test_lost_workers_a_rollout_worker_restarted_then_a_training_rank_stops_the_
     try:
         os.kill(ray_cluster.get(trainer.engine.workers[1].pid.remote()), signal.SIGKILL)
         rank_1 = ray_cluster.get(trainer.policy.group.ranks[1].pid.remote())
-        _kill_when_checkpointed(trainer.run_dir, 2, rank_1)
+        _kill_at_step(trainer, 3, rank_1)
         with pytest.raises(ClusterError, match=r"training rank 1 \(node .*\) died"):
             trainer.train()
     finally:

@@ -216,7 +216,7 @@ def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_
         load_config("cpu_dapo", None, e2e_overrides(base_model_dir, tmp_path, "nan")), log_to_console=False
     )
     before = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
-    original = trainer.reward_fn
+    original = trainer.rounds.reward_fn  # what scores the generation rounds
 
     class Poisoned:
         def __call__(self, samples):
@@ -227,7 +227,7 @@ def test_non_finite_reward_is_reported_and_never_reaches_the_weights(base_model_
         def close(self):
             original.close()
 
-    trainer.reward_fn = Poisoned()
+    trainer.rounds.reward_fn = Poisoned()
     try:
         with pytest.raises(FloatingPointError, match=r"step 1.*train:"):
             trainer.train_step(1)
