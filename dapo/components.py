@@ -129,6 +129,7 @@ def policy_settings(config: Config) -> PolicySettings:
         share_prompt_forward=a.share_prompt_forward,
         temperature=config.rollout.temperature,
         precision=config.forward_precision,
+        activation_checkpointing=a.activation_checkpointing,
         lora_export=config.model.lora.export,
     )
 
@@ -143,6 +144,7 @@ def critic_settings(config: Config) -> CriticSettings | None:
         micro_batch_max_tokens=a.micro_batch_max_tokens,
         share_prompt_forward=a.share_prompt_forward,
         precision=config.forward_precision,
+        activation_checkpointing=a.activation_checkpointing,
     )
 
 

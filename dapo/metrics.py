@@ -40,6 +40,7 @@ __all__ = [
     "MetricsLogger",
     "ProgressView",
     "Timer",
+    "measure_activation_memory",
     "measure_matmul_peak",
     "merge_by_step",
     "read_jsonl_metrics",
@@ -102,6 +103,36 @@ def measure_matmul_peak(
         times.append(time.perf_counter() - start)
     torch.set_num_threads(previous)
     return 2.0 * size**3 / statistics.median(times)
+
+
+def measure_activation_memory(parameters, run) -> tuple[float, float]:
+    """(bytes the forward `run()` keeps for its backward, peak bytes over that forward and the backward of its
+    scalar result), from the profiler's CPU allocation events, every allocation counted once. The gradients of
+    `parameters` are dropped as they arrive, so only activations (and the head's tensors) count. The plan's
+    activation and head terms are pinned against this (tests/workers/test_activation_checkpointing.py)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    hooks = [p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None)) for p in parameters]
+
+    def live_curve(events) -> list[int]:
+        live, curve = 0, []
+        for e in sorted((e for e in events if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
+            live += e.self_cpu_memory_usage
+            curve.append(live)
+        return curve
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as forward:
+            out = run()
+        forward_curve = live_curve(forward.events())
+        kept = forward_curve[-1] if forward_curve else 0
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as backward:
+            out.backward()
+            del out
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return float(kept), float(max([*forward_curve, *(kept + v for v in live_curve(backward.events()))]))
 
 
 def _to_float(key: str, value: Any) -> float:

@@ -12,10 +12,14 @@ training rank (bytes; P parameters, b bytes per parameter of `model.dtype`, W ra
     AdamW          2·P·b / S              (two moments, in the parameters' dtype)
     reference      P·b                    (a frozen whole copy per rank, only when a KL term is on)
     critic         4·P·b / S + P·b        (PPO: its own weights, gradients, moments and gathered weights)
-    activations    L·h·17·a per token     (a ≈ 2 bytes under bf16, 4 in fp32; about 34 bytes per token, layer
-                                           and hidden unit at 16 bits, Korthikanti et al. 2022, without
-                                           recomputation) × actor.micro_batch_max_tokens
-    logits         V·4·3 per token        (float32 logits, log-softmax and their gradient) × the same tokens
+    activations    L·(12·h + 4.3·i)·a per token of a micro-batch (actor.micro_batch_max_tokens), i the MLP's
+                   width, a = 4 bytes in fp32 (2 assumed under bf16): what a decoder block of this project's
+                   forward keeps for its backward, measured (`activation_bytes`, pinned by tests/test_plan.py);
+                   with actor.activation_checkpointing, (L + 3)·h·a per token (each block's input, and the
+                   embedding and final norm around them) plus one block's (12·h + 4.3·i)·a, recomputed in the
+                   backward
+    logits         V·4·2 per token        (the float32 log-softmax the loss keeps, and its gradient at the start
+                                           of the backward) × the same tokens
 
 and per rollout worker the weights (P·b in the engine's dtype) and the KV cache, 2·L·kv·d·b_kv per token.
 The fit check is against `trainer.gpu_memory_gb` (90 % of it usable) on a GPU, and nothing is checked on a CPU.
@@ -132,6 +136,34 @@ class Plan:
         return "\n".join(self.lines + verdict)
 
 
+# What one decoder block of this project's forward keeps for its backward, per token, in values of the activation
+# dtype: ~12 of the hidden width (norm inputs, projections' inputs, q/k/v and attention outputs, residuals) and ~4.3
+# of the MLP's (gate, up, their product). Measured on CPU in float32 with the shared-prefix forward at three model
+# sizes (within 10 %); tests/test_plan.py measures again and pins the plan to within 25 %.
+BLOCK_HIDDEN_VALUES, BLOCK_MLP_VALUES = 12.0, 4.3
+AROUND_BLOCKS_HIDDEN_VALUES = 3.0  # the embedding output and the final norm, kept with or without checkpointing
+
+
+def activation_bytes(
+    tokens: int, layers: int, hidden: int, intermediate: int, act_bytes: int, checkpointing: bool
+) -> tuple[float, float]:
+    """(bytes the decoder's activations keep from the forward for the backward, bytes more at the backward's peak)
+    for a micro-batch of `tokens` tokens, the head apart.
+
+    Without checkpointing every block keeps its working set until its backward; with it, each block keeps its
+    input only, and one block's working set exists at a time, while that block is recomputed."""
+    block = tokens * (BLOCK_HIDDEN_VALUES * hidden + BLOCK_MLP_VALUES * intermediate) * act_bytes
+    if not checkpointing:
+        return layers * block, 0.0
+    return tokens * (layers + AROUND_BLOCKS_HIDDEN_VALUES) * hidden * act_bytes, block
+
+
+def head_bytes(tokens: int, vocab: int) -> tuple[float, float]:
+    """(bytes the log-prob head keeps for the backward, bytes more at its backward): the float32 log-softmax over
+    the vocabulary, then its gradient (log-probs and entropy are computed from whole [tokens, vocab] logits)."""
+    return tokens * vocab * 4.0, tokens * vocab * 4.0
+
+
 def _gb(n_bytes: float) -> str:
     return f"{n_bytes / GB:,.1f} GB"
 
@@ -187,8 +219,10 @@ def make_plan(config: Config) -> Plan:
         terms["critic"] = 4 * weights / shards + weights
     tokens = c.actor.micro_batch_max_tokens
     act_bytes = 2 if c.update_dtype_is_bf16 else 4
-    terms[f"activations ({tokens:,} tokens a micro-batch)"] = tokens * layers * hidden * 17 * act_bytes
-    terms["logits (float32)"] = tokens * vocab * 4 * 3
+    checkpointing = c.actor.activation_checkpointing
+    what = f"activations{', checkpointed' if checkpointing else ''} ({tokens:,} tokens a micro-batch)"
+    terms[what] = sum(activation_bytes(tokens, layers, hidden, cfg.intermediate_size, act_bytes, checkpointing))
+    terms["logits (float32)"] = sum(head_bytes(tokens, vocab))
     total = sum(terms.values())
     plan.lines.append(
         "per rank     " + " | ".join(f"{name} {_gb(v)}" for name, v in terms.items()) + f" = {_gb(total)}"
@@ -245,13 +279,14 @@ def make_plan(config: Config) -> Plan:
 
 def _advice(term: str, c: Config) -> str:
     if term.startswith("activations"):
+        sequence = f"{c.data.max_prompt_length + c.rollout.max_response_length:,}"
+        checkpoint = "" if c.actor.activation_checkpointing else "Set actor.activation_checkpointing=true, or l"
         return (
-            "Lower actor.micro_batch_max_tokens (it must still hold one whole sequence, "
-            f"{c.data.max_prompt_length + c.rollout.max_response_length:,} tokens); activation checkpointing and "
-            "sequence parallelism, which verl uses for this, are not built yet."
+            f"{checkpoint or 'L'}ower actor.micro_batch_max_tokens (it must still hold one whole sequence, {sequence} "
+            "tokens); sequence parallelism, which verl also uses for this, is not built yet."
         )
     if term.startswith(("gradients", "AdamW")):
         return "Use ray.strategy=fsdp2 and more ray.train_workers to shard them."
     if term.startswith("logits"):
-        return "Lower actor.micro_batch_max_tokens."
+        return "Lower actor.micro_batch_max_tokens; a head computed in chunks of the vocabulary is not built yet."
     return "Use model.dtype=bfloat16, or a smaller model; FSDP2 here gathers the whole model for each pass."

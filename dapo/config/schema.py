@@ -276,6 +276,12 @@ class ActorConfig:
     and the critic (Llama/Qwen2 models; checked against the model's own forward at start, used otherwise):
     the same logits and gradients up to float rounding, without G-1 of every G prompt copies and without
     padding (2.1x fewer tokens on the trainer benchmark's batches)"""
+    activation_checkpointing: bool = False
+    """recompute each decoder block's activations during the backward instead of keeping them (non-reentrant
+    torch.utils.checkpoint, one region a block, in the shared-prefix forward and the model's own): the update
+    then keeps each block's input (tokens x hidden values a block) and one block's working set at a time, for
+    about one more forward of the blocks. The same gradients. The critic follows it; the reference and the
+    log-prob passes run no backward, so it changes nothing there"""
     precision: str = "fp32"
     """compute precision of the training forward and backward (policy, reference, critic): fp32 |
     bf16-mixed (bf16 autocast over float32 master weights; gradients, optimiser state, log-probs, KL, entropy

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from dapo.models.llama_ops import (
     Geometry,
@@ -39,17 +40,35 @@ from dapo.models.llama_ops import (
 )
 
 
+@dataclass(frozen=True)
+class _Packing:
+    """What every decoder block of one forward shares: the rotary tables of the packed positions, where the
+    prompts' tokens are, and the response chunks."""
+
+    cos: Tensor
+    sin: Tensor
+    num_prompt_tokens: int
+    prompt_slots: Tensor
+    chunks: list[_Chunk]
+
+
 class SharedPrefixForward:
     """Logits (or final hidden states) of response tokens for rows grouped by prompt (differentiable; runs
-    under grad or no_grad). `model` is a causal LM, or a bare decoder (a critic's body) for hidden states."""
+    under grad or no_grad). `model` is a causal LM, or a bare decoder (a critic's body) for hidden states.
 
-    def __init__(self, model: nn.Module):
+    With `checkpoint_blocks` (activation checkpointing), a forward under grad keeps only each decoder block's
+    input (N·D values a block) and recomputes the block's inside during the backward (non-reentrant
+    `torch.utils.checkpoint`, one region a block): the same gradient, for about one more forward of the blocks.
+    """
+
+    def __init__(self, model: nn.Module, checkpoint_blocks: bool = False):
         reason = unsupported_reason(model)
         if reason is None and float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0:
             reason = "attention_dropout > 0 (this forward applies no dropout)"
         if reason is not None:
             raise NotImplementedError(f"the shared-prefix forward does not cover this model: {reason}")
         self.model = model
+        self.checkpoint_blocks = checkpoint_blocks
         self.decoder = model.get_decoder()
         self.geometry = Geometry.of(model)
         with torch.no_grad():
@@ -74,7 +93,7 @@ class SharedPrefixForward:
         """The decoder's final (normed) hidden states at the positions that predict response tokens, (n, D),
         and the (b, T) index that places them: hidden[index[row, t]] predicts response token t of the row
         (what a head on the decoder's `last_hidden_state` reads there). Arguments as `response_logits`."""
-        decoder, g = self.decoder, self.geometry
+        decoder = self.decoder
         device = decoder.embed_tokens.weight.device
         prompt_lengths = torch.tensor([len(p) for p in prompts], device=device)
         if bool((prompt_lengths == 0).any()):
@@ -102,32 +121,13 @@ class SharedPrefixForward:
         cos, sin = decoder.rotary_emb(h[None], positions[None])  # (1, N, d), with any rope scaling
         cos, sin = cos[0, :, None].to(h.dtype), sin[0, :, None].to(h.dtype)  # (N, 1, d)
 
-        H, KV, d = g.num_heads, g.num_kv_heads, g.head_dim
+        packing = _Packing(cos, sin, num_prompt_tokens, prompt_slots, chunks)
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for layer in decoder.layers:
-            w = gather_layer(layer)
-            qkv = project(rms_norm(h, w.norm_in, w.norm_in_eps), w.qkv_weight, w.qkv_bias, w.qkv_lora)
-            qk = rotate(qkv[:, : (H + KV) * d].view(-1, H + KV, d), cos, sin)  # q and k in one rotation
-            q, k, v = qk[:, :H], qk[:, H:], qkv[:, (H + KV) * d :].view(-1, KV, d)
-            # Prompts: causal attention within each prompt (right padding is never attended by a real query).
-            kp, vp = _pad(k[:num_prompt_tokens], prompt_slots), _pad(v[:num_prompt_tokens], prompt_slots)
-            out_p = _attention(
-                _pad(q[:num_prompt_tokens], prompt_slots), kp, vp, is_causal=True, scale=g.scaling,
-                enable_gqa=KV != H,
-            )  # fmt: skip
-            outs = [_unpad(out_p, prompt_slots)]
-            # Responses: each row over its prompt's keys (shared, gathered) and its own, causal.
-            for c in chunks:
-                qr, kr, vr = (_pad(x[c.tokens], c.slots) for x in (q, k, v))  # (rows, heads, R_c, d)
-                out_r = _attention(
-                    qr,
-                    torch.cat([kp[c.prompt], kr], dim=2),
-                    torch.cat([vp[c.prompt], vr], dim=2),
-                    attn_mask=c.mask,
-                    scale=g.scaling,
-                    enable_gqa=KV != H,
-                )
-                outs.append(_unpad(out_r, c.slots))
-            h = mlp_block(h + project(torch.cat(outs), w.o_weight, w.o_bias, w.o_lora), w)  # (N, D)
+            if recompute:
+                h = checkpoint(self._block, h, layer, packing, use_reentrant=False)
+            else:
+                h = self._block(h, layer, packing)
 
         # Positions that predict a response token: each prompt's last, then every fed response token.
         last_prompt = prompt_lengths.cumsum(0) - 1
@@ -136,6 +136,35 @@ class SharedPrefixForward:
         rows_in_order[order] = torch.arange(len(order), device=device)
         index = _logit_rows(row_prompt, fed_slots, len(prompts), responses.shape[1])[rows_in_order]
         return rms_norm(predicting, *final_norm(decoder)), index
+
+    def _block(self, h: Tensor, layer: nn.Module, packing: _Packing) -> Tensor:
+        """One decoder block over the packed tokens (N, D) -> (N, D)."""
+        g = self.geometry
+        H, KV, d = g.num_heads, g.num_kv_heads, g.head_dim
+        n_prompt, prompt_slots = packing.num_prompt_tokens, packing.prompt_slots
+        w = gather_layer(layer)
+        qkv = project(rms_norm(h, w.norm_in, w.norm_in_eps), w.qkv_weight, w.qkv_bias, w.qkv_lora)
+        qk = rotate(qkv[:, : (H + KV) * d].view(-1, H + KV, d), packing.cos, packing.sin)  # q and k in one rotation
+        q, k, v = qk[:, :H], qk[:, H:], qkv[:, (H + KV) * d :].view(-1, KV, d)
+        # Prompts: causal attention within each prompt (right padding is never attended by a real query).
+        kp, vp = _pad(k[:n_prompt], prompt_slots), _pad(v[:n_prompt], prompt_slots)
+        out_p = _attention(
+            _pad(q[:n_prompt], prompt_slots), kp, vp, is_causal=True, scale=g.scaling, enable_gqa=KV != H
+        )
+        outs = [_unpad(out_p, prompt_slots)]
+        # Responses: each row over its prompt's keys (shared, gathered) and its own, causal.
+        for c in packing.chunks:
+            qr, kr, vr = (_pad(x[c.tokens], c.slots) for x in (q, k, v))  # (rows, heads, R_c, d)
+            out_r = _attention(
+                qr,
+                torch.cat([kp[c.prompt], kr], dim=2),
+                torch.cat([vp[c.prompt], vr], dim=2),
+                attn_mask=c.mask,
+                scale=g.scaling,
+                enable_gqa=KV != H,
+            )
+            outs.append(_unpad(out_r, c.slots))
+        return mlp_block(h + project(torch.cat(outs), w.o_weight, w.o_bias, w.o_lora), w)  # (N, D)
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:

@@ -57,6 +57,8 @@ class PolicySettings:
     """the rollout temperature: logits are divided by it, so that ratios are those of the sampling policy"""
     precision: str = "fp32"
     """fp32 | bf16-mixed (autocast over float32 weights)"""
+    activation_checkpointing: bool = False
+    """recompute each decoder block in the backward instead of keeping its activations"""
     lora_export: str = "merged"
     """with LoRA adapters: what save_pretrained writes (model.lora.export)"""
 
@@ -70,6 +72,7 @@ class CriticSettings:
     value_clip: float | None = None
     share_prompt_forward: bool = True
     precision: str = "fp32"
+    activation_checkpointing: bool = False
 
 
 @dataclass(frozen=True)

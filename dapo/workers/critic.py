@@ -45,7 +45,12 @@ class CriticWorker:
         self.settings = settings
         self.dp = parallel
         # micro-batching, hidden states and the precision of the body's forward
-        self.forward = ResponseForward(self.model.body, settings.share_prompt_forward, precision=settings.precision)
+        self.forward = ResponseForward(
+            self.model.body,
+            settings.share_prompt_forward,
+            precision=settings.precision,
+            checkpoint_blocks=settings.activation_checkpointing,
+        )
         self.trainable = parallel.wrap(TrainedModule(self.model, self._values))
         self.optimizer, self.scheduler = make_optimizer(self.trainable.parameters(), settings.optim)
 

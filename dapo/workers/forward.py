@@ -87,7 +87,14 @@ class ResponseForward:
     sorted by length. Both give the same logits up to float rounding.
     """
 
-    def __init__(self, model: nn.Module, share_prompts: bool, temperature: float = 1.0, precision: str = "fp32"):
+    def __init__(
+        self,
+        model: nn.Module,
+        share_prompts: bool,
+        temperature: float = 1.0,
+        precision: str = "fp32",
+        checkpoint_blocks: bool = False,
+    ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if precision not in PRECISIONS:
@@ -96,7 +103,11 @@ class ResponseForward:
         self.temperature = temperature
         self.precision = precision
         self.fallback_reason = shared_prefix_problem(model) if share_prompts else "not asked for"
-        self.shared = SharedPrefixForward(model) if self.fallback_reason is None else None
+        self.shared = SharedPrefixForward(model, checkpoint_blocks) if self.fallback_reason is None else None
+        if checkpoint_blocks and self.shared is None:
+            # The model's own per-block checkpointing, non-reentrant like the shared-prefix forward's; it acts only
+            # in train mode under grad, so the engine sharing this module and the no-grad passes are unaffected.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @property
     def name(self) -> str:

@@ -50,7 +50,9 @@ class PolicyWorker:
             # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode. Each
             # rank holds a whole copy: its passes need no collective.
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        self.forward = ResponseForward(model, s.share_prompt_forward, s.temperature, s.precision)
+        self.forward = ResponseForward(
+            model, s.share_prompt_forward, s.temperature, s.precision, s.activation_checkpointing
+        )
         self.reference_forward = (
             ResponseForward(self.reference, s.share_prompt_forward, s.temperature, s.precision)
             if self.reference

@@ -236,12 +236,7 @@ class RayPolicyWorkers:
         return self.group.fallback_reason
 
     def update(
-        self,
-        batch: TrainBatch,
-        loss: PolicyLossParams,
-        groups_per_mini_batch: int,
-        epochs: int,
-        shuffle_seed: int | None,
+        self, batch: TrainBatch, loss: PolicyLossParams, groups_per_mini_batch, epochs, shuffle_seed
     ) -> PolicyUpdate:
         ref = self.group.put(batch)
         args = (ref, loss, groups_per_mini_batch, epochs, shuffle_seed)

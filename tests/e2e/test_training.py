@@ -43,6 +43,17 @@ def test_same_seed_gives_identical_metrics(base_model_dir, tmp_path, e2e_overrid
     assert _deterministic(other_seed) != _deterministic(first)
 
 
+@pytest.mark.parametrize("preset", ["cpu_dapo", "cpu_ppo"])
+def test_activation_checkpointing_gives_the_same_run(base_model_dir, tmp_path, e2e_overrides, preset):
+    """Recomputing each block in the backward changes no number of a seeded run (the policy's and the critic's)."""
+    settings = {"trainer.total_steps": 3, "data.train_batch_size": 8, "data.gen_batch_size": 8}
+    _, plain = _run(preset, e2e_overrides(base_model_dir, tmp_path, "plain", **settings))
+    _, recomputed = _run(
+        preset, e2e_overrides(base_model_dir, tmp_path, "ac", **settings, **{"actor.activation_checkpointing": True})
+    )
+    assert len(plain) == 3 and _deterministic(recomputed) == _deterministic(plain)
+
+
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(base_model_dir, tmp_path, e2e_overrides):
     steps = 4

@@ -115,6 +115,33 @@ def test_two_ranks_compute_the_log_probs_of_one_process(two_ranks, model):
         torch.testing.assert_close(got, local.compute_logprobs(batch, reference=reference), atol=1e-6, rtol=0)
 
 
+def test_fsdp2_ranks_with_activation_checkpointing_update_like_one_process_without(ray_cluster, model):
+    """Checkpointing inside the pass FSDP2 wraps (policy and critic): the one-process update, not recomputed."""
+    from dapo.workers.ray_group import RayCriticWorkers, RaySettings, RayTrainGroup
+
+    recomputing = (
+        dataclasses.replace(POLICY, activation_checkpointing=True),
+        dataclasses.replace(CRITIC, activation_checkpointing=True),
+    )
+    group = RayTrainGroup(RaySettings("", 2, 1.0, 0.0, "fsdp2", 60.0, 60.0), copy.deepcopy(model), *recomputing,
+                          say=lambda _: None)  # fmt: skip
+    try:
+        batch = _train_batch(model, seed=5)
+        loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, "token-mean", 7.0, 0.01, "k3", 0.001)
+        local, local_critic = _fresh(model), _fresh(model, policy=False)
+        group.run("policy", "load_state_dict", local.state_dict())
+        critic = RayCriticWorkers(group)
+        critic.load_state_dict(local_critic.state_dict())
+        expected, got = local.update(batch, loss, 2, 1, None), group.run("policy", "update", batch, loss, 2, 1, None)
+        assert _max_difference(group.run("policy", "full_weights", reply=False)[0], local.full_weights()) < 1e-6
+        assert got[0].metrics["actor/pg_loss"] == pytest.approx(expected.metrics["actor/pg_loss"], rel=1e-5)
+        local_critic.update(batch, 2, 1)
+        critic.update(batch, 2, 1)
+        assert _max_difference(critic.state_dict()["model"], local_critic.state_dict()["model"]) < 1e-6
+    finally:
+        group.close()
+
+
 def test_two_ranks_train_the_critic_like_one_process(two_ranks, model):
     from dapo.workers.ray_group import RayCriticWorkers
 
