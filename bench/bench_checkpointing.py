@@ -40,7 +40,7 @@ SETTINGS = ("kept", "checkpointed")
 
 def _memory(worker: PolicyWorker, batch) -> tuple[float, float]:
     def run():
-        logprobs = algo.token_logprobs(worker.forward.logits(batch), batch.response_ids)
+        logprobs, _entropy = worker.forward.logprobs(batch)  # as the update computes them
         return (logprobs * batch.response_mask).sum()
 
     worker.model.train()
@@ -83,7 +83,7 @@ def bench(size: str, repeats: int) -> dict:
         body = activation_bytes(
             tokens, c.num_hidden_layers, c.hidden_size, c.intermediate_size, 4, name == "checkpointed"
         )
-        head = head_bytes(batch.response_mask.numel(), c.vocab_size)
+        head = head_bytes(batch.response_mask.numel(), c.vocab_size, c.hidden_size)
         memory[name] = {
             "kept_mb": kept / 1e6,
             "peak_mb": peak / 1e6,

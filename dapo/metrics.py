@@ -109,7 +109,7 @@ def measure_activation_memory(parameters, run) -> tuple[float, float]:
     """(bytes the forward `run()` keeps for its backward, peak bytes over that forward and the backward of its
     scalar result), from the profiler's CPU allocation events, every allocation counted once. The gradients of
     `parameters` are dropped as they arrive, so only activations (and the head's tensors) count. The plan's
-    activation and head terms are pinned against this (tests/workers/test_activation_checkpointing.py)."""
+    activation and head terms are pinned against this (tests/workers/test_activation_memory.py)."""
     from torch.profiler import ProfilerActivity, profile
 
     hooks = [p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None)) for p in parameters]

@@ -18,8 +18,9 @@ training rank (bytes; P parameters, b bytes per parameter of `model.dtype`, W ra
                    with actor.activation_checkpointing, (L + 3)·h·a per token (each block's input, and the
                    embedding and final norm around them) plus one block's (12·h + 4.3·i)·a, recomputed in the
                    backward
-    logits         V·4·2 per token        (the float32 log-softmax the loss keeps, and its gradient at the start
-                                           of the backward) × the same tokens
+    log-prob head  4·h per token, and 3·4·V per row of a 1024-row chunk (`algo.head_token_logprobs` keeps the
+                   final hidden states for the backward and computes the logits, log-softmax and gradient one
+                   chunk of rows at a time)
 
 and per rollout worker the weights (P·b in the engine's dtype) and the KV cache, 2·L·kv·d·b_kv per token.
 The fit check is against `trainer.gpu_memory_gb` (90 % of it usable) on a GPU, and nothing is checked on a CPU.
@@ -158,10 +159,14 @@ def activation_bytes(
     return tokens * (layers + AROUND_BLOCKS_HIDDEN_VALUES) * hidden * act_bytes, block
 
 
-def head_bytes(tokens: int, vocab: int) -> tuple[float, float]:
-    """(bytes the log-prob head keeps for the backward, bytes more at its backward): the float32 log-softmax over
-    the vocabulary, then its gradient (log-probs and entropy are computed from whole [tokens, vocab] logits)."""
-    return tokens * vocab * 4.0, tokens * vocab * 4.0
+HEAD_CHUNK_ROWS = 1024  # `algo.head_token_logprobs`' default chunk
+
+
+def head_bytes(tokens: int, vocab: int, hidden: int) -> tuple[float, float]:
+    """(bytes the log-prob head keeps for the backward, bytes more while it runs): the float32 final hidden state
+    of every predicted token (the head's input), then a chunk's logits, log-softmax and gradient, (chunk, vocab)
+    float32 each (`algo.head_token_logprobs`: no [tokens, vocab] tensor outlives a chunk)."""
+    return tokens * hidden * 4.0, 3.0 * min(tokens, HEAD_CHUNK_ROWS) * vocab * 4.0
 
 
 def _gb(n_bytes: float) -> str:
@@ -222,7 +227,7 @@ def make_plan(config: Config) -> Plan:
     checkpointing = c.actor.activation_checkpointing
     what = f"activations{', checkpointed' if checkpointing else ''} ({tokens:,} tokens a micro-batch)"
     terms[what] = sum(activation_bytes(tokens, layers, hidden, cfg.intermediate_size, act_bytes, checkpointing))
-    terms["logits (float32)"] = sum(head_bytes(tokens, vocab))
+    terms["log-prob head"] = sum(head_bytes(tokens, vocab, hidden))
     total = sum(terms.values())
     plan.lines.append(
         "per rank     " + " | ".join(f"{name} {_gb(v)}" for name, v in terms.items()) + f" = {_gb(total)}"
@@ -287,6 +292,8 @@ def _advice(term: str, c: Config) -> str:
         )
     if term.startswith(("gradients", "AdamW")):
         return "Use ray.strategy=fsdp2 and more ray.train_workers to shard them."
-    if term.startswith("logits"):
-        return "Lower actor.micro_batch_max_tokens; a head computed in chunks of the vocabulary is not built yet."
-    return "Use model.dtype=bfloat16, or a smaller model; FSDP2 here gathers the whole model for each pass."
+    if term.startswith("log-prob head"):
+        return "Lower actor.micro_batch_max_tokens."
+    if term.startswith("weights gathered"):
+        return "FSDP2 here gathers the whole model for a pass (one unit a block is not built yet); use a smaller model."
+    return "Use model.dtype=bfloat16, or a smaller model."

@@ -44,14 +44,15 @@ def test_the_builtin_and_a_local_directory_are_read_from_their_configs(tmp_path)
 def test_the_memory_terms_by_hand():
     """Qwen2.5-0.5B (P = 494,032,768; 24 layers, hidden 896, MLP 4864, vocab 151,936), float32, one GPU:
     weights 4P (+2P bf16 copies) = 2.964 GB, gradients 4P = 1.976 GB, AdamW 8P = 3.952 GB, activations
-    4096 · 24 · (12 · 896 + 4.3 · 4864) · 2 = 6.226 GB, logits 4096 · 151,936 · 4 · 2 = 4.979 GB; total 20.097 GB.
-    Checkpointed: 4096 · (24 + 3) · 896 · 2 + 4096 · (12 · 896 + 4.3 · 4864) · 2 = 0.457 GB; total 14.328 GB."""
+    4096 · 24 · (12 · 896 + 4.3 · 4864) · 2 = 6.226 GB, head 4096 · 896 · 4 + 3 · 1024 · 151,936 · 4 = 1.882 GB;
+    total 17.000 GB. Checkpointed: 4096 · (24 + 3) · 896 · 2 + 4096 · (12 · 896 + 4.3 · 4864) · 2 = 0.457 GB;
+    total 11.231 GB."""
     text = make_plan(load_config("dapo", RECIPES / "dapo-qwen2.5-0.5b-gsm8k.yaml")).text()
     assert "weights 3.0 GB | gradients 2.0 GB | AdamW moments 4.0 GB | activations (4,096 tokens" in text
-    assert "a micro-batch) 6.2 GB | logits (float32) 5.0 GB = 20.1 GB" in text
+    assert "a micro-batch) 6.2 GB | log-prob head 1.9 GB = 17.0 GB" in text
     overrides = ["actor.activation_checkpointing=true"]
     text = make_plan(load_config("dapo", RECIPES / "dapo-qwen2.5-0.5b-gsm8k.yaml", overrides)).text()
-    assert "activations, checkpointed (4,096 tokens a micro-batch) 0.5 GB | logits (float32) 5.0 GB = 14.3 GB" in text
+    assert "activations, checkpointed (4,096 tokens a micro-batch) 0.5 GB | log-prob head 1.9 GB = 11.2 GB" in text
     # KV cache: 2 · 24 layers · 2 KV heads · 64 · 2 bytes = 12,288 bytes a token
     assert "KV cache 12 kB a token" in text and "fits: yes" in text
 

@@ -30,7 +30,7 @@ from dapo.algo.aggregate import (
     zero_masked,
 )
 from dapo.algo.kl import KL_ESTIMATORS, adaptive_kl_coef, kl_estimate, kl_penalized_token_rewards
-from dapo.algo.logits import entropy_from_logits, token_logprobs
+from dapo.algo.logits import entropy_from_logits, head_token_logprobs, token_logprobs
 from dapo.algo.policy_loss import PolicyLossStats, clipped_policy_loss, clipped_value_loss, explained_variance
 from dapo.algo.rollout_correction import LEVELS as ROLLOUT_IS_LEVELS
 from dapo.algo.rollout_correction import MODES as ROLLOUT_IS_MODES
@@ -67,6 +67,7 @@ __all__ = [
     "group_relative_advantages",
     "group_token_mean",
     "grpo_advantages",
+    "head_token_logprobs",
     "informative_groups",
     "kl_estimate",
     "kl_penalized_token_rewards",

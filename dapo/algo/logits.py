@@ -10,6 +10,11 @@ any time, forward or backward, and never a full-size copy. The price is the reco
 log-prob pass (forward + backward) takes 1.4x as long at a 49k vocabulary and 2x at the tiny model's 80
 tokens (about 1 ms a micro-batch); log-probs and entropy together take the same time (bench/bench_logits.py).
 
+The trainer does not even hold the logits: `head_token_logprobs` takes the final hidden states and the head's
+weight and computes the logits, log-probs and entropies one chunk of rows at a time, forward and backward (the
+head's matmul once more in the backward), so that no [tokens, vocab] tensor exists beyond a chunk; the two
+functions above are its reference (tests/algo/test_logits.py) and serve callers that already hold logits.
+
 Numerics. Everything is computed on max-shifted logits s = (z − max_v z)/τ, in float32 (bf16/fp16 logits
 are upcast; float64 stays float64); torch's fused log_softmax and softmax do the shift themselves:
 
@@ -180,3 +185,106 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0, chunk_size: in
     flat = logits.reshape(-1, vocab)
     pieces = [_Entropy.apply(chunk, temperature) for _, chunk in _chunked_rows(flat, chunk_size)]
     return torch.cat(pieces).reshape(logits.shape[:-1])
+
+
+def _entropy_of_scaled(z: Tensor) -> Tensor:
+    """(N,) entropies of softmax(z) for already-scaled logits z (N, V): `_Entropy`'s stable form, no autograd."""
+    row_max, argmax = _row_max(z)
+    s = _shifted(z, row_max, 1.0).clamp_min_(_EXP_UNDERFLOW)
+    e = s.exp()
+    log_normaliser, total = _log_normaliser(e, argmax)
+    return (log_normaliser - e.mul_(s).sum(dim=-1, keepdim=True) / total).squeeze(-1)
+
+
+def _head_chunk(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
+    """The chunk's logits z/τ in the compute dtype (float32 at least), through the head's own F.linear, so that
+    autocast (bf16-mixed) applies to the matmul exactly as it does to the model's head."""
+    z = torch.nn.functional.linear(hidden, weight, bias)
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    return z if temperature == 1.0 else z / temperature
+
+
+class _HeadTokenLogprobs(torch.autograd.Function):
+    """log p(o) and H of softmax((h·Wᵀ + b)/τ), chunk by chunk over the rows of h, keeping no [rows, vocab] tensor
+    from the forward to the backward: it saves h, W, b and the per-row entropies, and the backward recomputes
+    each chunk's logits (one more head matmul) to form
+
+        ∂/∂z_v = g_logp·(1[v = o] − p_v)/τ − g_H·p_v (log p_v + H)/τ
+
+    and pushes it through that chunk's linear with autograd (so bf16 autocast acts on the backward's matmuls
+    as on the model's head)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_size, with_entropy):
+        device = hidden.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        logprobs, entropies = [], []
+        for start in range(0, max(hidden.shape[0], 1), chunk_size):
+            z = _head_chunk(hidden[start : start + chunk_size], weight, bias, temperature)
+            ids = targets[start : start + chunk_size].unsqueeze(-1)
+            logprobs.append(torch.log_softmax(z, dim=-1).gather(-1, ids).squeeze(-1))
+            if with_entropy:
+                entropies.append(_entropy_of_scaled(z))
+        logprob = torch.cat(logprobs)
+        entropy = torch.cat(entropies) if with_entropy else logprob.new_zeros(0)
+        ctx.save_for_backward(hidden, weight, bias, targets, entropy)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        if not with_entropy:
+            ctx.mark_non_differentiable(entropy)
+        return logprob, entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logprob: Tensor, grad_entropy: Tensor | None):
+        hidden, weight, bias, targets, entropy = ctx.saved_tensors
+        device, autocast_on, autocast_dtype = ctx.autocast
+        leaf_hidden = hidden.detach().requires_grad_(ctx.needs_input_grad[0])
+        leaf_weight = weight.detach().requires_grad_(ctx.needs_input_grad[1])
+        leaf_bias = None if bias is None else bias.detach().requires_grad_(ctx.needs_input_grad[2])
+        use_entropy = grad_entropy is not None and entropy.numel() > 0
+        with torch.enable_grad(), torch.autocast(device, dtype=autocast_dtype, enabled=autocast_on):
+            for start in range(0, hidden.shape[0], ctx.chunk_size):
+                rows = slice(start, start + ctx.chunk_size)
+                z = _head_chunk(leaf_hidden[rows], leaf_weight, leaf_bias, ctx.temperature)
+                with torch.no_grad():
+                    log_p = torch.log_softmax(z.detach(), dim=-1)
+                    p = log_p.exp()
+                    grad_z = p * -grad_logprob[rows].unsqueeze(-1)
+                    grad_z.scatter_add_(-1, targets[rows].unsqueeze(-1), grad_logprob[rows].unsqueeze(-1))
+                    if use_entropy:
+                        grad_z -= p * (log_p + entropy[rows].unsqueeze(-1)) * grad_entropy[rows].unsqueeze(-1)
+                torch.autograd.backward(z, grad_z)
+        grad_bias = None if leaf_bias is None else leaf_bias.grad
+        return leaf_hidden.grad, leaf_weight.grad, grad_bias, None, None, None, None
+
+
+def head_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    token_ids: Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """`token_logprobs` and `entropy_from_logits` of the logits z = h·Wᵀ + b of a linear head, without ever
+    holding the [rows, vocab] logits (or anything that size) between the forward and the backward.
+
+    Args:
+        hidden: (..., D) the final hidden states that predict the tokens (what the head reads).
+        weight: (V, D) the head's weight; bias: (V,) or None.
+        token_ids: (...) the tokens whose log-probability is wanted.
+        temperature: τ > 0: the distribution is softmax(z/τ).
+        chunk_size: rows computed at once; memory beyond the inputs is O(chunk_size · V), forward and backward.
+        with_entropy: also return the entropies (differentiable, for an entropy bonus).
+    Returns:
+        ((...) log-probs, (...) entropies or None), float32 at least. Cost: the head's matmul once more in the
+        backward (its logits are recomputed chunk by chunk instead of kept).
+    """
+    _check_temperature(temperature)
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    logprob, entropy = _HeadTokenLogprobs.apply(
+        flat_hidden, weight, bias, token_ids.reshape(-1), temperature, chunk_size, with_entropy
+    )
+    shape = token_ids.shape
+    return logprob.reshape(shape), (entropy.reshape(shape) if with_entropy else None)

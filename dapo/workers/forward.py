@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dapo import algo
 from dapo.models.shared_prefix import SharedPrefixForward
 from dapo.workers.base import PRECISIONS
 from dapo.workers.batch import (
@@ -140,6 +141,32 @@ class ResponseForward:
                 logits = self.shared.response_logits(prompts, row_prompt, micro.response_ids, response_lengths)
         logits = logits.float()  # a no-op in fp32
         return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def logprobs(self, micro: TrainBatch, with_entropy: bool = True) -> tuple[Tensor, Tensor | None]:
+        """(b, T) log-probs of the response tokens and (b, T) entropies (None without `with_entropy`) under the
+        distribution the responses were sampled from: the model's logits divided by the rollout temperature (as
+        verl and TRL do), so that ratios, KL and entropy are those of the sampling policy. Float32 in every
+        precision. The head runs chunk by chunk from the final hidden states (`algo.head_token_logprobs`): no
+        [tokens, vocab] tensor is kept for the backward, in any pass."""
+        with self.compute_context():
+            hidden = self._response_hidden(micro)  # (b, T, D)
+            head = self.model.get_output_embeddings()
+            return algo.head_token_logprobs(
+                hidden, head.weight, head.bias, micro.response_ids, self.temperature, with_entropy=with_entropy
+            )
+
+    def _response_hidden(self, micro: TrainBatch) -> Tensor:
+        """(b, T, D) the final (normed) hidden states that predict each response token."""
+        if self.shared is None:
+            out = self.model.get_decoder()(
+                input_ids=micro.input_ids,
+                attention_mask=micro.attention_mask.long(),
+                position_ids=position_ids(micro.attention_mask),
+                use_cache=False,
+            )
+            return response_columns(out.last_hidden_state, micro.prompt_width, micro.response_ids.shape[1])
+        hidden, index = self.shared_hidden(micro)
+        return hidden[index]
 
     def shared_hidden(self, micro: TrainBatch) -> tuple[Tensor, Tensor]:
         """With the shared-prefix forward: the final hidden states that predict response tokens and their

@@ -59,7 +59,7 @@ class PolicyWorker:
             else None
         )
         # The optimiser is built on the wrapped parameters (FSDP2 replaces them by their shards).
-        self.trainable = parallel.wrap(TrainedModule(model, self.forward.logits))
+        self.trainable = parallel.wrap(TrainedModule(model, self.forward.logprobs))
         self.optimizer, self.scheduler = make_optimizer(self.trainable.parameters(), s.optim)
 
     @torch.no_grad()
@@ -71,7 +71,7 @@ class PolicyWorker:
         With several ranks each fills its own rows (zeros elsewhere): the sum over ranks is the whole."""
         forward = self.reference_forward if reference else self.forward
         assert forward is not None, "no reference model: enable a KL term to create one"
-        logits_of = forward.logits if reference else self.trainable  # the policy's pass may be a collective
+        logprobs_of = forward.logprobs if reference else self.trainable  # the policy's pass may be a collective
         model = forward.model
         was_training = model.training
         model.eval()
@@ -80,13 +80,13 @@ class PolicyWorker:
         everything = torch.arange(batch.num_rows)
         for rows, scale in passes(self.dp, forward, batch, everything, self.micro_batch_max_tokens):
             micro = batch.select(rows)
-            logits = logits_of(micro)
+            micro_logprobs, micro_entropy = logprobs_of(micro)
             if scale == 0:
                 continue  # a pass that only keeps the ranks in step
-            width = logits.shape[1]
-            logprobs[rows, :width] = algo.token_logprobs(logits, micro.response_ids)
+            width = micro_logprobs.shape[1]
+            logprobs[rows, :width] = micro_logprobs
             if with_entropy:
-                entropy[rows, :width] = algo.entropy_from_logits(logits)
+                entropy[rows, :width] = micro_entropy
         model.train(was_training)
         if not reference:
             self.dp.after_forward_only(self.trainable)
@@ -171,8 +171,7 @@ class PolicyWorker:
     ) -> tuple[Tensor, Tensor]:
         """(policy-gradient part, total) of one micro-batch's loss, weighted by its rows' mini-batch weights;
         its per-token diagnostics go to `stats` (none from a weight-0 pass)."""
-        logits = self.trainable(micro)
-        logprobs = algo.token_logprobs(logits, micro.response_ids)
+        logprobs, entropy = self.trainable(micro)  # (b, T) each; the entropy is differentiable too
         # Exactly on-policy (one mini-batch, one epoch): π_old = π_θ, detached.
         old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         mask = micro.response_mask
@@ -191,14 +190,12 @@ class PolicyWorker:
         stats.add_masked("actor/pg_clipfrac_lower", pg_stats.dual_clipped, counted)
         stats.add_masked("actor/ppo_kl", pg_stats.approx_kl, counted)
         stats.add_masked("actor/ratio_mean", pg_stats.ratio, counted)
-        with torch.no_grad():
-            stats.add_masked("actor/entropy", algo.entropy_from_logits(logits.detach()), counted)
+        stats.add_masked("actor/entropy", entropy.detach(), counted)
         if params.kl_loss_coef > 0 and micro.ref_logprobs is not None:
             kl = algo.kl_estimate(logprobs, micro.ref_logprobs, params.kl_loss_type or "k3", mask=mask)
             total = total + params.kl_loss_coef * algo.weighted_token_sum(kl, mask, micro_weights)
             stats.add_masked("actor/kl_loss", kl.detach(), counted)
         if params.entropy_coeff > 0:
-            entropy = algo.entropy_from_logits(logits)
             total = total - params.entropy_coeff * algo.weighted_token_sum(entropy, mask, micro_weights)
         return pg_total, total
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dapo.algo import entropy_from_logits, token_logprobs
+from dapo.algo import entropy_from_logits, head_token_logprobs, token_logprobs
 
 
 def test_entropy_hand_computed():
@@ -214,3 +214,57 @@ def test_backward_keeps_no_copy_of_the_logits(fn):
         out = entropy_from_logits(logits, chunk_size=4) if fn == "entropy" else token_logprobs(logits, ids, 1.0, 4)
     assert full_size and all(full_size)  # three chunks, each saved as a view of the logits' own storage
     out.sum().backward()
+
+
+# ---------------------------------------------------------------- the head, chunk by chunk
+
+
+def _head_case(seed: int = 0, n: int = 37, d: int = 8, v: int = 50):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = (torch.randn(v, d, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    bias = torch.randn(v, generator=g, dtype=torch.float64, requires_grad=True)
+    return hidden, weight, bias, torch.randint(0, v, (n,), generator=g)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_size", [1, 10, 1024])
+def test_the_head_gives_the_logits_functions_values_and_gradients(temperature, chunk_size):
+    """head_token_logprobs(h, W, b) = token_logprobs / entropy_from_logits of z = h·Wᵀ + b, values and the
+    gradients of any combination of both (float64, to 1e-12), however the rows are chunked."""
+    hidden, weight, bias, ids = _head_case()
+    g = torch.Generator().manual_seed(1)
+    w_lp, w_h = torch.randn(len(ids), generator=g, dtype=torch.float64), torch.randn(len(ids), generator=g).double()
+    logprobs, entropy = head_token_logprobs(hidden, weight, bias, ids, temperature, chunk_size, with_entropy=True)
+    z = torch.nn.functional.linear(hidden, weight, bias)[None]
+    want_lp, want_h = token_logprobs(z, ids[None], temperature)[0], entropy_from_logits(z, temperature)[0]
+    torch.testing.assert_close(logprobs, want_lp, atol=1e-12, rtol=0)
+    torch.testing.assert_close(entropy, want_h, atol=1e-12, rtol=0)
+    got = torch.autograd.grad((logprobs * w_lp + entropy * w_h).sum(), (hidden, weight, bias))
+    want = torch.autograd.grad((want_lp * w_lp + want_h * w_h).sum(), (hidden, weight, bias))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_the_head_passes_gradcheck_with_and_without_bias_and_entropy():
+    hidden, weight, bias, ids = _head_case(n=9, v=11)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: head_token_logprobs(h, w, b, ids, 0.6, 4, True), (hidden, weight, bias)
+    )
+    assert torch.autograd.gradcheck(lambda h, w: head_token_logprobs(h, w, None, ids, 1.0, 4)[0], (hidden, weight))
+    assert head_token_logprobs(hidden, weight, None, ids)[1] is None
+
+
+def test_the_head_keeps_the_shape_of_its_tokens_and_takes_bf16_autocast():
+    hidden, weight, bias, ids = _head_case(n=12)
+    logprobs, entropy = head_token_logprobs(
+        hidden.reshape(3, 4, -1), weight, bias, ids.reshape(3, 4), with_entropy=True
+    )
+    assert logprobs.shape == entropy.shape == (3, 4)
+    h32, w32 = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = head_token_logprobs(h32, w32, None, ids)
+    assert low.dtype == torch.float32  # bf16 matmul, float32 log-softmax
+    torch.testing.assert_close(low.double(), head_token_logprobs(hidden, weight, None, ids)[0], atol=0.1, rtol=0)
+    low.sum().backward()
+    assert h32.grad.dtype == w32.grad.dtype == torch.float32 and torch.isfinite(w32.grad).all()

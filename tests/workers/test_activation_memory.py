@@ -1,5 +1,6 @@
-"""actor.activation_checkpointing: the same gradients, and what the forward keeps for the backward cut by the
-factor the planner predicts, measured (the profiler's allocation events) at three model sizes."""
+"""What an update's forward keeps for its backward: activation checkpointing (the same gradients, and the bytes
+cut by the factor the planner predicts) and the chunked log-prob head (no [tokens, vocab] tensor kept), measured
+from the profiler's allocation events (`dapo.metrics.measure_activation_memory`) and pinned to the plan."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import copy
 import pytest
 import torch
 
-from dapo import algo
 from dapo.metrics import measure_activation_memory
 from dapo.models import build_char_tokenizer
 from dapo.models.tiny import build_tiny_model
@@ -36,12 +36,11 @@ def _gradients(model, batch, share: bool, checkpoint: bool) -> dict[str, torch.T
     model = copy.deepcopy(model).train()
     forward = ResponseForward(model, share, temperature=0.7, checkpoint_blocks=checkpoint)
     assert (forward.shared is not None) == share
-    logits = forward.logits(batch)
-    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)
-    logprobs = algo.token_logprobs(logits, batch.response_ids)
+    logprobs, entropy = forward.logprobs(batch)
+    weights = torch.randn(entropy.shape, generator=torch.Generator().manual_seed(1), dtype=entropy.dtype)
     mask = batch.response_mask
-    # a log-prob loss, as the update's, and every logit
-    ((logprobs * mask).sum() + (logits * weights * mask[..., None]).sum()).backward()
+    # a log-prob loss, as the update's, and an entropy term
+    ((logprobs * mask).sum() + (entropy * weights * mask).sum()).backward()
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
@@ -85,6 +84,22 @@ def test_the_critic_follows_it_with_the_same_values_and_gradients(share):
     assert max(float((grads[0][k] - grads[1][k]).abs().max()) for k in grads[0]) <= 1e-10
 
 
+def _shared_tokens(batch) -> int:
+    """Tokens the shared-prefix forward computes: each prompt once, every response but its last token."""
+    fed = batch.attention_mask[:, batch.prompt_width :].sum(dim=1).clamp(min=1) - 1
+    groups = int(batch.group_index.max()) + 1
+    prompt_tokens = int(batch.attention_mask[:: batch.num_rows // groups, : batch.prompt_width].sum())
+    return prompt_tokens + int(fed.sum())
+
+
+def _update_loss(forward: ResponseForward, batch):
+    def run():
+        logprobs, _entropy = forward.logprobs(batch)  # the entropy too, as the update computes it
+        return (logprobs * batch.response_mask).sum()
+
+    return run
+
+
 @pytest.mark.parametrize("size", ["1m", "5m", "20m"])
 def test_what_the_forward_keeps_is_cut_by_the_planned_factor_and_the_plan_is_within_25_percent(size):
     """The shared-prefix forward and the log-prob head of an update's micro-batch, float32: measured kept bytes
@@ -92,22 +107,13 @@ def test_what_the_forward_keeps_is_cut_by_the_planned_factor_and_the_plan_is_wit
     model = build_tiny_model(build_char_tokenizer(), size).train()
     c = model.config
     batch = _batch(c.vocab_size, response=80)
-    lengths = batch.attention_mask.sum(dim=1)
-    fed = batch.attention_mask[:, batch.prompt_width :].sum(dim=1).clamp(min=1) - 1
-    groups = int(batch.group_index.max()) + 1
-    prompt_tokens = int(batch.attention_mask[:: len(lengths) // groups, : batch.prompt_width].sum())
-    tokens = prompt_tokens + int(fed.sum())  # what the shared-prefix forward computes
+    tokens = _shared_tokens(batch)
     measured, planned = {}, {}
     for checkpoint in (False, True):
         forward = ResponseForward(model, True, checkpoint_blocks=checkpoint)
-
-        def run(forward=forward):
-            logprobs = algo.token_logprobs(forward.logits(batch), batch.response_ids)
-            return (logprobs * batch.response_mask).sum()
-
-        measured[checkpoint] = measure_activation_memory(model.parameters(), run)
+        measured[checkpoint] = measure_activation_memory(model.parameters(), _update_loss(forward, batch))
         body = activation_bytes(tokens, c.num_hidden_layers, c.hidden_size, c.intermediate_size, 4, checkpoint)
-        head = head_bytes(batch.response_mask.numel(), c.vocab_size)
+        head = head_bytes(batch.response_mask.numel(), c.vocab_size, c.hidden_size)
         planned[checkpoint] = (body[0] + head[0], sum(body) + sum(head))
     for checkpoint in (False, True):
         (kept, peak), (plan_kept, plan_peak) = measured[checkpoint], planned[checkpoint]
@@ -115,3 +121,27 @@ def test_what_the_forward_keeps_is_cut_by_the_planned_factor_and_the_plan_is_wit
         assert abs(peak / plan_peak - 1) < 0.25, (checkpoint, peak, plan_peak)
     factor, planned_factor = measured[False][0] / measured[True][0], planned[False][0] / planned[True][0]
     assert factor > 4 and abs(factor / planned_factor - 1) < 0.25, (factor, planned_factor)
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared_prefix", "hf"])
+def test_the_log_prob_head_keeps_no_tokens_by_vocab_tensor(share):
+    """A 16k vocabulary: the float32 [tokens, vocab] logits would be 32 x 60 x 16,384 x 4 = 126 MB; what the whole
+    forward keeps, checkpointed, is the blocks' inputs and the head's hidden states, as planned."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=16_384, hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).train()
+    batch = _batch(config.vocab_size, response=60)
+    forward = ResponseForward(model, share, checkpoint_blocks=True)
+    kept, _ = measure_activation_memory(model.parameters(), _update_loss(forward, batch))
+    rows_by_vocab = batch.response_mask.numel() * config.vocab_size * 4
+    tokens = _shared_tokens(batch) if share else int(batch.attention_mask.sum())
+    body = activation_bytes(tokens, 2, 128, 512, 4, checkpointing=True)
+    plan_kept = body[0] + head_bytes(batch.response_mask.numel(), config.vocab_size, 128)[0]
+    assert kept < rows_by_vocab / 10, (kept, rows_by_vocab)
+    if share:  # the plan counts the shared-prefix forward's tokens; the model's own runs on padded rows
+        assert abs(kept / plan_kept - 1) < 0.25, (kept, plan_kept)
