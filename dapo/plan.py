@@ -6,8 +6,10 @@ so the parameter count is exact and nothing is allocated. From it, and the confi
 training rank (bytes; P parameters, b bytes per parameter of `model.dtype`, W ranks):
 
     weights        P·b (+ 2·P for autocast's bf16 copies under bf16-mixed); with fsdp2 P·b/W at rest, and
-                   the whole model gathered for each pass (FSDP2 here shards the model as one unit), 2·P
-                   bytes under bf16-mixed (its MixedPrecisionPolicy), P·b otherwise
+                   gathered for a pass the root (embeddings, final norm, head: R parameters) and two blocks of
+                   B parameters (the one computed and the next, prefetched): (R + 2·B)·2 bytes under bf16-mixed
+                   (its MixedPrecisionPolicy), ·b otherwise; and their unsharded float32 gradients, (R + B)·4,
+                   before the reduce-scatter
     gradients      P·b / S                (S = W with fsdp2, 1 with ddp or one process)
     AdamW          2·P·b / S              (two moments, in the parameters' dtype)
     reference      P·b                    (a frozen whole copy per rank, only when a KL term is on)
@@ -100,11 +102,18 @@ def model_config(config: Config):
 
 def count_parameters(model_cfg) -> int:
     """Exact parameter count of the model `model_cfg` describes, built on the meta device (no memory)."""
+    return parameter_split(model_cfg)[0]
+
+
+def parameter_split(model_cfg) -> tuple[int, int]:
+    """(all parameters, those of one decoder block) of the model `model_cfg` describes, on the meta device: FSDP2's
+    units are the blocks and the root (embeddings, final norm, head: all - layers x block)."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_cfg)
-    return sum(p.numel() for p in model.parameters())
+    block = sum(p.numel() for p in model.get_decoder().layers[0].parameters())
+    return sum(p.numel() for p in model.parameters()), block
 
 
 def lora_parameters(model_cfg, rank: int, target_modules: list[str]) -> int:
@@ -176,7 +185,7 @@ def _gb(n_bytes: float) -> str:
 def make_plan(config: Config) -> Plan:
     """The plan of `config` (see the module docstring); `problems` lists what does not fit."""
     cfg = model_config(config)
-    params = count_parameters(cfg)
+    params, block_params = parameter_split(cfg)
     plan = Plan()
     c, r = config, config.ray
     layers, hidden, vocab = cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
@@ -208,8 +217,17 @@ def make_plan(config: Config) -> Plan:
     # Per training rank.
     weights = params * param_bytes
     mixed = c.actor.precision == "bf16-mixed" and param_bytes == 4
-    if shards > 1:  # FSDP2: sharded at rest, the whole model gathered for a pass (in bf16 under bf16-mixed)
-        terms = {"weights, sharded": weights / shards, "weights gathered for a pass": params * (2 if mixed else 4)}
+    if shards > 1:
+        # FSDP2, one unit a block and the root: sharded at rest; gathered (in bf16 under bf16-mixed) the root for the
+        # whole pass and a block at a time, the next one prefetched; unsharded gradients of the root and of a block
+        # until their reduce-scatter (float32, the reduce dtype).
+        root = params - layers * block_params
+        gathered = (root + 2 * block_params) * (2 if mixed or param_bytes == 2 else 4)
+        terms = {
+            "weights, sharded": weights / shards,
+            "gathered: root + 2 blocks": gathered,
+            "unsharded gradients: root + a block": (root + block_params) * 4,
+        }
     else:  # bf16-mixed autocast keeps a bf16 copy of each weight during the pass
         terms = {"weights": weights + (params * 2 if mixed else 0)}
     lora = c.model.lora
@@ -294,6 +312,6 @@ def _advice(term: str, c: Config) -> str:
         return "Use ray.strategy=fsdp2 and more ray.train_workers to shard them."
     if term.startswith("log-prob head"):
         return "Lower actor.micro_batch_max_tokens."
-    if term.startswith("weights gathered"):
-        return "FSDP2 here gathers the whole model for a pass (one unit a block is not built yet); use a smaller model."
+    if term.startswith(("gathered", "unsharded")):
+        return "Use a smaller model: FSDP2 gathers the root (embeddings, head) and two blocks whatever the rank count."
     return "Use model.dtype=bfloat16, or a smaller model."

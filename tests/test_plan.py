@@ -57,6 +57,23 @@ def test_the_memory_terms_by_hand():
     assert "KV cache 12 kB a token" in text and "fits: yes" in text
 
 
+def test_fsdp2_terms_by_hand_one_unit_a_block():
+    """Qwen2.5-Math-7B on 8 FSDP2 ranks, bf16-mixed: a block holds q, k, v (with biases), o, the MLP and two norms,
+    3584² + 3584 + 2 · (3584 · 512 + 512) + 3584² + 3 · 3584 · 18,944 + 2 · 3584 = 233,057,792 parameters; the
+    root the untied embeddings and head and the final norm, 2 · 152,064 · 3584 + 3584 = 1,089,998,336. Gathered in
+    bf16: (root + 2 blocks) · 2 = 3.112 GB; unsharded float32 gradients (root + a block) · 4 = 5.292 GB; the
+    float32 model sharded 8 ways: 7,615,616,512 · 4 / 8 = 3.808 GB."""
+    from dapo.plan import parameter_split
+
+    config = load_config("dapo", RECIPES / "dapo-qwen2.5-math-7b.yaml")
+    assert parameter_split(model_config(config)) == (7_615_616_512, 233_057_792)
+    text = make_plan(config).text()
+    assert (
+        "weights, sharded 3.8 GB | gathered: root + 2 blocks 3.1 GB | unsharded gradients: root + a block 5.3 GB"
+        in text
+    )
+
+
 def test_recipes_are_planned_in_seconds_and_the_paper_run_says_what_is_missing(capsys):
     for recipe, fits in (
         ("dapo-qwen2.5-0.5b-gsm8k", True),
@@ -67,7 +84,8 @@ def test_recipes_are_planned_in_seconds_and_the_paper_run_says_what_is_missing(c
         out = capsys.readouterr().out
         assert code == (0 if fits else 1), out
         assert "per rank" in out and "tokens/step" in out
-    assert "weights gathered for a pass" in out  # the 32B run's largest term, with activation checkpointing on
+    assert "a training rank needs" not in out  # the 32B run's training side fits: 43.2 GB a rank
+    assert "generation: after the engine's weights (65.5 GB)" in out  # a 32B engine on one GPU does not
     assert "128 rank(s) x 1 GPU (fsdp2, state sharded 128 ways)" in out
 
 

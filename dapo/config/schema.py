@@ -368,8 +368,9 @@ class RayConfig:
     gpus_per_worker: float = 0.0
     """GPUs per rank; > 0 uses NCCL instead of gloo"""
     strategy: str = "ddp"
-    """ddp (every rank holds the whole model and optimiser state) | fsdp2 (fully_shard: parameters,
-    gradients and optimiser state sharded over the ranks; bf16-mixed uses its MixedPrecisionPolicy)"""
+    """ddp (every rank holds the whole model and optimiser state) | fsdp2 (fully_shard, one unit a decoder block
+    and the root: parameters, gradients and optimiser state sharded over the ranks, a block gathered at a time;
+    bf16-mixed uses its MixedPrecisionPolicy)"""
     collective_timeout_s: float = 120.0
     """a rank that waits longer than this in a collective (a peer died or hangs) raises instead of waiting
     for gloo's default of 30 minutes"""

@@ -70,6 +70,8 @@ class SharedPrefixForward:
         self.model = model
         self.checkpoint_blocks = checkpoint_blocks
         self.decoder = model.get_decoder()
+        for layer in self.decoder.layers:
+            _dispatch_shared_prefix_calls(layer)
         self.geometry = Geometry.of(model)
         with torch.no_grad():
             gather_layer(self.decoder.layers[0])  # NotImplementedError for LoRA adapters these ops do not cover
@@ -124,10 +126,12 @@ class SharedPrefixForward:
         packing = _Packing(cos, sin, num_prompt_tokens, prompt_slots, chunks)
         recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for layer in decoder.layers:
+            # Through the block's own __call__, so that hooks on it act (FSDP2 with one unit a block gathers the
+            # block's weights for it, and again in the backward).
             if recompute:
-                h = checkpoint(self._block, h, layer, packing, use_reentrant=False)
+                h = checkpoint(layer, h, shared_prefix=(self, packing), use_reentrant=False)
             else:
-                h = self._block(h, layer, packing)
+                h = layer(h, shared_prefix=(self, packing))
 
         # Positions that predict a response token: each prompt's last, then every fed response token.
         last_prompt = prompt_lengths.cumsum(0) - 1
@@ -165,6 +169,29 @@ class SharedPrefixForward:
             )
             outs.append(_unpad(out_r, c.slots))
         return mlp_block(h + project(torch.cat(outs), w.o_weight, w.o_bias, w.o_lora), w)  # (N, D)
+
+
+_DISPATCHING: dict[type, type] = {}
+
+
+def _dispatch_shared_prefix_calls(layer: nn.Module) -> None:
+    """Let `layer` (a decoder block) be called as `layer(h, shared_prefix=(forward, packing))` to run the
+    shared-prefix block, its own forward otherwise: its class becomes a subclass whose forward dispatches on that
+    keyword (FSDP2 does the same to the modules it shards). State-dict keys, parameters and the model's own
+    forward are unchanged; the subclass is made once per block class."""
+    cls = type(layer)
+    if getattr(cls, "_shared_prefix_dispatch", False):
+        return
+    if cls not in _DISPATCHING:
+
+        def forward(self, *args, shared_prefix=None, **kwargs):
+            if shared_prefix is None:
+                return super(_DISPATCHING[cls], self).forward(*args, **kwargs)
+            owner, packing = shared_prefix
+            return owner._block(args[0], self, packing)
+
+        _DISPATCHING[cls] = type(cls.__name__, (cls,), {"forward": forward, "_shared_prefix_dispatch": True})
+    layer.__class__ = _DISPATCHING[cls]
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:

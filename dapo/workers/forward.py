@@ -191,6 +191,11 @@ class TrainedModule(nn.Module):
     def forward(self, micro: TrainBatch) -> Tensor:
         return self._compute(micro)
 
+    def blocks(self) -> list[nn.Module]:
+        """The decoder blocks of the trained model (a causal LM, or a critic's body): FSDP2's units."""
+        decoder = getattr(self.model, "body", None) or self.model.get_decoder()
+        return list(decoder.layers)
+
 
 def unprefixed(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k.removeprefix(TrainedModule.PREFIX): v for k, v in state.items()}

@@ -132,10 +132,12 @@ class TorchDistributed:
     """Data parallelism over the default torch.distributed process group (gloo on CPU, NCCL on GPU).
 
     strategy "ddp": `DistributedDataParallel`, every rank holds the whole model and optimiser state.
-    strategy "fsdp2": `fully_shard` (ZeRO-3): parameters, gradients and optimiser state are sharded; the
-    module is one FSDP unit, because the shared-prefix forward reads every layer's weights inside one call
-    (per-layer units would need each layer's own forward). `bf16_compute` (FSDP2 only) gathers parameters in
-    bfloat16 for the compute and reduces gradients in float32 (`MixedPrecisionPolicy`).
+    strategy "fsdp2": `fully_shard` (ZeRO-3): parameters, gradients and optimiser state are sharded, one FSDP unit
+    per decoder block and the root (embeddings, final norm, head) as one more, kept gathered between the forward
+    and the backward as FSDP2 does for a root: a pass gathers one block at a time (the shared-prefix forward
+    calls each block through its module, `models.shared_prefix`), and gathers it again for its backward.
+    `bf16_compute` (FSDP2 only) gathers parameters in bfloat16 for the compute and reduces gradients in float32
+    (`MixedPrecisionPolicy`).
     """
 
     def __init__(self, strategy: str, bf16_compute: bool = False):
@@ -160,6 +162,8 @@ class TorchDistributed:
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16_compute \
             else MixedPrecisionPolicy()  # fmt: skip
+        for block in module.blocks():
+            fully_shard(block, mp_policy=policy)
         return fully_shard(module, mp_policy=policy)
 
     def shard(self, batch: TrainBatch, rows: Tensor) -> Tensor:

@@ -142,6 +142,44 @@ def test_fsdp2_ranks_with_activation_checkpointing_update_like_one_process_witho
         group.close()
 
 
+def test_fsdp2_gathers_one_block_at_a_time(two_ranks, model):
+    """One FSDP2 unit a decoder block and the root: a pass gathers the root once and each block once, and the
+    backward gathers each block again (the root stays gathered); no gather holds more than the root or a block."""
+    if two_ranks.settings.strategy != "fsdp2":
+        pytest.skip("FSDP2 only")
+
+    def _count_all_gathers(rank, batch):  # runs on a rank (defined here: shipped by value)
+        """On a rank: the parameter all-gathers (and their sizes) of one policy forward, then of its backward."""
+        import torch.distributed as dist
+
+        policy, sizes, original = rank.workers["policy"], [], dist.all_gather_single
+
+        def counting(output, *args, **kwargs):
+            sizes.append(output.numel())
+            return original(output, *args, **kwargs)
+
+        dist.all_gather_single = counting
+        try:
+            logprobs, _ = policy.trainable(batch.select(torch.arange(batch.num_rows)))
+            forward = list(sizes)
+            sizes.clear()
+            logprobs.sum().backward()
+            policy.optimizer.zero_grad(set_to_none=True)
+            return forward, list(sizes)
+        finally:
+            dist.all_gather_single = original
+
+    batch = _train_batch(model)
+    counts = two_ranks.wait([r.__ray_call__.remote(_count_all_gathers, batch) for r in two_ranks.ranks], "count")
+    layers = model.config.num_hidden_layers
+    block = sum(p.numel() for p in model.model.layers[0].parameters())
+    root = sum(p.numel() for p in model.parameters()) - layers * block
+    for forward, backward in counts:
+        assert len(forward) == 1 + layers and len(backward) == layers, (forward, backward)
+        assert max(forward + backward) <= max(root, block) + 2 * 16  # padding to the world size
+        assert sum(forward) >= root + layers * block  # every parameter gathered once for the forward
+
+
 def test_two_ranks_train_the_critic_like_one_process(two_ranks, model):
     from dapo.workers.ray_group import RayCriticWorkers
 
