@@ -19,6 +19,7 @@ responses send back, as they would through G separate copies. The model must be 
 
 from __future__ import annotations
 
+import copyreg
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,11 +175,17 @@ class SharedPrefixForward:
 _DISPATCHING: dict[type, type] = {}
 
 
+def _new_block(cls: type, *args):
+    """An empty instance of the block class `cls` (unpickling fills its state)."""
+    return cls.__new__(cls, *args)
+
+
 def _dispatch_shared_prefix_calls(layer: nn.Module) -> None:
     """Let `layer` (a decoder block) be called as `layer(h, shared_prefix=(forward, packing))` to run the
     shared-prefix block, its own forward otherwise: its class becomes a subclass whose forward dispatches on that
     keyword (FSDP2 does the same to the modules it shards). State-dict keys, parameters and the model's own
-    forward are unchanged; the subclass is made once per block class."""
+    forward are unchanged; the subclass is made once per block class, and a block pickles (and deep-copies) as
+    its own class."""
     cls = type(layer)
     if getattr(cls, "_shared_prefix_dispatch", False):
         return
@@ -190,7 +197,16 @@ def _dispatch_shared_prefix_calls(layer: nn.Module) -> None:
             owner, packing = shared_prefix
             return owner._block(args[0], self, packing)
 
-        _DISPATCHING[cls] = type(cls.__name__, (cls,), {"forward": forward, "_shared_prefix_dispatch": True})
+        def __reduce_ex__(self, protocol):
+            # Pickled (and deep-copied) as the model's own class, which any process can import; a shared-prefix
+            # forward built on the copy dispatches it again.
+            reduced = list(super(_DISPATCHING[cls], self).__reduce_ex__(protocol))
+            if reduced[0] is copyreg.__newobj__:
+                reduced[0], reduced[1] = _new_block, (cls, *reduced[1][1:])
+            return tuple(reduced)
+
+        members = {"forward": forward, "__reduce_ex__": __reduce_ex__, "_shared_prefix_dispatch": True}
+        _DISPATCHING[cls] = type(cls.__name__, (cls,), members)
     layer.__class__ = _DISPATCHING[cls]
 
 

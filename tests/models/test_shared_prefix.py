@@ -158,3 +158,30 @@ def test_a_model_with_attention_dropout_keeps_its_own_forward(tok):
     model.config.attention_dropout = 0.1  # the HF forward drops attention weights in training; ours would not
     forward = ResponseForward(model, True)
     assert forward.name == "hf" and "attention_dropout" in forward.fallback_reason
+
+
+def test_blocks_are_called_through_their_modules_and_the_model_stays_itself(tok):
+    """The shared-prefix forward calls every decoder block through its module (so hooks on it, FSDP2's units, act);
+    the model's own forward, its state dict, pickling and copies are unchanged, and a copy is dispatched again by
+    the forward built on it."""
+    import copy
+    import pickle
+
+    model = _model(tok, "llama")
+    x = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    own_logits, keys = model(x).logits, list(model.state_dict())
+    forward = SharedPrefixForward(model)
+    calls = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, k: calls.append(m), with_kwargs=True)
+               for layer in model.model.layers]  # fmt: skip
+    prompts, row_prompt, responses, lengths = _groups(model.config.vocab_size)
+    forward.response_logits(prompts, row_prompt, responses, lengths)
+    assert calls == list(model.model.layers)  # each block once, in order, through its __call__
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(model(x).logits, own_logits, atol=0, rtol=0)
+    assert list(model.state_dict()) == keys
+    for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        torch.testing.assert_close(copied(x).logits, own_logits, atol=0, rtol=0)
+        again = SharedPrefixForward(copied).response_logits(prompts, row_prompt, responses, lengths)
+        torch.testing.assert_close(again, forward.response_logits(prompts, row_prompt, responses, lengths))
