@@ -162,9 +162,15 @@ class TorchDistributed:
 
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if self.bf16_compute \
             else MixedPrecisionPolicy()  # fmt: skip
+        # An explicit mesh of the parameters' device: with gloo, a mesh left to default to CUDA on a machine that
+        # has one segfaults (pytorch#132471).
+        from torch.distributed.device_mesh import init_device_mesh
+
+        device = next(module.parameters()).device.type
+        mesh = init_device_mesh(device, (self.world_size,))
         for block in module.blocks():
-            fully_shard(block, mp_policy=policy)
-        return fully_shard(module, mp_policy=policy)
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        return fully_shard(module, mesh=mesh, mp_policy=policy)
 
     def shard(self, batch: TrainBatch, rows: Tensor) -> Tensor:
         return rank_rows(batch, rows, self.rank, self.world_size)
