@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _record import write_record
 from bench_forward import make_batch
 
 from dapo import algo
@@ -122,18 +121,7 @@ def main() -> None:
             f"{m['kept']['peak_mb']:.1f} -> {m['checkpointed']['peak_mb']:.1f} MB (plan: "
             f"{m['kept']['planned_peak_mb']:.1f} -> {m['checkpointed']['planned_peak_mb']:.1f} MB)"
         )
-    record = {
-        "benchmark": "bench_checkpointing.py",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "threads": 1,
-        },
-        "results": results,
-    }
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_record("bench_checkpointing.py", results, args.out)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ the tiny model's char vocabulary (104) at 2,048 tokens, hidden 128, and SmolLM2-
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _record import write_record
 
 from dapo import algo
 from dapo.metrics import measure_activation_memory
@@ -85,13 +84,7 @@ def main() -> None:
             f"peak {m['fused']['peak_mb']:.1f} "
             f"against {m['whole_logits']['peak_mb']:.1f} MB (the logits: {r['logits_mb']:.1f} MB)"
         )
-    record = {
-        "benchmark": "bench_head.py",
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
-        "results": results,
-    }
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_record("bench_head.py", results, args.out)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _record import write_record
 from bench_forward import make_batch
 
 from dapo import algo
@@ -71,13 +70,7 @@ def main() -> None:
         print(
             f"{size}: fp32 {r['fp32_median_s']:.3f} s, bf16-mixed {r['bf16_mixed_median_s']:.3f} s: {r['speedup']:.2f}x"
         )
-    record = {
-        "benchmark": "bench_precision.py",
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": 1},
-        "results": results,
-    }
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_record("bench_precision.py", results, args.out)
 
 
 if __name__ == "__main__":
