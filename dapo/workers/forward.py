@@ -130,9 +130,9 @@ class ResponseForward:
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16-mixed")
 
     def logits(self, micro: TrainBatch) -> Tensor:
-        """Logits of the distribution the responses were sampled from: the model's, divided by the rollout
-        temperature (as verl and TRL do), so that ratios, KL and entropy are those of the sampling policy.
-        Float32 in every precision: log-probs, KL and entropy are computed from them in float32."""
+        """(b, T, V) logits of the distribution the responses were sampled from: the model's, divided by the
+        rollout temperature, float32. The training passes use `logprobs`, which never holds them; these are for
+        checks against the model's own forward (tests, benchmarks)."""
         with self.compute_context():
             if self.shared is None:
                 logits = hf_response_logits(self.model, micro)
