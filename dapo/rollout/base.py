@@ -126,6 +126,9 @@ class RolloutBatch:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
+    takes_object_refs: bool
+    """update_weights also accepts a Ray ObjectRef of the weights (they never pass through the driver)"""
+
     def generate(
         self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int
     ) -> RolloutBatch: ...

@@ -82,6 +82,8 @@ class BuiltinEngine:
             logits per row (`rows_per_wave`).
     """
 
+    takes_object_refs = False  # update_weights takes a module or a state dict
+
     def __init__(
         self,
         model: nn.Module,

@@ -46,6 +46,8 @@ class VLLMEngine:
         llm_kwargs: passed to `vllm.LLM` (e.g. max_num_seqs, enable_prefix_caching).
     """
 
+    takes_object_refs = False  # update_weights takes a module or a state dict
+
     def __init__(
         self,
         model: nn.Module | str | Path,

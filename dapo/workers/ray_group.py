@@ -247,7 +247,7 @@ class RayPolicyWorkers:
 
     def push_weights(self, engine: RolloutEngine) -> None:
         refs = self.group.submit("policy", "full_weights", reply=False)
-        if getattr(engine, "takes_object_refs", False):
+        if engine.takes_object_refs:
             engine.update_weights(refs[0])  # the rollout workers read rank 0's result directly
             self.group.wait(refs, "policy.full_weights")
         else:
