@@ -92,6 +92,17 @@ def test_a_seeded_run_on_two_ranks_gives_the_local_metrics(runs):
     assert [r["reward/worker_failures"] for r in ray] == [0.0] * 3  # scored by the reward worker
 
 
+def test_fsdp2_one_unit_a_block_with_activation_checkpointing_gives_the_local_metrics(runs, tmp_path, base_model_dir):
+    """The large-model path (FSDP2 units per decoder block, each block recomputed in the backward, the chunked
+    head) on 2 ranks, generation in the driver: the one-process run's metrics."""
+    fsdp2 = {"trainer.backend": "ray", "ray.train_workers": 2, "ray.strategy": "fsdp2"}
+    overrides = _overrides(
+        base_model_dir, tmp_path, "fsdp2", **STEPS, **fsdp2, **{"actor.activation_checkpointing": True}
+    )
+    _, rows = _run_to_end(overrides)
+    _assert_close_metrics(rows, _read(runs["local"]))
+
+
 def _resume_step_2(runs, saved_by: str, backend: dict, tmp_path, base_model_dir) -> list[dict]:
     """Resume `saved_by`'s step-2 checkpoint as a new run on `backend`; check that its workers hold exactly
     the saved weights, finish step 3, and return its metrics."""
