@@ -165,7 +165,8 @@ class ResponseForward:
                 use_cache=False,
             )
             return response_columns(out.last_hidden_state, micro.prompt_width, micro.response_ids.shape[1])
-        hidden, index = self.shared_hidden(micro)
+        prompts, row_prompt, response_lengths = prompt_sharing(micro)  # (in `logprobs`' autocast region)
+        hidden, index = self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
         return hidden[index]
 
     def shared_hidden(self, micro: TrainBatch) -> tuple[Tensor, Tensor]:
@@ -188,8 +189,8 @@ class TrainedModule(nn.Module):
         self.model = model
         self._compute = compute
 
-    def forward(self, micro: TrainBatch) -> Tensor:
-        return self._compute(micro)
+    def forward(self, micro: TrainBatch, **options):
+        return self._compute(micro, **options)
 
     def blocks(self) -> list[nn.Module]:
         """The decoder blocks of the trained model (a causal LM, or a critic's body): FSDP2's units."""

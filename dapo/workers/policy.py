@@ -80,7 +80,7 @@ class PolicyWorker:
         everything = torch.arange(batch.num_rows)
         for rows, scale in passes(self.dp, forward, batch, everything, self.micro_batch_max_tokens):
             micro = batch.select(rows)
-            micro_logprobs, micro_entropy = logprobs_of(micro)
+            micro_logprobs, micro_entropy = logprobs_of(micro, with_entropy=with_entropy)  # entropy only if asked
             if scale == 0:
                 continue  # a pass that only keeps the ranks in step
             width = micro_logprobs.shape[1]
