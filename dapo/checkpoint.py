@@ -27,6 +27,9 @@ Why it is safe to kill the process at any instant:
 Serialisation, piece by piece:
 
 * a flat ``{name: Tensor}`` state dict (``model``, ``critic``) -> safetensors (no pickle at all);
+* a `ShardedWrite` (``policy_shards``, ``critic_shards``) -> a directory its callable fills, on every rank at
+  once (`torch.distributed.checkpoint`: each rank writes its own shards; `dapo.workers.shards`); the manifest
+  lists every file in it, and `load` returns it as a `ShardedState` (its verified path) for the ranks to read;
 * a value that survives ``json.loads(json.dumps(x)) == x`` exactly (sampler position, counters,
   config, metric history) -> JSON, human-readable;
 * anything else (optimizer, scheduler, RNG states, the buffer of kept groups) -> ``torch.save``.
@@ -52,7 +55,8 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,8 @@ __all__ = [
     "POINTER_FILE",
     "CheckpointError",
     "CheckpointManager",
+    "ShardedState",
+    "ShardedWrite",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -89,6 +95,21 @@ _MOVED_CLASSES = {
 
 class CheckpointError(DapoError, RuntimeError):
     """A checkpoint is missing, incomplete, corrupted or unloadable. The message names the file."""
+
+
+@dataclass(frozen=True)
+class ShardedWrite:
+    """A checkpoint piece written by others into a directory: `write(directory)` fills it (the training ranks,
+    each with its own shards) before the manifest, which then lists and hashes every file in it."""
+
+    write: Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class ShardedState:
+    """A loaded checkpoint's sharded piece: the verified directory, for the ranks to read their shards from."""
+
+    path: Path
 
 
 # --------------------------------------------------------------------------------------------- RNG
@@ -224,6 +245,16 @@ def _read_safetensors(path: Path, device: str) -> dict[str, torch.Tensor]:
         return {name: f.get_tensor(name) for name in order}
 
 
+def _verify_file(path: Path, entry: Mapping[str, Any], key: str) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (checkpoint piece {key!r})")
+    size = path.stat().st_size
+    if size != entry["size"]:
+        raise CheckpointError(f"{path}: size {size} bytes, manifest says {entry['size']} (truncated or overwritten)")
+    if _sha256(path) != entry["sha256"]:
+        raise CheckpointError(f"{path}: sha256 mismatch with the manifest (corrupted)")
+
+
 def _resolve_global(name: str) -> Any:
     # Qualified names of nested classes have dots: try the longest importable module prefix.
     parts = name.split(".")
@@ -341,6 +372,8 @@ class CheckpointManager:
         return final
 
     def _write_piece(self, tmp: Path, key: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, ShardedWrite):
+            return self._write_sharded(tmp / key, value)
         entry: dict[str, Any] = {}
         path = None
         if _is_tensor_state_dict(value):
@@ -370,6 +403,19 @@ class CheckpointManager:
         _fsync_file(path)
         entry.update(file=path.name, size=path.stat().st_size, sha256=_sha256(path))
         return entry
+
+    @staticmethod
+    def _write_sharded(directory: Path, piece: ShardedWrite) -> dict[str, Any]:
+        directory.mkdir()
+        piece.write(directory)
+        files = {}
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            _fsync_file(path)  # DCP fsyncs its own files; this also covers what another writer may leave unsynced
+            files[str(path.relative_to(directory))] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        if not files:
+            raise CheckpointError(f"{directory}: the sharded writer wrote no file")
+        _fsync_dir(directory)
+        return {"format": "sharded", "dir": directory.name, "files": files}
 
     @staticmethod
     def _write_text_durably(path: Path, text: str) -> None:
@@ -456,16 +502,11 @@ class CheckpointManager:
                 f"{mpath}: format_version {manifest.get('format_version')}, expected {FORMAT_VERSION}"
             )
         for key, entry in files.items():
-            path = d / entry["file"]
-            if not path.is_file():
-                raise CheckpointError(f"{path}: missing (checkpoint piece {key!r})")
-            size = path.stat().st_size
-            if size != entry["size"]:
-                raise CheckpointError(
-                    f"{path}: size {size} bytes, manifest says {entry['size']} (truncated or overwritten)"
-                )
-            if _sha256(path) != entry["sha256"]:
-                raise CheckpointError(f"{path}: sha256 mismatch with the manifest (corrupted)")
+            if entry.get("format") == "sharded":
+                for name, part in entry["files"].items():
+                    _verify_file(d / entry["dir"] / name, part, key)
+            else:
+                _verify_file(d / entry["file"], entry, key)
         return manifest
 
     def load(
@@ -519,6 +560,9 @@ class CheckpointManager:
         device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
         state: dict[str, Any] = {}
         for key, entry in manifest["files"].items():
+            if entry.get("format") == "sharded":
+                state[key] = ShardedState(d / entry["dir"])
+                continue
             path = d / entry["file"]
             try:
                 fmt = entry["format"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dapo.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from dapo.checkpoint import CheckpointManager, ShardedState, ShardedWrite, capture_rng_state, restore_rng_state
 from dapo.components import Components, build_components
 from dapo.config import Config, ConfigError, config_diff
 from dapo.errors import DapoError
@@ -227,16 +227,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
+        sharded = self.cfg.sharded_checkpoints
         state = {
-            **self.policy.state_dict(),  # model, optimizer, scheduler
+            **self.policy.state_dict(sharded),  # model, optimizer, scheduler (scheduler only when sharded)
             "rng": capture_rng_state(),
             "sampler": self.data.sampler.state_dict(),
             "dynamic_sampling": self.sampling.state_dict(),
             "counters": dataclasses.asdict(self.counters),
             "config": self.cfg.to_dict(),
         }
+        if sharded:  # every rank writes its own shards into the checkpoint being saved
+            state["policy_shards"] = ShardedWrite(self.policy.save_shards)
         if self.critic is not None:
-            state["critic"] = self.critic.state_dict()
+            state["critic"] = self.critic.state_dict(sharded)
+            if sharded:
+                state["critic_shards"] = ShardedWrite(self.critic.save_shards)
         return self.checkpoints.save(self.counters.step, state)
 
     def _maybe_resume(self) -> int | None:
@@ -252,8 +257,8 @@ class Trainer:
             manager = CheckpointManager(path.parent, keep_last=self.cfg.trainer.keep_last)
             step, state = manager.load(int(path.name.rsplit("_", 1)[-1]))
         differences = config_diff(state["config"], self.cfg.to_dict())
-        # Where the run trains (one process or N ranks) and how long it is do not change its math.
-        neutral = ("trainer.total_steps", "trainer.resume", "trainer.backend", "ray.", "ray:")
+        # Where the run trains (one process or N ranks), how long it is and how it saves do not change its math.
+        neutral = ("trainer.total_steps", "trainer.resume", "trainer.backend", "trainer.checkpoint_format", "ray")
         differences = [d for d in differences if not d.startswith(neutral)]
         if differences and not self.cfg.trainer.accept_config_changes:
             raise ResumeConfigError(
@@ -261,9 +266,10 @@ class Trainer:
                 + "\n  ".join(differences)
                 + "\nSet trainer.accept_config_changes=true to resume anyway, or trainer.resume=disable to start over."
             )
-        self.policy.load_state_dict(state)
+        # Either format loads, whatever trainer.checkpoint_format says now: the file layout is not the run's math.
+        self.policy.load_state_dict(state, shards=_shards_path(state, "policy_shards"))
         if self.critic is not None:
-            self.critic.load_state_dict(state["critic"])
+            self.critic.load_state_dict(state["critic"], shards=_shards_path(state, "critic_shards"))
         self.data.sampler.load_state_dict(state["sampler"])
         self.sampling.load_state_dict(state["dynamic_sampling"])
         self.counters = Counters(**state["counters"])
@@ -284,3 +290,9 @@ class Trainer:
         if self.critic is not None:
             self.critic.close()
         self.policy.close()
+
+
+def _shards_path(state: dict, key: str) -> Path | None:
+    """The verified directory of a sharded checkpoint piece, None when the checkpoint is in the full format."""
+    piece = state.get(key)
+    return piece.path if isinstance(piece, ShardedState) else None

@@ -14,6 +14,8 @@ from dapo.algo import ADVANTAGE_ESTIMATORS, AGGREGATION_MODES, KL_ESTIMATORS, RO
 from dapo.config.schema import Config, ConfigError
 from dapo.data.tasks import BUILTIN_TASKS, LEVELS
 
+CHECKPOINT_FORMATS = ("auto", "full", "sharded")
+
 
 def validate(config: Config) -> Config:
     """Raise ConfigError naming the first field that breaks a rule; return `config` when all hold."""
@@ -223,6 +225,10 @@ def _check_optim(c: Config) -> None:
     _require(0.0 <= a.min_lr_ratio <= 1.0, "actor.min_lr_ratio", "must be in [0, 1]", a.min_lr_ratio)
     _require(c.trainer.total_steps >= 0, "trainer.total_steps", "must be ≥ 0", c.trainer.total_steps)
     _require(c.trainer.keep_last >= 1, "trainer.keep_last", "must be ≥ 1", c.trainer.keep_last)
+    _require(
+        c.trainer.checkpoint_format in CHECKPOINT_FORMATS, "trainer.checkpoint_format",
+        f"must be one of {', '.join(CHECKPOINT_FORMATS)}", c.trainer.checkpoint_format,
+    )  # fmt: skip
     if c.algo.loss_agg_mode == "seq-mean-token-sum-norm" and c.algo.loss_norm_length is not None:
         _require(c.algo.loss_norm_length > 0, "algo.loss_norm_length", "must be > 0", c.algo.loss_norm_length)
 

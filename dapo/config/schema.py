@@ -327,6 +327,11 @@ class TrainerConfig:
     """checkpoint every N steps (and at the end); 0 = only at the end"""
     keep_last: int = 2
     """checkpoints kept on disk"""
+    checkpoint_format: str = "auto"
+    """full (the unsharded weights and optimiser state, gathered once: one safetensors file and one torch file) |
+    sharded (torch.distributed.checkpoint: every rank writes its own shards, no rank gathers the model; loads on
+    any number of ranks or in one process; `dapo export` turns it into a Hugging Face directory) | auto (sharded
+    with ray.strategy=fsdp2, full otherwise). Ranks on several nodes need a shared filesystem for sharded"""
     resume: str = "auto"
     """auto (latest checkpoint of this run if any) | disable | a path to a global_step_N directory"""
     accept_config_changes: bool = False
@@ -434,6 +439,13 @@ class Config:
         gathered parameters, float32 reduction and master weights) rather than autocast, so the forward itself
         is fp32; otherwise actor.precision."""
         return "fp32" if self.fsdp2_mixed_precision else self.actor.precision
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """Checkpoints written by every rank with torch.distributed.checkpoint (trainer.checkpoint_format)."""
+        if self.trainer.checkpoint_format == "auto":
+            return self.trainer.backend == "ray" and self.ray.strategy == "fsdp2"
+        return self.trainer.checkpoint_format == "sharded"
 
     @property
     def on_policy_update(self) -> bool:

@@ -4,6 +4,7 @@ targets; token-mean over the mini-batch)."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,7 @@ from dapo.workers.batch import TrainBatch, epochs_of_mini_batches, position_ids,
 from dapo.workers.forward import ResponseForward, TrainedModule, accumulate_gradients, passes, prefixed, unprefixed
 from dapo.workers.optim import clip_and_step, end_update, make_optimizer
 from dapo.workers.parallel import SINGLE_PROCESS, DataParallel
+from dapo.workers.shards import load_shards, save_shards
 from dapo.workers.stats import Accumulator
 
 
@@ -107,12 +109,21 @@ class CriticWorker:
         stats.add_scalar("critic/vf_loss", self.dp.sum(losses)[0])
         clip_and_step(self.trainable, self.optimizer, self.settings.optim.grad_clip, stats, "critic")
 
-    def state_dict(self) -> dict:
+    def state_dict(self, sharded: bool = False) -> dict:
+        """As `PolicyWorker.state_dict`."""
+        if sharded:
+            return {"scheduler": self.scheduler.state_dict()}
         weights, optimizer = self.dp.full_state(self.trainable, self.optimizer)
         return {"model": unprefixed(weights), "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.dp.load_full_state(self.trainable, self.optimizer, prefixed(state["model"]), state["optimizer"])
+    def save_shards(self, directory: Path) -> None:
+        save_shards(self.trainable, self.optimizer, Path(directory))
+
+    def load_state_dict(self, state: dict, shards: Path | None = None) -> None:
+        if shards is not None:
+            load_shards(self.trainable, self.optimizer, Path(shards))
+        else:
+            self.dp.load_full_state(self.trainable, self.optimizer, prefixed(state["model"]), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def close(self) -> None:

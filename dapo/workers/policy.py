@@ -32,6 +32,7 @@ from dapo.workers.forward import (
 )
 from dapo.workers.optim import clip_and_step, end_update, make_optimizer
 from dapo.workers.parallel import SINGLE_PROCESS, DataParallel
+from dapo.workers.shards import load_shards, save_shards
 from dapo.workers.stats import Accumulator
 
 
@@ -233,20 +234,36 @@ class PolicyWorker:
         """The policy's weights, unsharded (with several ranks: a collective, every rank must call it)."""
         return unprefixed(self.dp.full_weights(self.trainable))
 
-    def state_dict(self) -> dict:
+    def state_dict(self, sharded: bool = False) -> dict:
+        """The state a checkpoint holds: with `sharded`, only the scheduler's (the weights and the optimiser go
+        through `save_shards`); else the unsharded weights and optimiser too (a collective on several ranks)."""
+        if sharded:
+            return {"scheduler": self.scheduler.state_dict()}
         weights, optimizer = self.dp.full_state(self.trainable, self.optimizer)
         weights = unprefixed(weights)
         if is_lora(self.model):  # the adapter only: the frozen base comes from model.path again
             weights = adapter_state_dict(weights)
         return {"model": weights, "optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
-        weights = self._completed(state["model"])
-        self.dp.load_full_state(self.trainable, self.optimizer, prefixed(weights), state["optimizer"])
+    def save_shards(self, directory: Path) -> None:
+        """This rank's shards of the weights and optimiser state into `directory` (a collective)."""
+        save_shards(self.trainable, self.optimizer, Path(directory), adapter_only=is_lora(self.model))
+
+    def load_state_dict(self, state: dict, shards: Path | None = None) -> None:
+        """Restore a checkpoint's state: the weights and optimiser from `shards` when it was saved sharded."""
+        if shards is not None:
+            load_shards(self.trainable, self.optimizer, Path(shards), adapter_only=is_lora(self.model))
+        else:
+            weights = self._completed(state["model"])
+            self.dp.load_full_state(self.trainable, self.optimizer, prefixed(weights), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
         self.dp.load_full_state(self.trainable, None, prefixed(self._completed(weights)), None)
+
+    def load_weights_from_shards(self, shards: Path) -> None:
+        """The weights of a sharded checkpoint (no optimiser): what `dapo eval --checkpoint` needs."""
+        load_shards(self.trainable, None, Path(shards), adapter_only=is_lora(self.model))
 
     def _completed(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
         """A LoRA checkpoint's adapter on top of the frozen base this worker holds (a full state loads as is)."""

@@ -270,14 +270,20 @@ class RayPolicyWorkers:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.rollout_model.parameters())
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.group.run("policy", "state_dict", reply=False)[0]
+    def state_dict(self, sharded: bool = False) -> dict[str, Any]:
+        return self.group.run("policy", "state_dict", sharded, reply=False)[0]
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.group.run("policy", "load_state_dict", self.group.put(state))
+    def save_shards(self, directory: Path) -> None:
+        self.group.run("policy", "save_shards", directory)
+
+    def load_state_dict(self, state: dict[str, Any], shards: Path | None = None) -> None:
+        self.group.run("policy", "load_state_dict", self.group.put(state), shards)
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:
         self.group.run("policy", "load_weights", self.group.put(weights))
+
+    def load_weights_from_shards(self, shards: Path) -> None:
+        self.group.run("policy", "load_weights_from_shards", shards)
 
     def save_pretrained(self, path: Path, tokenizer) -> Path:
         self.rollout_model.load_state_dict(self.full_weights())
@@ -300,11 +306,14 @@ class RayCriticWorkers:
         ref = self.group.put(batch)
         return self.group.run("critic", "update", ref, groups_per_mini_batch, epochs, reply=False)[0]
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.group.run("critic", "state_dict", reply=False)[0]
+    def state_dict(self, sharded: bool = False) -> dict[str, Any]:
+        return self.group.run("critic", "state_dict", sharded, reply=False)[0]
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.group.run("critic", "load_state_dict", self.group.put(state))
+    def save_shards(self, directory: Path) -> None:
+        self.group.run("critic", "save_shards", directory)
+
+    def load_state_dict(self, state: dict[str, Any], shards: Path | None = None) -> None:
+        self.group.run("critic", "load_state_dict", self.group.put(state), shards)
 
     def close(self) -> None:
         self.group.close()

@@ -67,13 +67,18 @@ def _assert_close_metrics(got: list[dict], expected: list[dict], rel: float = 1e
             assert g[k] == pytest.approx(e[k], rel=rel, abs=1e-6), (g["step"], k)
 
 
+FSDP2 = {"trainer.backend": "ray", "ray.train_workers": 2, "ray.strategy": "fsdp2"}
+
+
 @pytest.fixture(scope="module")
 def runs(ray_cluster, base_model_dir, tmp_path_factory) -> dict[str, Path]:
-    """The same seeded 3-step DAPO run in one process, and on 2 DDP ranks with 2 rollout workers and a reward
-    worker, checkpointed every step."""
+    """The same seeded 3-step DAPO run in one process; on 2 DDP ranks with 2 rollout workers and a reward
+    worker; and on 2 FSDP2 ranks (one unit a block, activation checkpointing, sharded checkpoints by default),
+    generation in the driver. Each checkpointed every step."""
     out = tmp_path_factory.mktemp("ray-runs")
     dirs = {}
-    for name, backend in (("local", {}), ("ray", {**RAY, "ray.reward_workers": 1})):
+    fsdp2 = {**FSDP2, "actor.activation_checkpointing": True}
+    for name, backend in (("local", {}), ("ray", {**RAY, "ray.reward_workers": 1}), ("fsdp2", fsdp2)):
         overrides = _overrides(base_model_dir, out, name, **STEPS, **backend)
         trainer = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
         try:
@@ -92,29 +97,42 @@ def test_a_seeded_run_on_two_ranks_gives_the_local_metrics(runs):
     assert [r["reward/worker_failures"] for r in ray] == [0.0] * 3  # scored by the reward worker
 
 
-def test_fsdp2_one_unit_a_block_with_activation_checkpointing_gives_the_local_metrics(runs, tmp_path, base_model_dir):
+def test_fsdp2_one_unit_a_block_with_activation_checkpointing_gives_the_local_metrics(runs):
     """The large-model path (FSDP2 units per decoder block, each block recomputed in the backward, the chunked
     head) on 2 ranks, generation in the driver: the one-process run's metrics."""
-    fsdp2 = {"trainer.backend": "ray", "ray.train_workers": 2, "ray.strategy": "fsdp2"}
-    overrides = _overrides(
-        base_model_dir, tmp_path, "fsdp2", **STEPS, **fsdp2, **{"actor.activation_checkpointing": True}
-    )
-    _, rows = _run_to_end(overrides)
-    _assert_close_metrics(rows, _read(runs["local"]))
+    _assert_close_metrics(_read(runs["fsdp2"]), _read(runs["local"]))
+
+
+def _saved_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The policy weights a checkpoint holds, in either format (sharded ones read in this one process)."""
+    from safetensors.torch import load_file
+
+    if (checkpoint / "model.safetensors").exists():
+        return load_file(str(checkpoint / "model.safetensors"))
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    shards = str(checkpoint / "policy_shards")
+    metadata = FileSystemReader(shards).read_metadata().state_dict_metadata
+    state = {
+        name: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for name, meta in metadata.items()
+        if name.startswith("model.")
+    }
+    dcp.load(state, checkpoint_id=shards, no_dist=True)
+    return {name.removeprefix("model."): t for name, t in state.items()}
 
 
 def _resume_step_2(runs, saved_by: str, backend: dict, tmp_path, base_model_dir) -> list[dict]:
     """Resume `saved_by`'s step-2 checkpoint as a new run on `backend`; check that its workers hold exactly
     the saved weights, finish step 3, and return its metrics."""
-    from safetensors.torch import load_file
-
     checkpoint = runs[saved_by] / "checkpoints" / "global_step_2"
     resume = {"trainer.resume": str(checkpoint), "trainer.accept_config_changes": True}  # another run name
     overrides = _overrides(base_model_dir, tmp_path, "moved", **STEPS, **backend, **resume)
     trainer = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
     try:
         weights = trainer.policy.state_dict()["model"]
-        saved = load_file(str(checkpoint / "model.safetensors"))
+        saved = _saved_weights(checkpoint)
         assert weights.keys() == saved.keys()
         assert all(torch.equal(weights[k], saved[k]) for k in saved)
         assert trainer.counters.step == 2
@@ -124,10 +142,25 @@ def _resume_step_2(runs, saved_by: str, backend: dict, tmp_path, base_model_dir)
     return _read(trainer.run_dir)
 
 
-@pytest.mark.parametrize("saved_by, backend", [("ray", {}), ("local", RAY)], ids=["2-ranks-to-1", "1-to-2-ranks"])
+@pytest.mark.parametrize(
+    "saved_by, backend",
+    [("ray", {}), ("local", RAY), ("fsdp2", {}), ("fsdp2", FSDP2)],
+    ids=["2-ranks-to-1", "1-to-2-ranks", "sharded-2-fsdp2-ranks-to-1", "sharded-2-fsdp2-ranks-to-2"],
+)
 def test_a_checkpoint_resumes_on_another_rank_count(runs, saved_by, backend, tmp_path, base_model_dir):
     resumed = _resume_step_2(runs, saved_by, backend, tmp_path, base_model_dir)
     _assert_close_metrics(resumed, _read(runs[saved_by])[2:])
+
+
+def test_fsdp2_ranks_write_their_own_shards(runs):
+    """Sharded by default on FSDP2: each rank wrote a file of its own, of about half the state, and no file holds
+    the gathered model."""
+    step_dir = runs["fsdp2"] / "checkpoints" / "global_step_3"
+    assert not (step_dir / "model.safetensors").exists() and not (step_dir / "optimizer.pt").exists()
+    sizes = {p.name: p.stat().st_size for p in (step_dir / "policy_shards").glob("*.distcp")}
+    assert sorted(name.split("_")[2] for name in sizes) == ["0", "1"], sizes  # __<rank>_<i>.distcp
+    rank_0, rank_1 = sizes.values()
+    assert 0.8 < rank_0 / rank_1 < 1.25
 
 
 def _kill_at_step(trainer: Trainer, step: int, pid: int) -> None:
@@ -168,3 +201,36 @@ def test_lost_workers_a_rollout_worker_restarted_then_a_training_rank_stops_the_
     _, rows = _run_to_end(overrides)
     assert [r["rollout/worker_restarts"] for r in rows] == [1.0, 1.0, 0.0]  # the resumed step: a new engine
     assert _without_timings(rows) == _without_timings(_read(runs["ray"]))
+
+
+def test_a_rank_lost_during_a_sharded_save_leaves_the_last_checkpoint_and_resume_continues_exactly(
+    runs, ray_cluster, tmp_path, base_model_dir
+):
+    """FSDP2 rank 1 killed as the step-3 checkpoint's shards are written: one ClusterError, no step-3
+    checkpoint, step 2 intact; the run resumed on 2 ranks finishes as the run that lost nothing."""
+    from dapo.checkpoint import CheckpointManager
+    from dapo.cluster import ClusterError
+
+    fsdp2 = {**FSDP2, "actor.activation_checkpointing": True, "trainer.resume": "auto"}
+    overrides = _overrides(base_model_dir, tmp_path, "killed", **STEPS, **fsdp2)
+    trainer = Trainer(load_config("cpu_dapo", None, overrides), log_to_console=False)
+    save_shards = trainer.policy.save_shards
+
+    def killing(directory: Path) -> None:
+        if directory.parent.name.startswith(".tmp-global_step_3"):
+            os.kill(ray_cluster.get(trainer.policy.group.ranks[1].pid.remote()), signal.SIGKILL)
+        save_shards(directory)
+
+    trainer.policy.save_shards = killing
+    try:
+        with pytest.raises(ClusterError, match=r"training rank 1 \(node .*\) died"):
+            trainer.train()
+    finally:
+        trainer.close()
+    checkpoints = CheckpointManager(trainer.run_dir / "checkpoints")
+    assert checkpoints.steps() == [1, 2] and checkpoints.latest_step() == 2
+    checkpoints.verify(2)
+    assert not list(checkpoints.root.glob(".tmp-*"))  # the half-written save is gone
+    _, rows = _run_to_end(overrides)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert _without_timings(rows) == _without_timings(_read(runs["fsdp2"]))

@@ -336,3 +336,44 @@ def test_lora_trains_the_adapter_checkpoints_it_and_resumes_exactly(base_model_d
     assert all(r["train/old_logprobs_from_rollout"] == 0.0 for r in whole if "train/old_logprobs_from_rollout" in r)
     policy = whole_trainer.export(tmp_path / "exported")
     assert (policy / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full-model", "lora"])
+def test_a_sharded_checkpoint_resumes_exactly_in_one_process(base_model_dir, tmp_path, e2e_overrides, lora):
+    """trainer.checkpoint_format=sharded in one process (torch.distributed.checkpoint with no process group): the
+    run stopped after step 2 and resumed from its shards ends exactly as the run that went straight through; the
+    shards hold the weights and the optimiser state (the adapter's only, for LoRA) and no gathered model file."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    sharded = {"trainer.checkpoint_format": "sharded", "trainer.save_freq": 1, "trainer.keep_last": 3}
+    if lora:
+        sharded.update({"model.lora.rank": 8, "model.lora.export": "adapter"})
+    _, whole = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "whole", **sharded))
+    parts = e2e_overrides(base_model_dir, tmp_path, "parts", **sharded, **{"trainer.resume": "auto"})
+    _run("cpu_dapo", [*parts, "trainer.total_steps=2"])
+    step_dir = tmp_path / "parts" / "checkpoints" / "global_step_2"
+    assert not (step_dir / "model.safetensors").exists() and not (step_dir / "optimizer.pt").exists()
+    names = FileSystemReader(str(step_dir / "policy_shards")).read_metadata().state_dict_metadata
+    weights = [n for n in names if n.startswith("model.")]
+    assert weights and all((".lora_" in n) == lora for n in weights)
+    assert any(n.startswith("optimizer.state.") and n.endswith("exp_avg_sq") for n in names)
+    _, resumed = _run("cpu_dapo", [*parts, "trainer.accept_config_changes=true"])
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert _deterministic(resumed) == _deterministic(whole)
+
+
+def test_a_corrupted_shard_is_named_and_the_previous_checkpoint_loads(base_model_dir, tmp_path, e2e_overrides):
+    from dapo.checkpoint import CheckpointError, CheckpointManager, ShardedState
+
+    settings = {"trainer.checkpoint_format": "sharded", "trainer.save_freq": 1, "trainer.keep_last": 2}
+    _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "run", **settings, **{"trainer.total_steps": 2}))
+    manager = CheckpointManager(tmp_path / "run" / "checkpoints")
+    shard = next((manager.step_dir(2) / "policy_shards").glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=shard.name):
+        manager.load(2)
+    with pytest.warns(UserWarning, match="instead of step 2"):
+        step, state = manager.load(2, fallback=True)
+    assert step == 1 and isinstance(state["policy_shards"], ShardedState)
