@@ -100,6 +100,18 @@ def _check_choices(c: Config) -> None:
         c.ray.cpus_per_reward_worker >= 0, "ray.cpus_per_reward_worker", "must be ≥ 0", c.ray.cpus_per_reward_worker
     )
     _require(c.ray.max_rollout_restarts >= 0, "ray.max_rollout_restarts", "must be ≥ 0", c.ray.max_rollout_restarts)
+    sp = c.ray.sequence_parallel
+    _require(sp >= 1, "ray.sequence_parallel", "must be ≥ 1", sp)
+    _require(
+        c.ray.train_workers % sp == 0, "ray.sequence_parallel",
+        f"must divide ray.train_workers ({c.ray.train_workers}): the ranks form a data x sequence mesh", sp,
+    )  # fmt: skip
+    if sp > 1:
+        _require(c.trainer.backend == "ray", "ray.sequence_parallel", "needs trainer.backend=ray", sp)
+        _require(
+            c.actor.share_prompt_forward, "ray.sequence_parallel",
+            "splits the shared-prefix forward's packed tokens: needs actor.share_prompt_forward=true", sp,
+        )  # fmt: skip
     if c.ray.rollout_workers > 0 and c.ray.placement == "colocated":
         _require(
             c.ray.rollout_workers <= c.ray.train_workers,

@@ -376,6 +376,13 @@ class RayConfig:
     """ddp (every rank holds the whole model and optimiser state) | fsdp2 (fully_shard, one unit a decoder block
     and the root: parameters, gradients and optimiser state sharded over the ranks, a block gathered at a time;
     bf16-mixed uses its MixedPrecisionPolicy)"""
+    sequence_parallel: int = 1
+    """Ulysses sequence parallelism: ranks that split each micro-batch's packed tokens (N > 1 divides
+    train_workers; the ranks form a (train_workers/N data x N sequence) mesh). Each rank runs the blocks on 1/N of
+    the tokens and attention on 1/N of the heads over all of them (two all-to-alls a block); only the per-token
+    log-probs, entropies and values are added up over the group. actor.micro_batch_max_tokens stays the budget of
+    a micro-batch, so a rank holds about 1/N of it: raise it N-fold for the same memory a rank. N must divide the
+    query heads and divide the key/value heads or be a multiple of them. Needs the shared-prefix forward"""
     collective_timeout_s: float = 120.0
     """a rank that waits longer than this in a collective (a peer died or hangs) raises instead of waiting
     for gloo's default of 30 minutes"""

@@ -39,6 +39,7 @@ from dapo.models.llama_ops import (
     rotate,
     unsupported_reason,
 )
+from dapo.models.sequence_parallel import SequenceParallel
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class _Packing:
     num_prompt_tokens: int
     prompt_slots: Tensor
     chunks: list[_Chunk]
+    padded_tokens: int
+    """the packed length, padded to a multiple of the sequence-parallel group (the real length without one)"""
 
 
 class SharedPrefixForward:
@@ -60,9 +63,13 @@ class SharedPrefixForward:
     With `checkpoint_blocks` (activation checkpointing), a forward under grad keeps only each decoder block's
     input (N·D values a block) and recomputes the block's inside during the backward (non-reentrant
     `torch.utils.checkpoint`, one region a block): the same gradient, for about one more forward of the blocks.
+
+    With `sequence` (Ulysses sequence parallelism, `dapo.models.sequence_parallel`), the ranks of the group
+    call it together on the same micro-batch; each computes the blocks on its slice of the packed tokens, and
+    attention on its share of the heads over all of them.
     """
 
-    def __init__(self, model: nn.Module, checkpoint_blocks: bool = False):
+    def __init__(self, model: nn.Module, checkpoint_blocks: bool = False, sequence: SequenceParallel | None = None):
         reason = unsupported_reason(model)
         if reason is None and float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0:
             reason = "attention_dropout > 0 (this forward applies no dropout)"
@@ -74,6 +81,9 @@ class SharedPrefixForward:
         for layer in self.decoder.layers:
             _dispatch_shared_prefix_calls(layer)
         self.geometry = Geometry.of(model)
+        self.sequence = sequence
+        if sequence is not None:
+            sequence.check_heads(self.geometry.num_heads, self.geometry.num_kv_heads)
         with torch.no_grad():
             gather_layer(self.decoder.layers[0])  # NotImplementedError for LoRA adapters these ops do not cover
 
@@ -86,6 +96,8 @@ class SharedPrefixForward:
         row continues; responses: (b, T) long, right-padded; response_lengths: (b,) real tokens per row.
         Positions t >= response_lengths hold arbitrary finite logits (mask them out, as for any padding).
         """
+        if self.sequence is not None:
+            raise NotImplementedError("response_logits under sequence parallelism: use response_hidden's local rows")
         hidden, index = self.response_hidden(prompts, row_prompt, responses, response_lengths)
         head = self.model.get_output_embeddings()
         return F.linear(hidden, head.weight, head.bias)[index]
@@ -95,7 +107,10 @@ class SharedPrefixForward:
     ) -> tuple[Tensor, Tensor]:
         """The decoder's final (normed) hidden states at the positions that predict response tokens, (n, D),
         and the (b, T) index that places them: hidden[index[row, t]] predicts response token t of the row
-        (what a head on the decoder's `last_hidden_state` reads there). Arguments as `response_logits`."""
+        (what a head on the decoder's `last_hidden_state` reads there). Arguments as `response_logits`.
+
+        With sequence parallelism: only the predicting positions in this rank's slice, and index -1 where another
+        rank of the group holds the position."""
         decoder = self.decoder
         device = decoder.embed_tokens.weight.device
         prompt_lengths = torch.tensor([len(p) for p in prompts], device=device)
@@ -120,11 +135,15 @@ class SharedPrefixForward:
                 (prompt_lengths[row_prompt][:, None] + torch.arange(R, device=device))[fed_slots],
             ]
         )
+        num_tokens = len(tokens)
+        start, stop, padded = self.sequence.bounds(num_tokens) if self.sequence else (0, num_tokens, num_tokens)
+        if self.sequence is not None:  # this rank's slice of the packing, padded to the group's multiple
+            tokens, positions = (F.pad(x, (0, padded - num_tokens))[start:stop] for x in (tokens, positions))
         h = F.embedding(tokens, decoder.embed_tokens.weight)  # (N, D): packed, no padding
         cos, sin = decoder.rotary_emb(h[None], positions[None])  # (1, N, d), with any rope scaling
         cos, sin = cos[0, :, None].to(h.dtype), sin[0, :, None].to(h.dtype)  # (N, 1, d)
 
-        packing = _Packing(cos, sin, num_prompt_tokens, prompt_slots, chunks)
+        packing = _Packing(cos, sin, num_prompt_tokens, prompt_slots, chunks, padded)
         recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for layer in decoder.layers:
             # Through the block's own __call__, so that hooks on it act (FSDP2 with one unit a block gathers the
@@ -136,26 +155,46 @@ class SharedPrefixForward:
 
         # Positions that predict a response token: each prompt's last, then every fed response token.
         last_prompt = prompt_lengths.cumsum(0) - 1
-        predicting = torch.cat([h[last_prompt], h[num_prompt_tokens:]])  # (groups + fed, D)
         rows_in_order = torch.empty_like(order)
         rows_in_order[order] = torch.arange(len(order), device=device)
         index = _logit_rows(row_prompt, fed_slots, len(prompts), responses.shape[1])[rows_in_order]
-        return rms_norm(predicting, *final_norm(decoder)), index
+        if self.sequence is None:
+            predicting = torch.cat([h[last_prompt], h[num_prompt_tokens:]])  # (groups + fed, D)
+            return rms_norm(predicting, *final_norm(decoder)), index
+        positions = torch.cat([last_prompt, torch.arange(num_prompt_tokens, num_tokens, device=device)])
+        mine = ((positions >= start) & (positions < stop)).nonzero().squeeze(1)
+        local_row = torch.full_like(positions, -1)
+        local_row[mine] = torch.arange(len(mine), device=device)
+        return rms_norm(h[positions[mine] - start], *final_norm(decoder)), local_row[index]
 
     def _block(self, h: Tensor, layer: nn.Module, packing: _Packing) -> Tensor:
         """One decoder block over the packed tokens (N, D) -> (N, D)."""
         g = self.geometry
         H, KV, d = g.num_heads, g.num_kv_heads, g.head_dim
-        n_prompt, prompt_slots = packing.num_prompt_tokens, packing.prompt_slots
         w = gather_layer(layer)
         qkv = project(rms_norm(h, w.norm_in, w.norm_in_eps), w.qkv_weight, w.qkv_bias, w.qkv_lora)
         qk = rotate(qkv[:, : (H + KV) * d].view(-1, H + KV, d), packing.cos, packing.sin)  # q and k in one rotation
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, (H + KV) * d :].view(-1, KV, d)
+        if self.sequence is None:
+            out = self._attention(q, k, v, packing)
+        else:  # this rank's heads over every token, then back to its own tokens with every head
+            repeats = self.sequence.kv_repeats(KV)
+            if repeats > 1:
+                k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+            q, k, v = (self.sequence.sequence_to_heads(x) for x in (q, k, v))
+            out = self._attention(q, k, v, packing)
+            out = F.pad(out, (0, 0, 0, packing.padded_tokens - len(out))).view(packing.padded_tokens, q.shape[1], d)
+            out = self.sequence.heads_to_sequence(out).flatten(1)
+        return mlp_block(h + project(out, w.o_weight, w.o_bias, w.o_lora), w)  # (N, D)
+
+    def _attention(self, q: Tensor, k: Tensor, v: Tensor, packing: _Packing) -> Tensor:
+        """Attention of the packed tokens (N, heads, d) -> (N, heads·d): each prompt causal, each response over its
+        prompt and itself. Positions past the real tokens (sequence-parallel padding) are neither read nor written."""
+        n_prompt, prompt_slots = packing.num_prompt_tokens, packing.prompt_slots
+        gqa, scaling = k.shape[1] != q.shape[1], self.geometry.scaling
         # Prompts: causal attention within each prompt (right padding is never attended by a real query).
         kp, vp = _pad(k[:n_prompt], prompt_slots), _pad(v[:n_prompt], prompt_slots)
-        out_p = _attention(
-            _pad(q[:n_prompt], prompt_slots), kp, vp, is_causal=True, scale=g.scaling, enable_gqa=KV != H
-        )
+        out_p = _attention(_pad(q[:n_prompt], prompt_slots), kp, vp, is_causal=True, scale=scaling, enable_gqa=gqa)
         outs = [_unpad(out_p, prompt_slots)]
         # Responses: each row over its prompt's keys (shared, gathered) and its own, causal.
         for c in packing.chunks:
@@ -165,11 +204,11 @@ class SharedPrefixForward:
                 torch.cat([kp[c.prompt], kr], dim=2),
                 torch.cat([vp[c.prompt], vr], dim=2),
                 attn_mask=c.mask,
-                scale=g.scaling,
-                enable_gqa=KV != H,
+                scale=scaling,
+                enable_gqa=gqa,
             )
             outs.append(_unpad(out_r, c.slots))
-        return mlp_block(h + project(torch.cat(outs), w.o_weight, w.o_bias, w.o_lora), w)  # (N, D)
+        return torch.cat(outs)
 
 
 _DISPATCHING: dict[type, type] = {}

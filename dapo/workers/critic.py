@@ -52,6 +52,7 @@ class CriticWorker:
             settings.share_prompt_forward,
             precision=settings.precision,
             checkpoint_blocks=settings.activation_checkpointing,
+            sequence=parallel.sequence,
         )
         self.trainable = parallel.wrap(TrainedModule(self.model, self._values))
         self.optimizer, self.scheduler = make_optimizer(self.trainable.parameters(), settings.optim)
@@ -59,6 +60,8 @@ class CriticWorker:
     def _values(self, micro: TrainBatch) -> Tensor:
         # V(s_t) for response token t is read at the position that predicts it (the state before emitting it).
         # The value head runs in float32 on the (possibly bf16) hidden states: values are targets' scale.
+        if self.forward.sequence is not None:  # each rank's positions, added up over the group
+            return self.forward.per_token(micro, lambda hidden, _: (self.model.head(hidden.float()).squeeze(-1),))[0]
         if self.forward.shared is not None:
             hidden, index = self.forward.shared_hidden(micro)
             return self.model.head(hidden.float()).squeeze(-1)[index]

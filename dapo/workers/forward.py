@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from dapo import algo
+from dapo.models.sequence_parallel import SequenceParallel, SequenceParallelError
 from dapo.models.shared_prefix import SharedPrefixForward
 from dapo.workers.base import PRECISIONS
 from dapo.workers.batch import (
@@ -95,6 +96,7 @@ class ResponseForward:
         temperature: float = 1.0,
         precision: str = "fp32",
         checkpoint_blocks: bool = False,
+        sequence: SequenceParallel | None = None,
     ):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -104,7 +106,13 @@ class ResponseForward:
         self.temperature = temperature
         self.precision = precision
         self.fallback_reason = shared_prefix_problem(model) if share_prompts else "not asked for"
-        self.shared = SharedPrefixForward(model, checkpoint_blocks) if self.fallback_reason is None else None
+        if sequence is not None and self.fallback_reason is not None:
+            raise SequenceParallelError(
+                "ray.sequence_parallel > 1 splits the packed tokens of the shared-prefix forward, which this run "
+                f"cannot use ({self.fallback_reason}): set ray.sequence_parallel=1"
+            )
+        self.sequence = sequence
+        self.shared = SharedPrefixForward(model, checkpoint_blocks, sequence) if self.fallback_reason is None else None
         if checkpoint_blocks and self.shared is None:
             # The model's own per-block checkpointing, non-reentrant like the shared-prefix forward's; it acts only
             # in train mode under grad, so the engine sharing this module and the no-grad passes are unaffected.
@@ -148,12 +156,27 @@ class ResponseForward:
         verl and TRL do), so that ratios, KL and entropy are those of the sampling policy. Float32 in every
         precision. The head runs chunk by chunk from the final hidden states (`algo.head_token_logprobs`): no
         [tokens, vocab] tensor is kept for the backward, in any pass."""
-        with self.compute_context():
-            hidden = self._response_hidden(micro)  # (b, T, D)
-            head = self.model.get_output_embeddings()
+        head = self.model.get_output_embeddings()
+
+        def head_logprobs(hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor | None]:
             return algo.head_token_logprobs(
-                hidden, head.weight, head.bias, micro.response_ids, self.temperature, with_entropy=with_entropy
+                hidden, head.weight, head.bias, tokens, self.temperature, with_entropy=with_entropy
             )
+
+        with self.compute_context():
+            return self.per_token(micro, head_logprobs)
+
+    def per_token(self, micro: TrainBatch, compute) -> tuple[Tensor | None, ...]:
+        """`compute(hidden (..., D), response tokens (...))` -> per-token tensors (...) (or None), placed at (b, T).
+
+        Under sequence parallelism each rank computes only the positions its slice holds (the head never runs on
+        another rank's tokens), and the group adds the parts up: every rank returns the whole (b, T) result."""
+        if self.sequence is None:
+            return compute(self._response_hidden(micro), micro.response_ids)
+        hidden, index = self.shared_hidden(micro)
+        mine = index >= 0
+        parts = compute(hidden[index[mine]], micro.response_ids[mine])
+        return tuple(None if p is None else self.sequence.sum_over_group(_placed(p, mine)) for p in parts)
 
     def _response_hidden(self, micro: TrainBatch) -> Tensor:
         """(b, T, D) the final (normed) hidden states that predict each response token."""
@@ -175,6 +198,13 @@ class ResponseForward:
         prompts, row_prompt, response_lengths = prompt_sharing(micro)
         with self.compute_context():
             return self.shared.response_hidden(prompts, row_prompt, micro.response_ids, response_lengths)
+
+
+def _placed(values: Tensor, where: Tensor) -> Tensor:
+    """`values` (n,) at the n True positions of `where` (b, T), zeros elsewhere (differentiable)."""
+    placed = values.new_zeros(where.shape)
+    placed[where] = values
+    return placed
 
 
 class TrainedModule(nn.Module):

@@ -14,6 +14,13 @@ rank count goes through a `DataParallel` object:
   already those of the whole mini-batch, so each rank multiplies its loss by the world size and the
   average becomes the sum, i.e. the single-process gradient;
 - `sum`: metrics that each rank holds a part of (token sums and counts, loss parts) are added up.
+
+With Ulysses sequence parallelism (`sequence_parallel` = N > 1) the ranks form a (data, sequence) mesh of
+world/N x N: the N ranks of a sequence group hold the same rows and split each micro-batch's packed tokens
+(`models.sequence_parallel`); rows are spread over the data groups only, and metrics are added over them only
+(every rank of a sequence group holds the same loss). FSDP2 still shards over the whole world, and DDP/FSDP2
+still average gradients over every rank: with the loss scaled by the world size, the sum over a sequence group's
+ranks is its rows' gradient and the average over the world the single-process gradient.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from dapo.models.sequence_parallel import SequenceParallel
 from dapo.workers.batch import TrainBatch
 
 STRATEGIES = ("ddp", "fsdp2")
@@ -56,6 +64,7 @@ def rank_rows(batch: TrainBatch, rows: Tensor, rank: int, world_size: int) -> Te
 class DataParallel(Protocol):
     rank: int
     world_size: int
+    sequence: SequenceParallel | None
 
     def wrap(self, module: nn.Module) -> nn.Module: ...
 
@@ -72,6 +81,8 @@ class DataParallel(Protocol):
 
     def max(self, values: Sequence[float]) -> list[float]: ...
 
+    def sum_over_processes(self, values: Sequence[float]) -> list[float]: ...
+
     def after_forward_only(self, module: nn.Module) -> None: ...
 
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]: ...
@@ -86,6 +97,7 @@ class SingleProcess:
     """One process: every pass computes every row; nothing to wrap, pad, synchronise or add up."""
 
     rank, world_size = 0, 1
+    sequence = None
 
     def wrap(self, module: nn.Module) -> nn.Module:
         return module
@@ -107,6 +119,9 @@ class SingleProcess:
         return list(values)
 
     def max(self, values: Sequence[float]) -> list[float]:
+        return list(values)
+
+    def sum_over_processes(self, values: Sequence[float]) -> list[float]:
         return list(values)
 
     def after_forward_only(self, module: nn.Module) -> None:
@@ -140,7 +155,7 @@ class TorchDistributed:
     (`MixedPrecisionPolicy`).
     """
 
-    def __init__(self, strategy: str, bf16_compute: bool = False):
+    def __init__(self, strategy: str, bf16_compute: bool = False, sequence_parallel: int = 1, device: str = "cpu"):
         import torch.distributed as dist
 
         if strategy not in STRATEGIES:
@@ -152,6 +167,22 @@ class TorchDistributed:
         self.bf16_compute = bf16_compute and strategy == "fsdp2"
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        self.sequence: SequenceParallel | None = None
+        self.data_rank, self.data_size, self.data_group = self.rank, self.world_size, None
+        if sequence_parallel > 1:
+            if self.world_size % sequence_parallel:
+                raise ValueError(f"sequence_parallel={sequence_parallel} does not divide {self.world_size} ranks")
+            from torch.distributed.device_mesh import init_device_mesh
+
+            # An explicit device for the mesh, as for FSDP2's (pytorch#132471).
+            mesh = init_device_mesh(
+                device, (self.world_size // sequence_parallel, sequence_parallel), mesh_dim_names=("data", "sequence")
+            )
+            self.sequence = SequenceParallel(
+                mesh["sequence"].get_group(), mesh["sequence"].get_local_rank(), sequence_parallel
+            )
+            self.data_rank, self.data_size = mesh["data"].get_local_rank(), self.world_size // sequence_parallel
+            self.data_group = mesh["data"].get_group()
 
     def wrap(self, module: nn.Module) -> nn.Module:
         if self.strategy == "ddp":
@@ -173,7 +204,7 @@ class TorchDistributed:
         return fully_shard(module, mesh=mesh, mp_policy=policy)
 
     def shard(self, batch: TrainBatch, rows: Tensor) -> Tensor:
-        return rank_rows(batch, rows, self.rank, self.world_size)
+        return rank_rows(batch, rows, self.data_rank, self.data_size)
 
     def pad(self, parts: list[Tensor], filler: Tensor) -> list[tuple[Tensor, float]]:
         """Pairs (rows, weight scale): this rank's micro-batches (scale 1), then weight-0 passes over
@@ -201,6 +232,13 @@ class TorchDistributed:
         return float(self.world_size)
 
     def sum(self, values: Sequence[float]) -> list[float]:
+        """Added over the data groups (the ranks of a sequence group hold the same values)."""
+        total = torch.tensor(list(values), dtype=torch.float64)
+        self.dist.all_reduce(total, group=self.data_group)
+        return total.tolist()
+
+    def sum_over_processes(self, values: Sequence[float]) -> list[float]:
+        """Added over every rank (what each process measured of itself, such as its matmul peak)."""
         total = torch.tensor(list(values), dtype=torch.float64)
         self.dist.all_reduce(total)
         return total.tolist()

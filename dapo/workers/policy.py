@@ -49,10 +49,11 @@ class PolicyWorker:
         self.reference = None
         if s.with_reference:
             # A frozen copy of the initial policy (GRPO's π_ref); never updated, never in train mode. Each
-            # rank holds a whole copy: its passes need no collective.
+            # rank holds a whole copy: its passes need no collective (under sequence parallelism every rank of a
+            # group computes the group's rows whole: a forward without a backward keeps no activations).
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         self.forward = ResponseForward(
-            model, s.share_prompt_forward, s.temperature, s.precision, s.activation_checkpointing
+            model, s.share_prompt_forward, s.temperature, s.precision, s.activation_checkpointing, parallel.sequence
         )
         self.reference_forward = (
             ResponseForward(self.reference, s.share_prompt_forward, s.temperature, s.precision)
@@ -228,7 +229,7 @@ class PolicyWorker:
 
     def matmul_peak_flops(self, dtype: torch.dtype) -> float:
         """This process's matmul peak with its own thread count; the sum over ranks on several."""
-        return self.dp.sum([measure_matmul_peak(torch.get_num_threads(), dtype=dtype)])[0]
+        return self.dp.sum_over_processes([measure_matmul_peak(torch.get_num_threads(), dtype=dtype)])[0]
 
     def full_weights(self) -> dict[str, Tensor]:
         """The policy's weights, unsharded (with several ranks: a collective, every rank must call it)."""

@@ -44,6 +44,7 @@ class RaySettings:
     collective_timeout_s: float
     startup_timeout_s: float
     bf16_compute: bool = False  # FSDP2's MixedPrecisionPolicy instead of autocast
+    sequence_parallel: int = 1  # Ulysses: ranks a micro-batch's packed tokens are split over
     reserve_cpus: float = 0.0  # for a cluster started here: CPUs beyond the ranks' (split rollout workers)
 
 
@@ -89,7 +90,12 @@ class TrainRank:
 
         if settings.gpus_per_worker > 0:
             model = model.to("cuda")
-        dp = TorchDistributed(settings.strategy, bf16_compute=settings.bf16_compute)
+        dp = TorchDistributed(
+            settings.strategy,
+            settings.bf16_compute,
+            settings.sequence_parallel,
+            "cuda" if settings.gpus_per_worker else "cpu",
+        )
         if critic is not None:  # first: its body is a copy of the decoder, before FSDP2 shards it
             self.workers["critic"] = CriticWorker(model, critic, parallel=dp)
         self.workers["policy"] = PolicyWorker(model, policy, parallel=dp)
@@ -150,7 +156,9 @@ class RayTrainGroup:
             [r.build.remote(model_ref, policy, critic, settings) for r in self.ranks], "build"
         )[0]
         per_rank = f"{settings.cpus_per_worker:g} CPU / {settings.gpus_per_worker:g} GPU"
-        say(f"ray: {n} training rank(s), {settings.strategy}, {per_rank} each, on {len(set(self.nodes))} node(s)")
+        sp = f" ({n // settings.sequence_parallel} data x {settings.sequence_parallel} sequence)" \
+            if settings.sequence_parallel > 1 else ""  # fmt: skip
+        say(f"ray: {n} training rank(s){sp}, {settings.strategy}, {per_rank} each, on {len(set(self.nodes))} node(s)")
 
     def _get(self, refs, what: str):
         """The ranks' results. A lost rank (its process or node died) becomes one ClusterError naming it, also
@@ -191,6 +199,10 @@ class RayTrainGroup:
     def put(self, value: Any):
         return self.ray.put(value)
 
+    def one_per_sequence_group(self, results: list) -> list:
+        """The results of one rank of each sequence-parallel group (its ranks return the same rows)."""
+        return results[:: self.settings.sequence_parallel]
+
     def close(self) -> None:
         for rank in self.ranks:
             with contextlib.suppress(Exception):
@@ -229,7 +241,8 @@ class RayPolicyWorkers:
         return self._has_reference
 
     def compute_logprobs(self, batch: TrainBatch, *, reference: bool = False) -> Tensor:
-        return _sum_of_parts(self.group.run("policy", "compute_logprobs", self.group.put(batch), reference=reference))
+        parts = self.group.run("policy", "compute_logprobs", self.group.put(batch), reference=reference)
+        return _sum_of_parts(self.group.one_per_sequence_group(parts))
 
     @property
     def fallback_reason(self) -> str | None:
@@ -300,7 +313,8 @@ class RayCriticWorkers:
         self.group = group
 
     def compute_values(self, batch: TrainBatch) -> Tensor:
-        return _sum_of_parts(self.group.run("critic", "compute_values", self.group.put(batch)))
+        parts = self.group.run("critic", "compute_values", self.group.put(batch))
+        return _sum_of_parts(self.group.one_per_sequence_group(parts))
 
     def update(self, batch: TrainBatch, groups_per_mini_batch: int, epochs: int) -> dict[str, float]:
         ref = self.group.put(batch)

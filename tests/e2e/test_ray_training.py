@@ -103,6 +103,14 @@ def test_fsdp2_one_unit_a_block_with_activation_checkpointing_gives_the_local_me
     _assert_close_metrics(_read(runs["fsdp2"]), _read(runs["local"]))
 
 
+def test_sequence_parallel_ranks_give_the_local_metrics(runs, tmp_path, base_model_dir):
+    """Ulysses on 2 FSDP2 ranks (1 data x 2 sequence: each micro-batch's packed tokens split in two), with
+    activation checkpointing: the one-process run's metrics over 3 seeded steps."""
+    sp = {**FSDP2, "ray.sequence_parallel": 2, "actor.activation_checkpointing": True}
+    _, rows = _run_to_end(_overrides(base_model_dir, tmp_path, "sp", **STEPS, **sp))
+    _assert_close_metrics(rows, _read(runs["local"]))
+
+
 def _saved_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The policy weights a checkpoint holds, in either format (sharded ones read in this one process)."""
     from safetensors.torch import load_file

@@ -338,7 +338,7 @@ def test_lora_trains_the_adapter_checkpoints_it_and_resumes_exactly(base_model_d
     assert (policy / "adapter_config.json").exists()
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full-model", "lora"])
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full-model", "lora"])
 def test_a_sharded_checkpoint_resumes_exactly_in_one_process(base_model_dir, tmp_path, e2e_overrides, lora):
     """trainer.checkpoint_format=sharded in one process (torch.distributed.checkpoint with no process group): the
     run stopped after step 2 and resumed from its shards ends exactly as the run that went straight through; the

@@ -66,11 +66,13 @@ def test_groups_are_split_whole_and_balanced_by_tokens():
             assert set(torch.nonzero(batch.group_index == g).squeeze(-1).tolist()) <= set(part.tolist())
 
 
-@pytest.fixture(scope="module", params=["ddp", "fsdp2"])
+@pytest.fixture(scope="module", params=[("ddp", 1), ("fsdp2", 1), ("fsdp2", 2)], ids=["ddp", "fsdp2", "fsdp2-sp2"])
 def two_ranks(request, ray_cluster, model):
+    """2 data-parallel ranks (DDP, FSDP2), or 2 FSDP2 ranks that split every micro-batch's tokens (Ulysses)."""
     from dapo.workers.ray_group import RaySettings, RayTrainGroup
 
-    settings = RaySettings("", 2, 1.0, 0.0, request.param, 60.0, 60.0)
+    strategy, sequence_parallel = request.param
+    settings = RaySettings("", 2, 1.0, 0.0, strategy, 60.0, 60.0, sequence_parallel=sequence_parallel)
     group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, CRITIC, say=lambda _: None)
     yield group
     group.close()
@@ -269,5 +271,68 @@ def test_a_rank_that_never_reaches_the_collective_is_an_error_after_the_timeout(
         with pytest.raises(ClusterError, match=r"ray.collective_timeout_s=3 s .*a peer hangs"):
             group.wait([alone], "policy.update")
         assert time.monotonic() - start >= 3
+    finally:
+        group.close()
+
+
+@pytest.mark.parametrize(
+    "strategy, ranks, sequence_parallel",
+    [("ddp", 4, 2), ("fsdp2", 4, 4)],
+    ids=["ddp-data2-x-sequence2", "fsdp2-sequence4-repeated-kv-heads"],
+)
+def test_sequence_parallel_ranks_split_the_tokens_and_update_like_one_process(
+    ray_cluster, model, strategy, ranks, sequence_parallel
+):
+    """Ulysses on 4 ranks: 2 data x 2 sequence (DDP), and 1 data x 4 sequence with FSDP2, where the model's 2
+    key/value heads are repeated to 4. The policy update (KL and entropy terms, two epochs of shuffled mini-batches
+    of 2 groups and 1, so a data group has no row of its own once), the log-probs and the critic are the one
+    process's; each rank's blocks see 1/N of the packed tokens (SP is no silent no-op)."""
+    from dapo.workers.ray_group import RayCriticWorkers, RayPolicyWorkers, RaySettings, RayTrainGroup
+
+    def _tokens_each_block_sees(rank, batch):  # runs on a rank (defined here: shipped by value)
+        """On a rank: the number of packed tokens entering each decoder block in one policy forward."""
+        policy, seen = rank.workers["policy"], []
+        hooks = [
+            layer.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+            for layer in policy.model.model.layers
+        ]
+        try:
+            with torch.no_grad():
+                policy.trainable(batch.select(torch.arange(batch.num_rows)))
+            policy.dp.after_forward_only(policy.trainable)
+            return seen
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    settings = RaySettings("", ranks, 0.5, 0.0, strategy, 60.0, 60.0, sequence_parallel=sequence_parallel)
+    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, CRITIC, say=lambda _: None)
+    try:
+        batch = _train_batch(model, seed=6)
+        loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, "token-mean", 7.0, 0.01, "k3", 0.001)
+        local, local_critic = _fresh(model), _fresh(model, policy=False)
+        group.run("policy", "load_state_dict", local.state_dict())
+        critic = RayCriticWorkers(group)
+        critic.load_state_dict(local_critic.state_dict())
+
+        whole = batch.attention_mask.sum()  # an upper bound of one process's packed tokens
+        for seen in group.wait([r.__ray_call__.remote(_tokens_each_block_sees, batch) for r in group.ranks], "t"):
+            assert len(seen) == model.config.num_hidden_layers
+            assert max(seen) <= -(-int(whole) // sequence_parallel)
+
+        policy = RayPolicyWorkers(group, copy.deepcopy(model), "fp32", has_reference=True)
+        for reference in (False, True):
+            got = policy.compute_logprobs(batch, reference=reference)
+            torch.testing.assert_close(got, local.compute_logprobs(batch, reference=reference), atol=1e-6, rtol=0)
+        torch.testing.assert_close(critic.compute_values(batch), local_critic.compute_values(batch), atol=1e-6, rtol=0)
+
+        expected = local.update(batch, loss, 2, 2, 123)
+        got = group.run("policy", "update", batch, loss, 2, 2, 123, reply=False)[0]
+        assert _max_difference(group.run("policy", "full_weights", reply=False)[0], local.full_weights()) < 1e-6
+        for name, value in expected.metrics.items():
+            assert got.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        local_critic.update(batch, 2, 1)
+        critic.update(batch, 2, 1)
+        assert _max_difference(critic.state_dict()["model"], local_critic.state_dict()["model"]) < 1e-6
     finally:
         group.close()
