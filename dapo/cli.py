@@ -4,6 +4,7 @@ dapo train  [--preset NAME] [--config FILE.yaml] [section.field=value ...]
 dapo eval   [--preset NAME] [--config FILE.yaml] [--checkpoint DIR] [section.field=value ...]
 dapo sft    [--size 1m] [--level 2] [--steps N] [--shortcut-rate R] [--repeat-rate R] [--out DIR]
 dapo config [--preset NAME] [--config FILE.yaml] [--fields] [section.field=value ...]
+dapo export --checkpoint DIR --out HF_DIR [--dtype float32|bfloat16|float16] [--max-shard-bytes N]
 dapo presets
 """
 
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(config)
     config.add_argument("--fields", action="store_true", help="list every field, its default and its meaning")
     sub.add_parser("presets", help="list the presets")
+    _add_export_parser(sub)
     ablate = sub.add_parser(
         "ablate",
         help="run the paper's ablation ladder over seeds and write a report (table + figures)",
@@ -86,6 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--report-only", action="store_true", help="write the report from the finished runs")
     ablate.add_argument("overrides", nargs="*", help="config overrides applied to every run (key=value)")
     return parser
+
+
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser(
+        "export",
+        help="write a checkpoint (global_step_N) as a Hugging Face model directory, tensor by tensor",
+        description="Writes the policy of one checkpoint directory (model.safetensors, or the policy_shards/ "
+        "written by N ranks) as a Hugging Face model directory: safetensors weights in shards of at most "
+        "--max-shard-bytes, the base model's config.json and tokenizer (from the run config's model.path), and "
+        "dapo_config.json. The weights are streamed tensor by tensor: the export holds about one shard plus one "
+        "tensor, not the model. A LoRA checkpoint holds only the adapter: it is merged into the base model, "
+        "which that path loads whole into memory.",
+    )
+    export.add_argument("--checkpoint", required=True, help="a .../checkpoints/global_step_N directory")
+    export.add_argument("--out", required=True, help="the model directory to write (new, or empty)")
+    export.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="cast the weights (default: as saved)"
+    )
+    export.add_argument(
+        "--max-shard-bytes",
+        type=_byte_size,
+        default=None,
+        help="most bytes per weights file, e.g. 5GB or 500MiB (default: the largest tensor or 1 GiB, whichever "
+        "is larger)",
+    )
+
+
+def _byte_size(text: str) -> int:
+    # Imported when parsed, not at the top: building the parser must not import torch (`dapo --help` stays fast).
+    from dapo.export import byte_size
+
+    try:
+        return byte_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _train(args) -> int:
@@ -144,7 +181,7 @@ def _summary(run_dir: Path) -> list[str]:
 
 
 def _evaluate(args) -> int:
-    from dapo.checkpoint import CheckpointManager
+    from dapo.checkpoint import CheckpointManager, ShardedState
     from dapo.step.evaluation import format_eval
     from dapo.trainer import Trainer
 
@@ -157,7 +194,10 @@ def _evaluate(args) -> int:
         if args.checkpoint:
             path = Path(args.checkpoint)
             step, state = CheckpointManager(path.parent).load(int(path.name.rsplit("_", 1)[-1]))
-            trainer.policy.load_weights(state["model"])
+            if isinstance(state.get("policy_shards"), ShardedState):
+                trainer.policy.load_weights_from_shards(state["policy_shards"].path)
+            else:
+                trainer.policy.load_weights(state["model"])
             trainer.policy.push_weights(trainer.engine)
             print(f"[eval] policy from {path} (step {step})")
         metrics = trainer.evaluate_now()
@@ -214,6 +254,20 @@ def _ablate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from dapo.export import export_checkpoint
+
+    result = export_checkpoint(
+        Path(args.checkpoint), Path(args.out), dtype=args.dtype, max_shard_bytes=args.max_shard_bytes
+    )
+    weights = [f for f in result.files if f.endswith(".safetensors")]
+    print(
+        f"[export] {result.out}: {result.tensors} tensors, {result.total_bytes / 2**20:.1f} MiB in "
+        f"{len(weights)} file(s); at most {result.peak_bytes / 2**20:.1f} MiB of tensors held at once"
+    )
+    return 0
+
+
 def _config(args) -> int:
     if args.fields:
         for name, default, doc in field_docs():
@@ -230,7 +284,14 @@ def main(argv: list[str] | None = None) -> int:
             for name, fn in PRESETS.items():
                 print(f"{name:30s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
             return 0
-        handler = {"train": _train, "eval": _evaluate, "sft": _sft, "config": _config, "ablate": _ablate}[args.command]
+        handler = {
+            "train": _train,
+            "eval": _evaluate,
+            "sft": _sft,
+            "config": _config,
+            "ablate": _ablate,
+            "export": _export,
+        }[args.command]
         return handler(args)
     except ConfigError as error:
         print(f"dapo: invalid config: {error}", file=sys.stderr)

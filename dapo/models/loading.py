@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
@@ -85,15 +87,7 @@ def load_model_and_tokenizer(
     `name_or_path` may be a directory, a hub id (needs network or a warm cache), or the path of a
     `.gguf` file itself, which is shorthand for (its directory, gguf_file=its name).
     """
-    name_or_path = str(name_or_path)
-    if gguf_file is None and name_or_path.endswith(".gguf"):
-        p = Path(name_or_path)
-        if not p.is_file():
-            raise ModelPathError(f"model.path={p}: GGUF file not found")
-        name_or_path, gguf_file = str(p.parent), p.name
-    if gguf_file is not None and importlib.util.find_spec("gguf") is None:
-        raise ImportError("loading a GGUF file needs the 'gguf' package: pip install -e .[gguf]")
-    _check_model_path(name_or_path, gguf_file)
+    name_or_path, gguf_file = _checked_model_path(str(name_or_path), gguf_file)
     extra = {"gguf_file": gguf_file} if gguf_file is not None else {}
     try:
         tokenizer = _load_tokenizer(name_or_path, extra)
@@ -107,6 +101,37 @@ def load_model_and_tokenizer(
         # Generation pads batches; a model without a pad token reuses EOS (masked out anyway).
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
+
+
+def load_config_and_tokenizer(
+    name_or_path: str | Path, *, gguf_file: str | None = None
+) -> tuple[PretrainedConfig, PreTrainedTokenizerBase]:
+    """The model's config and tokenizer without its weights, for `dapo export`, which writes the weights itself
+    and copies these beside them. Same path rules, errors and tokenizer class as `load_model_and_tokenizer`, so
+    an export carries the tokenizer the run trained with; the tokenizer is returned as saved (no pad added)."""
+    name_or_path, gguf_file = _checked_model_path(str(name_or_path), gguf_file)
+    extra = {"gguf_file": gguf_file} if gguf_file is not None else {}
+    try:
+        return AutoConfig.from_pretrained(name_or_path, **extra), _load_tokenizer(name_or_path, extra)
+    except OSError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelPathError(
+            f"model.path={name_or_path}: could not be loaded ({first_line}); it accepts {ACCEPTED_MODEL_PATHS}"
+        ) from error
+
+
+def _checked_model_path(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """(directory or hub id, GGUF file name or None): a `.gguf` path is shorthand for its directory and name.
+    Refuses what cannot be a model (see `_check_model_path`) and a GGUF file without the gguf package."""
+    if gguf_file is None and name_or_path.endswith(".gguf"):
+        p = Path(name_or_path)
+        if not p.is_file():
+            raise ModelPathError(f"model.path={p}: GGUF file not found")
+        name_or_path, gguf_file = str(p.parent), p.name
+    if gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise ImportError("loading a GGUF file needs the 'gguf' package: pip install -e .[gguf]")
+    _check_model_path(name_or_path, gguf_file)
+    return name_or_path, gguf_file
 
 
 def _check_model_path(name_or_path: str, gguf_file: str | None) -> None:

@@ -16,6 +16,9 @@ The directory's state dict (what `dapo export` reads):
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -26,10 +29,17 @@ from dapo.workers.forward import prefixed, unprefixed
 
 
 def _one_process() -> bool:
-    # Said explicitly: DCP would otherwise warn on every save that it assumes one process.
     import torch.distributed as dist
 
     return not dist.is_initialized()
+
+
+@contextlib.contextmanager
+def quiet_in_one_process() -> Iterator[None]:
+    """DCP warns at every call without a process group, even when told so (`no_dist=True`): one process is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled")
+        yield
 
 
 def _state_dicts(trainable: nn.Module, optimizer: Optimizer, adapter_only: bool) -> dict:
@@ -48,7 +58,8 @@ def save_shards(trainable: nn.Module, optimizer: Optimizer, directory: Path, *, 
     every rank must see the same directory: a shared filesystem across nodes). Files are fsynced."""
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(_state_dicts(trainable, optimizer, adapter_only), checkpoint_id=str(directory), no_dist=_one_process())
+    with quiet_in_one_process():
+        dcp.save(_state_dicts(trainable, optimizer, adapter_only), checkpoint_id=str(directory), no_dist=_one_process())
 
 
 def load_shards(
@@ -65,7 +76,8 @@ def load_shards(
 
         weights = unprefixed(get_model_state_dict(trainable))
         state = {"model": adapter_state_dict(weights) if adapter_only else weights}
-    dcp.load(state, checkpoint_id=str(directory), no_dist=_one_process())
+    with quiet_in_one_process():
+        dcp.load(state, checkpoint_id=str(directory), no_dist=_one_process())
     options = StateDictOptions(strict=not adapter_only)  # a LoRA checkpoint holds the adapter only
     if optimizer is None:
         set_model_state_dict(trainable, prefixed(state["model"]), options=options)

@@ -348,7 +348,7 @@ def test_a_sharded_checkpoint_resumes_exactly_in_one_process(base_model_dir, tmp
     sharded = {"trainer.checkpoint_format": "sharded", "trainer.save_freq": 1, "trainer.keep_last": 3}
     if lora:
         sharded.update({"model.lora.rank": 8, "model.lora.export": "adapter"})
-    _, whole = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "whole", **sharded))
+    whole_trainer, whole = _run("cpu_dapo", e2e_overrides(base_model_dir, tmp_path, "whole", **sharded))
     parts = e2e_overrides(base_model_dir, tmp_path, "parts", **sharded, **{"trainer.resume": "auto"})
     _run("cpu_dapo", [*parts, "trainer.total_steps=2"])
     step_dir = tmp_path / "parts" / "checkpoints" / "global_step_2"
@@ -360,6 +360,26 @@ def test_a_sharded_checkpoint_resumes_exactly_in_one_process(base_model_dir, tmp
     _, resumed = _run("cpu_dapo", [*parts, "trainer.accept_config_changes=true"])
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert _deterministic(resumed) == _deterministic(whole)
+    _assert_export_has_the_trained_logits(whole_trainer, tmp_path / "whole" / "checkpoints" / "global_step_4", tmp_path)
+
+
+def _assert_export_has_the_trained_logits(trainer, checkpoint, tmp_path) -> None:
+    """`dapo export` of the run's last checkpoint loads with transformers and gives the trained policy's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from dapo.export import export_checkpoint
+    from dapo.models.lora import merged_state_dict
+
+    result = export_checkpoint(checkpoint, tmp_path / "exported")
+    exported = AutoModelForCausalLM.from_pretrained(result.out).eval()
+    trained = trainer.policy.model
+    ids = torch.randint(0, exported.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if hasattr(trained, "peft_config"):  # the merged LoRA policy
+            exported_weights = exported.state_dict()
+            assert all(torch.allclose(exported_weights[k], v, atol=1e-6) for k, v in merged_state_dict(trained).items()
+                       if k in exported_weights)  # fmt: skip
+        torch.testing.assert_close(exported(ids).logits, trained(ids).logits, atol=1e-5, rtol=0)
 
 
 def test_a_corrupted_shard_is_named_and_the_previous_checkpoint_loads(base_model_dir, tmp_path, e2e_overrides):
