@@ -214,6 +214,7 @@ def ray_settings(config: Config) -> RaySettings:
         r.startup_timeout_s,
         bf16_compute=config.fsdp2_mixed_precision,
         sequence_parallel=r.sequence_parallel,
+        offload=r.offload,
         reserve_cpus=(r.rollout_workers * r.cpus_per_rollout_worker if r.placement == "split" else 0.0)
         + r.reward_workers * r.cpus_per_reward_worker,
     )

@@ -14,9 +14,10 @@ training rank (bytes; P parameters, b bytes per parameter of `model.dtype`, W ra
     AdamW          2·P·b / S              (two moments, in the parameters' dtype)
     reference      P·b                    (a frozen whole copy per rank, only when a KL term is on)
     critic         4·P·b / S + P·b        (PPO: its own weights, gradients, moments and gathered weights)
-    activations    L·(12·h + 4.3·i)·a per token of a micro-batch (actor.micro_batch_max_tokens), i the MLP's
-                   width, a = 4 bytes in fp32 (2 assumed under bf16): what a decoder block of this project's
-                   forward keeps for its backward, measured (`activation_bytes`, pinned by tests/test_plan.py);
+    activations    L·(12·h + 4.3·i)·a per token of a micro-batch (actor.micro_batch_max_tokens; a rank computes
+                   1/N of its tokens under ray.sequence_parallel=N, the figure used here), i the MLP's width,
+                   a = 4 bytes in fp32 (2 assumed under bf16): what a decoder block of this project's forward
+                   keeps for its backward, measured (`activation_bytes`, pinned by tests/test_plan.py);
                    with actor.activation_checkpointing, (L + 3)·h·a per token (each block's input, and the
                    embedding and final norm around them) plus one block's (12·h + 4.3·i)·a, recomputed in the
                    backward
@@ -24,7 +25,12 @@ training rank (bytes; P parameters, b bytes per parameter of `model.dtype`, W ra
                    final hidden states for the backward and computes the logits, log-softmax and gradient one
                    chunk of rows at a time)
 
-and per rollout worker the weights (P·b in the engine's dtype) and the KV cache, 2·L·kv·d·b_kv per token.
+With ray.offload=all (FSDP2's CPUOffloadPolicy) the sharded weights, gradients and AdamW moments are in host memory
+(listed apart) and only the gathered units and activations are on the GPU.
+
+Per rollout worker: the weights (P·b in the engine's dtype) and the KV cache, 2·L·kv·d·b_kv per token. A colocated
+engine shares its GPU with what the training rank keeps between updates: its sharded weights (none with
+offload=all) and AdamW moments (none with offload=optimizer or all); gradients are freed after each step.
 The fit check is against `trainer.gpu_memory_gb` (90 % of it usable) on a GPU, and nothing is checked on a CPU.
 These are estimates of the largest terms, not a profile: allocator slack, CUDA context and temporary buffers
 come on top.
@@ -217,6 +223,8 @@ def make_plan(config: Config) -> Plan:
     # Per training rank.
     weights = params * param_bytes
     mixed = c.actor.precision == "bf16-mixed" and param_bytes == 4
+    offload = r.offload if ray else "none"
+    host: dict[str, float] = {}  # what ray.offload=all keeps in host memory instead
     if shards > 1:
         # FSDP2, one unit a block and the root: sharded at rest; gathered (in bf16 under bf16-mixed) the root for the
         # whole pass and a block at a time, the next one prefetched; unsharded gradients of the root and of a block
@@ -236,20 +244,29 @@ def make_plan(config: Config) -> Plan:
         terms.update({f"LoRA gradients ({adapters / 1e6:,.1f} M)": 4 * adapters, "AdamW moments": 8 * adapters})
     else:
         terms.update({"gradients": weights / shards, "AdamW moments": 2 * weights / shards})
+    if offload == "all":
+        host = {name: terms.pop(name) for name in ("weights, sharded", "gradients", "AdamW moments") if name in terms}
     if c.uses_reference:
         terms["reference copy"] = weights
     if c.uses_critic:
         terms["critic"] = 4 * weights / shards + weights
-    tokens = c.actor.micro_batch_max_tokens
+    sequence_parallel = r.sequence_parallel if ray else 1
+    tokens = -(-c.actor.micro_batch_max_tokens // sequence_parallel)  # a rank's share of a micro-batch
     act_bytes = 2 if c.update_dtype_is_bf16 else 4
     checkpointing = c.actor.activation_checkpointing
-    what = f"activations{', checkpointed' if checkpointing else ''} ({tokens:,} tokens a micro-batch)"
+    split = f", 1/{sequence_parallel} of {c.actor.micro_batch_max_tokens:,}" if sequence_parallel > 1 else ""
+    what = f"activations{', checkpointed' if checkpointing else ''} ({tokens:,} tokens a micro-batch{split})"
     terms[what] = sum(activation_bytes(tokens, layers, hidden, cfg.intermediate_size, act_bytes, checkpointing))
     terms["log-prob head"] = sum(head_bytes(tokens, vocab, hidden))
     total = sum(terms.values())
     plan.lines.append(
         "per rank     " + " | ".join(f"{name} {_gb(v)}" for name, v in terms.items()) + f" = {_gb(total)}"
     )
+    if host:
+        plan.lines.append(
+            "host memory  " + " | ".join(f"{name} {_gb(v)}" for name, v in host.items())
+            + f" = {_gb(sum(host.values()))} a rank (ray.offload=all)"
+        )  # fmt: skip
     budget = c.trainer.gpu_memory_gb * GB * USABLE_SHARE
     if on_gpu and total > budget:
         largest = max(terms, key=terms.get)
@@ -271,7 +288,8 @@ def make_plan(config: Config) -> Plan:
     if on_gpu:
         colocated = ray and r.rollout_workers and r.placement == "colocated"
         rollout_gpu = r.gpus_per_rollout_worker if ray and r.rollout_workers and not colocated else gpus or 1
-        resident = (weights / shards + 3 * weights / shards) if colocated or not (ray and r.rollout_workers) else 0.0
+        kept = (0.0 if offload == "all" else weights / shards) + (0.0 if offload != "none" else 2 * weights / shards)
+        resident = kept if colocated or not (ray and r.rollout_workers) else 0.0
         free = c.trainer.gpu_memory_gb * rollout_gpu * GB * USABLE_SHARE - engine_weights - resident
         if free < kv_per_token * sequence:
             plan.problems.append(
@@ -306,12 +324,12 @@ def _advice(term: str, c: Config) -> str:
         checkpoint = "" if c.actor.activation_checkpointing else "Set actor.activation_checkpointing=true, or l"
         return (
             f"{checkpoint or 'L'}ower actor.micro_batch_max_tokens (it must still hold one whole sequence, {sequence} "
-            "tokens); sequence parallelism, which verl also uses for this, is not built yet."
+            "tokens), or split each micro-batch's tokens over ranks with ray.sequence_parallel."
         )
-    if term.startswith(("gradients", "AdamW")):
-        return "Use ray.strategy=fsdp2 and more ray.train_workers to shard them."
+    if term.startswith(("gradients", "AdamW", "weights, sharded")):
+        return "Use ray.strategy=fsdp2 and more ray.train_workers to shard them, or ray.offload=all."
     if term.startswith("log-prob head"):
-        return "Lower actor.micro_batch_max_tokens."
+        return "Lower actor.micro_batch_max_tokens, or raise ray.sequence_parallel."
     if term.startswith(("gathered", "unsharded")):
         return "Use a smaller model: FSDP2 gathers the root (embeddings, head) and two blocks whatever the rank count."
     return "Use model.dtype=bfloat16, or a smaller model."

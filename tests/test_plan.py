@@ -74,6 +74,25 @@ def test_fsdp2_terms_by_hand_one_unit_a_block():
     )
 
 
+def test_sequence_parallelism_and_offload_terms_by_hand():
+    """Qwen2.5-Math-7B on 8 FSDP2 ranks, 4,096-token micro-batches, activation checkpointing in bf16.
+    ray.sequence_parallel=4: a rank computes 1,024 tokens, 1,024 · (28 + 3) · 3584 · 2 + 1,024 · (12 · 3584 + 4.3 ·
+    18,944) · 2 = 0.482 GB of activations; the head 1,024 · 3584 · 4 + 3 · 1,024 · 152,064 · 4 = 1.883 GB.
+    ray.offload=all: the sharded weights (3.8 GB), gradients (3.8) and moments (7.6) are in host memory, and a
+    colocated engine (72 GB usable less 15.231 GB of bf16 weights) keeps 56.8 GB for its KV cache; without offload
+    the rank keeps its sharded weights and moments on the GPU (3.808 + 7.616 GB): 45.345 GB; offload=optimizer keeps
+    the weights only: 52.96 GB."""
+    recipe = RECIPES / "dapo-qwen2.5-math-7b.yaml"
+    text = make_plan(load_config("dapo", recipe, ["ray.sequence_parallel=4", "ray.offload=all"])).text()
+    assert "activations, checkpointed (1,024 tokens a micro-batch, 1/4 of 4,096) 0.5 GB | log-prob head 1.9 GB" in text
+    assert "host memory  weights, sharded 3.8 GB | gradients 3.8 GB | AdamW moments 7.6 GB = 15.2 GB a rank" in text
+    assert "weights, sharded" not in text.split("per rank")[1].split("\n")[0]
+    assert "KV cache room: 56.8 GB" in text
+    for offload, room in (("none", "45.3"), ("optimizer", "53.0")):
+        text = make_plan(load_config("dapo", recipe, [f"ray.offload={offload}"])).text()
+        assert f"KV cache room: {room} GB" in text and "host memory" not in text
+
+
 def test_recipes_are_planned_in_seconds_and_the_paper_run_says_what_is_missing(capsys):
     for recipe, fits in (
         ("dapo-qwen2.5-0.5b-gsm8k", True),

@@ -100,6 +100,9 @@ def _check_choices(c: Config) -> None:
         c.ray.cpus_per_reward_worker >= 0, "ray.cpus_per_reward_worker", "must be ≥ 0", c.ray.cpus_per_reward_worker
     )
     _require(c.ray.max_rollout_restarts >= 0, "ray.max_rollout_restarts", "must be ≥ 0", c.ray.max_rollout_restarts)
+    _one_of("ray.offload", c.ray.offload, ("none", "optimizer", "all"))
+    if c.ray.offload == "all":
+        _require(c.ray.strategy == "fsdp2", "ray.offload", "all (CPUOffloadPolicy) needs ray.strategy=fsdp2", "all")
     sp = c.ray.sequence_parallel
     _require(sp >= 1, "ray.sequence_parallel", "must be ≥ 1", sp)
     _require(

@@ -383,6 +383,11 @@ class RayConfig:
     log-probs, entropies and values are added up over the group. actor.micro_batch_max_tokens stays the budget of
     a micro-batch, so a rank holds about 1/N of it: raise it N-fold for the same memory a rank. N must divide the
     query heads and divide the key/value heads or be a multiple of them. Needs the shared-prefix forward"""
+    offload: str = "none"
+    """none | optimizer (the AdamW moments in host memory between updates, on the device only while one runs: a
+    colocated engine gets that memory back; verl's optimizer_offload) | all (fsdp2 only: FSDP2's CPUOffloadPolicy,
+    the sharded parameters, gradients and optimiser step in host memory, each unit copied to the device for its
+    gather: the training peak holds only the gathered units). On CPU ranks neither changes a number"""
     collective_timeout_s: float = 120.0
     """a rank that waits longer than this in a collective (a peer died or hangs) raises instead of waiting
     for gloo's default of 30 minutes"""

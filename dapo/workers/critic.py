@@ -85,8 +85,9 @@ class CriticWorker:
     def update(self, batch: TrainBatch, groups_per_mini_batch: int, epochs: int) -> dict[str, float]:
         self.model.train()
         stats = Accumulator()
-        for rows in epochs_of_mini_batches(batch, groups_per_mini_batch, epochs, None):
-            self._mini_batch_step(batch, rows, stats)
+        with self.dp.updating(self.optimizer):
+            for rows in epochs_of_mini_batches(batch, groups_per_mini_batch, epochs, None):
+                self._mini_batch_step(batch, rows, stats)
         metrics = end_update(stats, self.dp, self.optimizer, self.scheduler, "critic")
         self.model.eval()
         return metrics
@@ -123,10 +124,11 @@ class CriticWorker:
         save_shards(self.trainable, self.optimizer, Path(directory))
 
     def load_state_dict(self, state: dict, shards: Path | None = None) -> None:
-        if shards is not None:
-            load_shards(self.trainable, self.optimizer, Path(shards))
-        else:
-            self.dp.load_full_state(self.trainable, self.optimizer, prefixed(state["model"]), state["optimizer"])
+        with self.dp.updating(self.optimizer):  # the loaded moments go where an update leaves them
+            if shards is not None:
+                load_shards(self.trainable, self.optimizer, Path(shards))
+            else:
+                self.dp.load_full_state(self.trainable, self.optimizer, prefixed(state["model"]), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def close(self) -> None:

@@ -13,7 +13,8 @@ rank count goes through a `DataParallel` object:
 - `loss_scale`: DDP and FSDP2 AVERAGE gradients over ranks; the row weights (`algo.loss_row_weights`) are
   already those of the whole mini-batch, so each rank multiplies its loss by the world size and the
   average becomes the sum, i.e. the single-process gradient;
-- `sum`: metrics that each rank holds a part of (token sums and counts, loss parts) are added up.
+- `sum`: metrics that each rank holds a part of (token sums and counts, loss parts) are added up;
+- `updating`: the span of an update, outside which `ray.offload` keeps the optimiser state in host memory.
 
 With Ulysses sequence parallelism (`sequence_parallel` = N > 1) the ranks form a (data, sequence) mesh of
 world/N x N: the N ranks of a sequence group hold the same rows and split each micro-batch's packed tokens
@@ -36,6 +37,15 @@ from dapo.models.sequence_parallel import SequenceParallel
 from dapo.workers.batch import TrainBatch
 
 STRATEGIES = ("ddp", "fsdp2")
+OFFLOADS = ("none", "optimizer", "all")
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, device: str) -> None:
+    """Every tensor of the optimiser's state (moments, step counts) to `device`, in place in its state dict."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.device.type != device:
+                state[key] = value.to(device, non_blocking=True)
 
 
 def balanced_group_assignment(group_tokens: Sequence[int], world_size: int) -> list[int]:
@@ -83,6 +93,8 @@ class DataParallel(Protocol):
 
     def sum_over_processes(self, values: Sequence[float]) -> list[float]: ...
 
+    def updating(self, optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager: ...
+
     def after_forward_only(self, module: nn.Module) -> None: ...
 
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]: ...
@@ -124,6 +136,9 @@ class SingleProcess:
     def sum_over_processes(self, values: Sequence[float]) -> list[float]:
         return list(values)
 
+    def updating(self, optimizer: torch.optim.Optimizer) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
     def after_forward_only(self, module: nn.Module) -> None:
         pass
 
@@ -155,7 +170,14 @@ class TorchDistributed:
     (`MixedPrecisionPolicy`).
     """
 
-    def __init__(self, strategy: str, bf16_compute: bool = False, sequence_parallel: int = 1, device: str = "cpu"):
+    def __init__(
+        self,
+        strategy: str,
+        bf16_compute: bool = False,
+        sequence_parallel: int = 1,
+        device: str = "cpu",
+        offload: str = "none",
+    ):
         import torch.distributed as dist
 
         if strategy not in STRATEGIES:
@@ -165,6 +187,9 @@ class TorchDistributed:
         self.dist = dist
         self.strategy = strategy
         self.bf16_compute = bf16_compute and strategy == "fsdp2"
+        if offload not in OFFLOADS or (offload == "all" and strategy != "fsdp2"):
+            raise ValueError(f"offload must be one of {OFFLOADS} ('all' with fsdp2 only), got {offload!r}")
+        self.device, self.offload = device, offload
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.sequence: SequenceParallel | None = None
@@ -199,9 +224,16 @@ class TorchDistributed:
 
         device = next(module.parameters()).device.type
         mesh = init_device_mesh(device, (self.world_size,))
+        kwargs = {"mesh": mesh, "mp_policy": policy}
+        if self.offload == "all":
+            from torch.distributed.fsdp import CPUOffloadPolicy
+
+            # Sharded parameters, gradients and the optimiser step in host memory; each unit is copied to the
+            # device for its gather. Pinned host memory needs an accelerator (PyTorch refuses it on CPU).
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device != "cpu")
         for block in module.blocks():
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        return fully_shard(module, mesh=mesh, mp_policy=policy)
+            fully_shard(block, **kwargs)
+        return fully_shard(module, **kwargs)
 
     def shard(self, batch: TrainBatch, rows: Tensor) -> Tensor:
         return rank_rows(batch, rows, self.data_rank, self.data_size)
@@ -226,6 +258,20 @@ class TorchDistributed:
                 yield
             finally:
                 module.set_requires_gradient_sync(True)
+
+    @contextlib.contextmanager
+    def updating(self, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+        """With offload=optimizer the AdamW moments are on the device only during an update (verl's
+        optimizer_offload): between updates the colocated engine has that memory. With offload=all they never
+        leave host memory (FSDP2 steps there). On CPU ranks both are the same tensors where they were."""
+        if self.offload != "optimizer":
+            yield
+            return
+        move_optimizer_state(optimizer, self.device)
+        try:
+            yield
+        finally:
+            move_optimizer_state(optimizer, "cpu")
 
     @property
     def loss_scale(self) -> float:

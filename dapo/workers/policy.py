@@ -108,8 +108,9 @@ class PolicyWorker:
         self.model.train()
         stats = Accumulator()
         tokens = 0
-        for rows in epochs_of_mini_batches(batch, groups_per_mini_batch, epochs, shuffle_seed):
-            tokens += self._mini_batch_step(batch, rows, loss, stats)
+        with self.dp.updating(self.optimizer):
+            for rows in epochs_of_mini_batches(batch, groups_per_mini_batch, epochs, shuffle_seed):
+                tokens += self._mini_batch_step(batch, rows, loss, stats)
         metrics = end_update(stats, self.dp, self.optimizer, self.scheduler, "actor")
         self.model.eval()
         return PolicyUpdate(metrics, tokens)
@@ -252,11 +253,12 @@ class PolicyWorker:
 
     def load_state_dict(self, state: dict, shards: Path | None = None) -> None:
         """Restore a checkpoint's state: the weights and optimiser from `shards` when it was saved sharded."""
-        if shards is not None:
-            load_shards(self.trainable, self.optimizer, Path(shards), adapter_only=is_lora(self.model))
-        else:
-            weights = self._completed(state["model"])
-            self.dp.load_full_state(self.trainable, self.optimizer, prefixed(weights), state["optimizer"])
+        with self.dp.updating(self.optimizer):  # the loaded moments go where an update leaves them
+            if shards is not None:
+                load_shards(self.trainable, self.optimizer, Path(shards), adapter_only=is_lora(self.model))
+            else:
+                weights = self._completed(state["model"])
+                self.dp.load_full_state(self.trainable, self.optimizer, prefixed(weights), state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     def load_weights(self, weights: dict[str, Tensor]) -> None:

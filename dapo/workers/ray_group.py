@@ -45,6 +45,7 @@ class RaySettings:
     startup_timeout_s: float
     bf16_compute: bool = False  # FSDP2's MixedPrecisionPolicy instead of autocast
     sequence_parallel: int = 1  # Ulysses: ranks a micro-batch's packed tokens are split over
+    offload: str = "none"  # none | optimizer (between updates) | all (FSDP2's CPUOffloadPolicy)
     reserve_cpus: float = 0.0  # for a cluster started here: CPUs beyond the ranks' (split rollout workers)
 
 

@@ -336,3 +336,31 @@ def test_sequence_parallel_ranks_split_the_tokens_and_update_like_one_process(
         assert _max_difference(critic.state_dict()["model"], local_critic.state_dict()["model"]) < 1e-6
     finally:
         group.close()
+
+
+@pytest.mark.parametrize("offload", ["optimizer", "all"])
+def test_offloaded_fsdp2_ranks_update_like_one_process(ray_cluster, model, offload):
+    """ray.offload on CPU ranks changes no number: the AdamW moments moved out and back around each update, or
+    FSDP2's CPUOffloadPolicy (parameters, gradients and the optimiser step in host memory) on every unit; policy
+    over two updates (so the second starts from moved moments) and critic."""
+    from dapo.workers.ray_group import RayCriticWorkers, RaySettings, RayTrainGroup
+
+    settings = RaySettings("", 2, 1.0, 0.0, "fsdp2", 60.0, 60.0, offload=offload)
+    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, CRITIC, say=lambda _: None)
+    try:
+        loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, "token-mean", 7.0, 0.01, "k3", 0.001)
+        local, local_critic = _fresh(model), _fresh(model, policy=False)
+        group.run("policy", "load_state_dict", local.state_dict())
+        critic = RayCriticWorkers(group)
+        critic.load_state_dict(local_critic.state_dict())
+        for seed in (7, 8):
+            batch = _train_batch(model, seed=seed)
+            expected = local.update(batch, loss, 2, 1, None)
+            got = group.run("policy", "update", batch, loss, 2, 1, None, reply=False)[0]
+            assert got.metrics["actor/pg_loss"] == pytest.approx(expected.metrics["actor/pg_loss"], rel=1e-5)
+            local_critic.update(batch, 2, 1)
+            critic.update(batch, 2, 1)
+        assert _max_difference(group.run("policy", "full_weights", reply=False)[0], local.full_weights()) < 1e-6
+        assert _max_difference(critic.state_dict()["model"], local_critic.state_dict()["model"]) < 1e-6
+    finally:
+        group.close()
