@@ -246,6 +246,7 @@ def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
         config.rollout.max_rows_in_flight or None,
         config.rollout.engine,
         config.rollout.dtype,
+        tuple(vllm_options(config).items()),
     )
     colocated = r.placement == "colocated"
     placement = [(group.pg, i) for i in range(r.rollout_workers)] if colocated else None
@@ -255,11 +256,23 @@ def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
     return engine
 
 
+def vllm_options(config: Config) -> dict:
+    """What a vLLM engine is built with besides its dtype: the run's context (prompt + response), its tensor
+    parallelism, and its memory (an explicit KV-cache size, or the share of the GPU)."""
+    ro = config.rollout
+    return {
+        "max_model_len": config.data.max_prompt_length + ro.max_response_length,
+        "tensor_parallel_size": ro.tensor_parallel_size,
+        "gpu_memory_utilization": ro.gpu_memory_utilization,
+        "kv_cache_memory_bytes": int(ro.kv_cache_gb * 1e9) or None,
+    }
+
+
 def _local_engine(config: Config, model, tokenizer) -> RolloutEngine:
     """The engine in this process: the built-in one shares `model` (float32) or holds a bfloat16 copy of it;
     vLLM loads its own copy in `rollout.dtype`."""
     if config.rollout.engine == "vllm":
-        return build_engine("vllm", model, tokenizer, dtype=config.rollout.dtype)
+        return build_engine("vllm", model, tokenizer, dtype=config.rollout.dtype, **vllm_options(config))
     if config.model.lora.rank > 0:
         from dapo.models.lora import merged_model
 

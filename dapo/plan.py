@@ -28,7 +28,9 @@ training rank (bytes; P parameters, b bytes per parameter of `model.dtype`, W ra
 With ray.offload=all (FSDP2's CPUOffloadPolicy) the sharded weights, gradients and AdamW moments are in host memory
 (listed apart) and only the gathered units and activations are on the GPU.
 
-Per rollout worker: the weights (P·b in the engine's dtype) and the KV cache, 2·L·kv·d·b_kv per token. A colocated
+Per rollout worker: the weights (P·b in the engine's dtype) and the KV cache, 2·L·kv·d·b_kv per token, both split
+over rollout.tensor_parallel_size GPUs (each holds at least one key/value head), within
+rollout.gpu_memory_utilization of each GPU for vLLM. A colocated
 engine shares its GPU with what the training rank keeps between updates: its sharded weights (none with
 offload=all) and AdamW moments (none with offload=optimizer or all); gradients are freed after each step.
 The fit check is against `trainer.gpu_memory_gb` (90 % of it usable) on a GPU, and nothing is checked on a CPU.
@@ -210,6 +212,8 @@ def make_plan(config: Config) -> Plan:
     gpus = r.gpus_per_worker if ray else (1 if on_gpu else 0)
     where = f"{world} rank(s) x {gpus:g} GPU" if on_gpu or gpus else f"{world} rank(s) on CPU"
     strategy = (r.strategy if ray else "one process") + (f", state sharded {shards} ways" if shards > 1 else "")
+    if ray and r.sequence_parallel > 1:
+        strategy += f", sequence parallel {r.sequence_parallel}"
     plan.lines.append(f"training     {c.trainer.backend}: {where} ({strategy})")
     if ray and r.rollout_workers:
         rollout_gpus = r.gpus_per_worker if r.placement == "colocated" else r.gpus_per_rollout_worker
@@ -277,32 +281,40 @@ def make_plan(config: Config) -> Plan:
 
     # Generation.
     sequence = c.data.max_prompt_length + c.rollout.max_response_length
-    kv_per_token = 2 * layers * kv_heads * head_dim * (2 if c.rollout.dtype == "bfloat16" or param_bytes == 2 else 4)
-    engine_weights = params * (2 if c.rollout.dtype == "bfloat16" or param_bytes == 2 else 4)
+    rollout_bytes = 2 if c.rollout.dtype == "bfloat16" or param_bytes == 2 else 4
+    tp = c.rollout.tensor_parallel_size
+    # vLLM splits the key/value heads over its tensor-parallel ranks, each holding at least one (replicated).
+    kv_per_token = 2 * layers * kv_heads * head_dim * rollout_bytes
+    kv_per_token_a_gpu = 2 * layers * max(1, kv_heads // tp) * head_dim * rollout_bytes
+    engine_weights = params * rollout_bytes
     round_rows = c.data.gen_batch_size * c.rollout.group_size
+    parallel = f", over {tp} GPUs (tensor parallel): {_gb(engine_weights / tp)} a GPU" if tp > 1 else ""
     plan.lines.append(
         f"generation   {c.data.gen_batch_size} prompts x {c.rollout.group_size} = {round_rows:,} responses a round, "
         f"up to {sequence:,} tokens each; KV cache {kv_per_token / 1e3:,.0f} kB a token, "
-        f"{_gb(kv_per_token * sequence)} a full sequence; engine weights {_gb(engine_weights)}"
+        f"{_gb(kv_per_token * sequence)} a full sequence; engine weights {_gb(engine_weights)}{parallel}"
     )
     if on_gpu:
         colocated = ray and r.rollout_workers and r.placement == "colocated"
-        rollout_gpu = r.gpus_per_rollout_worker if ray and r.rollout_workers and not colocated else gpus or 1
         kept = (0.0 if offload == "all" else weights / shards) + (0.0 if offload != "none" else 2 * weights / shards)
         resident = kept if colocated or not (ray and r.rollout_workers) else 0.0
-        free = c.trainer.gpu_memory_gb * rollout_gpu * GB * USABLE_SHARE - engine_weights - resident
-        if free < kv_per_token * sequence:
+        share = c.rollout.gpu_memory_utilization if c.rollout.engine == "vllm" else USABLE_SHARE
+        gpu = c.trainer.gpu_memory_gb * GB
+        # What the engine may take of each of its GPUs: its share, and never what the training rank keeps there.
+        free = min(gpu * share, gpu * USABLE_SHARE - resident) - engine_weights / tp
+        a_sequence = kv_per_token_a_gpu * sequence
+        if free < a_sequence:
             plan.problems.append(
-                f"generation: after the engine's weights ({_gb(engine_weights)})"
+                f"generation: after the engine's weights ({_gb(engine_weights / tp)} a GPU)"
                 + (f" and the training state kept on the GPU ({_gb(resident)})" if resident else "")
                 + f", {_gb(max(free, 0))} is left for the KV cache, less than one {sequence:,}-token sequence "
-                f"({_gb(kv_per_token * sequence)}). Give rollout workers more GPUs (tensor parallelism is not built), "
-                "use ray.placement=split, or shorten the responses."
+                f"({_gb(a_sequence)} a GPU). Split the engine over GPUs (rollout.tensor_parallel_size with "
+                "ray.placement=split), offload the training state (ray.offload), or shorten the responses."
             )
         else:
             plan.lines.append(
-                f"             KV cache room: {_gb(free)} = {int(free // (kv_per_token * sequence)):,} full sequences "
-                "at once per engine"
+                f"             KV cache room: {_gb(free)} a GPU = {int(free // a_sequence):,} full sequences at once "
+                "per engine"
             )
     d, a = c.data, c.actor
     train_tokens = d.train_batch_size * c.rollout.group_size * sequence

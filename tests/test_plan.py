@@ -93,19 +93,43 @@ def test_sequence_parallelism_and_offload_terms_by_hand():
         assert f"KV cache room: {room} GB" in text and "host memory" not in text
 
 
-def test_recipes_are_planned_in_seconds_and_the_paper_run_says_what_is_missing(capsys):
-    for recipe, fits in (
-        ("dapo-qwen2.5-0.5b-gsm8k", True),
-        ("dapo-qwen2.5-math-7b", True),
-        ("dapo-qwen2.5-32b", False),
-    ):
+def test_recipes_are_planned_in_seconds_and_the_paper_run_fits_on_the_paper_hardware(capsys):
+    for recipe in ("dapo-qwen2.5-0.5b-gsm8k", "dapo-qwen2.5-math-7b", "dapo-qwen2.5-32b"):
         code = main(["train", "--preset", "dapo", "--config", str(RECIPES / f"{recipe}.yaml"), "--dry-run"])
         out = capsys.readouterr().out
-        assert code == (0 if fits else 1), out
-        assert "per rank" in out and "tokens/step" in out
-    assert "a training rank needs" not in out  # the 32B run's training side fits: 43.2 GB a rank
-    assert "generation: after the engine's weights (65.5 GB)" in out  # a 32B engine on one GPU does not
-    assert "128 rank(s) x 1 GPU (fsdp2, state sharded 128 ways)" in out
+        assert code == 0, out
+        assert "per rank" in out and "tokens/step" in out and "fits: yes" in out
+    # The 32B run: 64 FSDP2 ranks with sequence parallelism 8 train; 16 engines of 4 GPUs generate: 128 GPUs.
+    assert "64 rank(s) x 1 GPU (fsdp2, state sharded 64 ways, sequence parallel 8)" in out
+    assert "16 vllm worker(s), split, 4 GPU each (total GPUs: 128)" in out
+    assert "(2,816 tokens a micro-batch, 1/8 of 22,528)" in out
+    assert "engine weights 65.5 GB, over 4 GPUs (tensor parallel): 16.4 GB a GPU" in out
+
+
+def test_a_32b_engine_on_one_colocated_gpu_is_refused_with_what_to_change(capsys):
+    """verl's colocated layout with a one-GPU engine: 65.5 GB of weights and the rank's state leave less than one
+    sequence's KV cache (5.9 GB)."""
+    colocated = [
+        "ray.train_workers=128", "ray.sequence_parallel=8", "ray.rollout_workers=128", "ray.placement=colocated",
+        "ray.gpus_per_rollout_worker=0", "rollout.tensor_parallel_size=1",
+    ]  # fmt: skip
+    recipe = str(RECIPES / "dapo-qwen2.5-32b.yaml")
+    assert main(["train", "--preset", "dapo", "--config", recipe, "--dry-run", *colocated]) == 1
+    out = capsys.readouterr().out
+    assert "generation: after the engine's weights (65.5 GB a GPU)" in out and "rollout.tensor_parallel_size" in out
+    assert "a training rank needs" not in out  # the training side fits
+
+
+def test_engine_tensor_parallelism_needs_gpus_of_its_own():
+    from dapo.config import ConfigError
+
+    recipe = RECIPES / "dapo-qwen2.5-32b.yaml"
+    with pytest.raises(ConfigError, match=r"ray\.placement=split"):
+        load_config("dapo", recipe, ["ray.placement=colocated"])
+    with pytest.raises(ConfigError, match=r"ray.gpus_per_rollout_worker.*must equal rollout.tensor_parallel_size"):
+        load_config("dapo", recipe, ["ray.gpus_per_rollout_worker=2"])
+    with pytest.raises(ConfigError, match=r"rollout\.engine=vllm"):
+        load_config("dapo", recipe, ["rollout.engine=builtin"])
 
 
 def test_lora_adapters_are_counted_as_peft_builds_them_and_replace_the_full_gradients():

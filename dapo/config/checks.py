@@ -100,6 +100,7 @@ def _check_choices(c: Config) -> None:
         c.ray.cpus_per_reward_worker >= 0, "ray.cpus_per_reward_worker", "must be ≥ 0", c.ray.cpus_per_reward_worker
     )
     _require(c.ray.max_rollout_restarts >= 0, "ray.max_rollout_restarts", "must be ≥ 0", c.ray.max_rollout_restarts)
+    _check_engine_parallelism(c)
     _one_of("ray.offload", c.ray.offload, ("none", "optimizer", "all"))
     if c.ray.offload == "all":
         _require(c.ray.strategy == "fsdp2", "ray.offload", "all (CPUOffloadPolicy) needs ray.strategy=fsdp2", "all")
@@ -230,6 +231,28 @@ def _check_sampling(c: Config) -> None:
     _require(r.val_temperature >= 0.0, "rollout.val_temperature", "must be ≥ 0 (0 = greedy)", r.val_temperature)
     _require(0.0 < r.val_top_p <= 1.0, "rollout.val_top_p", "must be in (0, 1]", r.val_top_p)
     _require(r.val_n >= 1, "rollout.val_n", "must be ≥ 1", r.val_n)
+
+
+def _check_engine_parallelism(c: Config) -> None:
+    ro, tp = c.rollout, c.rollout.tensor_parallel_size
+    _require(0.0 < ro.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]",
+             ro.gpu_memory_utilization)  # fmt: skip
+    _require(ro.kv_cache_gb >= 0.0, "rollout.kv_cache_gb", "must be ≥ 0 (0 = from gpu_memory_utilization)",
+             ro.kv_cache_gb)  # fmt: skip
+    _require(tp >= 1, "rollout.tensor_parallel_size", "must be ≥ 1", tp)
+    if tp > 1:
+        _require(ro.engine == "vllm", "rollout.tensor_parallel_size", "> 1 needs rollout.engine=vllm", tp)
+        split = c.trainer.backend == "ray" and c.ray.rollout_workers > 0 and c.ray.placement == "split"
+        _require(
+            split, "rollout.tensor_parallel_size",
+            "> 1 needs Ray rollout workers with GPUs of their own: trainer.backend=ray, ray.rollout_workers ≥ 1, "
+            "ray.placement=split (a colocated engine lives in one training rank's bundle, one GPU)", tp,
+        )  # fmt: skip
+        _require(
+            c.ray.gpus_per_rollout_worker == tp, "ray.gpus_per_rollout_worker",
+            f"must equal rollout.tensor_parallel_size ({tp}): the engine's GPUs are its worker's",
+            c.ray.gpus_per_rollout_worker,
+        )  # fmt: skip
 
 
 def _check_optim(c: Config) -> None:

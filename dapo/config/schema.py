@@ -156,6 +156,16 @@ class RolloutConfig:
     """rows (prompt x sample) the built-in engine decodes at once; larger requests (an evaluation of
     thousands of prompts) run in waves of whole prompts. 0 = as many as a quarter of this machine's memory
     holds (KV cache + logits per row)"""
+    tensor_parallel_size: int = 1
+    """GPUs one vLLM engine spans (vLLM tensor parallelism; verl's tensor_model_parallel_size): its weights and
+    KV cache split N ways. N > 1 needs rollout.engine=vllm on Ray rollout workers with ray.placement=split and
+    ray.gpus_per_rollout_worker=N (a worker's bundle holds its engine's GPUs). The dry run counts it"""
+    gpu_memory_utilization: float = 0.9
+    """share of each of its GPUs a vLLM engine may take, its weights included (vLLM's setting); what is left of the
+    share after the weights is its KV cache. Lower it when training ranks share the GPU (verl's DAPO recipe: 0.6)"""
+    kv_cache_gb: float = 0.0
+    """an explicit KV-cache size for vLLM, in GB; 0 = from gpu_memory_utilization on a GPU, 0.25 GB on a CPU
+    (where vLLM needs a size)"""
 
 
 @dataclass

@@ -40,19 +40,29 @@ class RolloutSettings:
     rows_per_wave: int | None  # rollout.max_rows_in_flight (None: K even parts)
     engine_kind: str = "builtin"
     dtype: str = "float32"  # rollout.dtype: the workers' copies
+    vllm_options: tuple[tuple[str, Any], ...] = ()  # context, tensor parallelism, memory: see components.vllm_options
 
 
 class RolloutWorker:
     """One generation actor: an engine over its own copy of the model."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, engine_kind: str, num_threads: int, use_gpu: bool, dtype: str):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        engine_kind: str,
+        num_threads: int,
+        use_gpu: bool,
+        dtype: str,
+        vllm_options: tuple[tuple[str, Any], ...] = (),
+    ):
         from dapo.rollout import build_engine
 
         torch.set_num_threads(max(1, num_threads))
         if use_gpu:
             model = model.to("cuda")
         if engine_kind == "vllm":
-            self.engine = build_engine(engine_kind, model, tokenizer, dtype=dtype)
+            self.engine = build_engine(engine_kind, model, tokenizer, dtype=dtype, **dict(vllm_options))
         else:
             self.engine = build_engine(engine_kind, model.to(getattr(torch, dtype)), tokenizer)
         self.model = model
@@ -102,7 +112,13 @@ class RayRolloutEngine:
             actor.options(
                 num_cpus=cpus, num_gpus=gpus, max_restarts=settings.max_restarts, **in_bundle(pg, index)
             ).remote(
-                model_ref, tokenizer, settings.engine_kind, num_threads, settings.gpus_per_worker > 0, settings.dtype
+                model_ref,
+                tokenizer,
+                settings.engine_kind,
+                num_threads,
+                settings.gpus_per_worker > 0,
+                settings.dtype,
+                settings.vllm_options,
             )
             for pg, index in placement[: settings.workers]
         ]

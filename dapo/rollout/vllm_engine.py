@@ -40,8 +40,12 @@ class VLLMEngine:
         model: a Hugging Face causal LM module, or the path of a saved model directory.
         tokenizer: needed when `model` is a module (it is saved next to the weights).
         dtype: "float32" (log-probs match the trainer's fp32 forward within ~1e-5) or "bfloat16".
-        max_model_len: context length (default: the config's max_position_embeddings, capped at 4096).
-        kv_cache_memory_bytes: KV-cache size; required on the CPU.
+        max_model_len: context length, prompt + response (default: the config's max_position_embeddings, capped
+            at 4096).
+        tensor_parallel_size: devices the engine spans (vLLM's multiprocessing executor when > 1).
+        gpu_memory_utilization: share of each GPU the engine may take, weights included (vLLM's setting).
+        kv_cache_memory_bytes: an explicit KV-cache size; None = from gpu_memory_utilization on a GPU, 256 MiB on a
+            CPU (where vLLM needs a size).
         eos_token_ids / pad_token_id: as for BuiltinEngine (default: tokenizer/generation config).
         llm_kwargs: passed to `vllm.LLM` (e.g. max_num_seqs, enable_prefix_caching).
     """
@@ -55,7 +59,9 @@ class VLLMEngine:
         *,
         dtype: str = "float32",
         max_model_len: int | None = None,
-        kv_cache_memory_bytes: int = 256 << 20,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_memory_bytes: int | None = None,
         enforce_eager: bool = True,
         eos_token_ids: Sequence[int] | None = None,
         pad_token_id: int | None = None,
@@ -96,11 +102,25 @@ class VLLMEngine:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else (self.eos_token_ids or (0,))[0])
         llm_kwargs.setdefault("max_num_seqs", 256)
+        if kv_cache_memory_bytes is None and not torch.cuda.is_available():
+            kv_cache_memory_bytes = 256 << 20
+        if kv_cache_memory_bytes is not None:
+            llm_kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         self.llm = LLM(
             model=str(path), tokenizer=str(path), dtype=dtype, max_model_len=self.max_context, seed=0,
-            enforce_eager=enforce_eager, distributed_executor_backend="uni",
-            kv_cache_memory_bytes=kv_cache_memory_bytes, **llm_kwargs,
+            enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp", **llm_kwargs,
         )  # fmt: skip
+        self.limits = self._limits(tensor_parallel_size)
+        print(f"vllm engine: {self.limits}")
+
+    def _limits(self, tensor_parallel_size: int) -> str:
+        """What the engine got: its context, tensor parallelism and KV cache in tokens (as vLLM reports them)."""
+        cache = getattr(getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
+        blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
+        room = f"KV cache {blocks * block_size:,} tokens" if blocks and block_size else "KV cache size not reported"
+        return f"context {self.max_context:,} tokens, tensor parallel {tensor_parallel_size}, {room}"
 
     # ------------------------------------------------------------------ interface
     def generate(self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
