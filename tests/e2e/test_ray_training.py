@@ -171,6 +171,25 @@ def test_fsdp2_ranks_write_their_own_shards(runs):
     assert 0.8 < rank_0 / rank_1 < 1.25
 
 
+def test_dapo_export_of_a_two_rank_sharded_checkpoint_has_the_trained_logits(runs, base_model_dir, tmp_path):
+    """`dapo export` streams the shards 2 FSDP2 ranks wrote into a Hugging Face directory: it loads with
+    transformers and computes the logits of the base model holding the checkpoint's weights."""
+    from transformers import AutoModelForCausalLM
+
+    from dapo.cli import main
+
+    checkpoint = runs["fsdp2"] / "checkpoints" / "global_step_3"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "hf")]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    trained = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
+    trained.load_state_dict(_saved_weights(checkpoint))
+    ids = torch.randint(0, trained.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, trained(ids).logits, atol=1e-6, rtol=0)
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir).eval()
+        assert not torch.allclose(exported(ids).logits, base(ids).logits)  # it trained
+
+
 def _kill_at_step(trainer: Trainer, step: int, pid: int) -> None:
     """SIGKILL `pid` as the trainer starts `step` (after the previous step's checkpoint): deterministic, whatever the
     machine's speed (a timer after the checkpoint could fire after a fast run had already finished)."""
