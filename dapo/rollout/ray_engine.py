@@ -10,9 +10,14 @@ are ready, with two per worker in flight, for dynamic sampling that stops a roun
 (`algo.dynamic_sampling.stop_when_full`): the driver scores wave w while the workers generate the next ones.
 
 Weights reach the workers through the object store: one `ray.put` (or the ref a training rank returned), which
-every worker reads. A worker that dies is restarted by Ray, up to `ray.max_rollout_restarts` times for the run:
-it gets the current weights again and its waves are generated again, with their seeds, so the tokens do not
-change (counted in `rollout/worker_restarts`). Past that budget the run stops with a `ClusterError`.
+every worker reads. Every push has a version (0: the weights the workers were built with), and every request
+carries the current version and a reference to its weights: a worker holding another version loads them first.
+So a worker Ray brought back while it was idle (with its constructor's step-0 weights) can never sample from
+stale weights unnoticed. A worker that dies, during a request or during a push, is restarted by Ray, up to
+`ray.max_rollout_restarts` times for the run: it gets the current weights again and its waves are generated
+again, with their seeds, so the tokens do not change. Every restart, and every reload a request forced on a
+worker that came back on its own, counts in `rollout/worker_restarts`. Past the budget the run stops with a
+`ClusterError`.
 """
 
 from __future__ import annotations
@@ -66,12 +71,23 @@ class RolloutWorker:
         else:
             self.engine = build_engine(engine_kind, model.to(getattr(torch, dtype)), tokenizer)
         self.model = model
+        self.version = 0  # the weights it was built with
 
-    def generate(self, prompts, n: int, sampling: SamplingParams, seed: int) -> RolloutBatch:
-        return self.engine.generate(prompts, n, sampling, seed)
+    def generate(
+        self, prompts, n: int, sampling: SamplingParams, seed: int, version: int = 0, weights: list | None = None
+    ) -> tuple[RolloutBatch, bool]:
+        """(the batch, whether the worker had to load the weights of `version` first). `weights` holds the
+        reference to them, in a list so that Ray passes the reference and does not fetch the weights every call."""
+        reloaded = version != self.version
+        if reloaded:
+            import ray
 
-    def update_weights(self, weights: dict) -> None:
+            self.update_weights(ray.get(weights[0]), version)
+        return self.engine.generate(prompts, n, sampling, seed), reloaded
+
+    def update_weights(self, weights: dict, version: int = 0) -> None:
         self.engine.update_weights(weights)
+        self.version = version
 
     def pid(self) -> int:
         return os.getpid()
@@ -124,6 +140,7 @@ class RayRolloutEngine:
         ]
         self._model_ref = model_ref  # the constructor's argument: a restart needs it alive
         self._weights = model_ref  # what a restarted worker is given before it generates again
+        self.version = 0  # of the weights pushed last (0: the constructor's)
         self._lives = [0] * len(self.workers)  # restarts so far, per worker
         self._get_all([w.pid.remote() for w in self.workers], "start")
 
@@ -168,8 +185,16 @@ class RayRolloutEngine:
             state = model_or_state_dict
             state = state.state_dict() if isinstance(state, nn.Module) else state
             ref = ray.put(state)
-        self._weights = ref
-        self._get_all([w.update_weights.remote(ref) for w in self.workers], "update_weights")
+        self._weights, self.version = ref, self.version + 1
+        pushes = [(index, w.update_weights.remote(ref, self.version), self._lives[index])
+                  for index, w in enumerate(self.workers)]  # fmt: skip
+        for index, push, life in pushes:
+            try:
+                self.ray.get(push)
+            except self.ray.exceptions.RayTaskError as e:
+                raise e.as_instanceof_cause() from None
+            except (self.ray.exceptions.ActorDiedError, self.ray.exceptions.ActorUnavailableError) as e:
+                self._restart(index, life, e, "during the weight push")  # it comes back with these weights
 
     def reports_logprobs_of(self, module: Any) -> bool:
         """For the module the engine was built from, in float32: the workers hold its weights bit for bit
@@ -188,7 +213,9 @@ class RayRolloutEngine:
     def _submit(self, wave: int, prompts, n, sampling, seed):
         """(ref, the worker's restart count when submitted)."""
         index = wave % len(self.workers)
-        ref = self.workers[index].generate.remote(prompts, n, sampling, wave_seed(seed, wave))
+        ref = self.workers[index].generate.remote(
+            prompts, n, sampling, wave_seed(seed, wave), self.version, [self._weights]
+        )
         return ref, self._lives[index]
 
     def _result(self, wave: int, ref, life: int, prompts, n, sampling, seed) -> RolloutBatch:
@@ -199,28 +226,40 @@ class RayRolloutEngine:
         index = wave % len(self.workers)
         while True:
             try:
-                return ray.get(ref)
+                batch, reloaded = ray.get(ref)
             except ray.exceptions.RayTaskError as e:
                 raise e.as_instanceof_cause() from None
             except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
-                if life == self._lives[index]:  # this death is new: restart the worker
-                    if self.restarts >= self.settings.max_restarts:
-                        raise ClusterError(
-                            f"rollout worker {index} died ({type(e).__name__}) and the restart budget "
-                            f"(ray.max_rollout_restarts={self.settings.max_restarts}) is spent. The last "
-                            "checkpoint is untouched; restart the run with trainer.resume=auto"
-                        ) from None
-                    self.restarts += 1
-                    self._lives[index] += 1
-                    self._wait_restarted(index)
+                self._restart(index, life, e, "during a request")
                 ref, life = self._submit(wave, prompts, n, sampling, seed)
+                continue
+            if reloaded:  # it came back on its own (Ray restarted it while idle) and had to load the weights
+                self._count_restart(index, f"rollout worker {index} held stale weights")
+            return batch
+
+    def _restart(self, index: int, life: int, error: BaseException, when: str) -> None:
+        """Worker `index` died (`life`: its restart count when the failed call was made): once per death, count it
+        against the budget and wait until Ray has brought it back with the current weights."""
+        if life != self._lives[index]:
+            return  # a death already handled (it took several calls with it)
+        self._count_restart(index, f"rollout worker {index} died {when} ({type(error).__name__})")
+        self._wait_restarted(index)
+
+    def _count_restart(self, index: int, what: str) -> None:
+        if self.restarts >= self.settings.max_restarts:
+            raise ClusterError(
+                f"{what} and the restart budget (ray.max_rollout_restarts={self.settings.max_restarts}) is spent. "
+                "The last checkpoint is untouched; restart the run with trainer.resume=auto"
+            ) from None
+        self.restarts += 1
+        self._lives[index] += 1
 
     def _wait_restarted(self, index: int, timeout_s: float = 120.0) -> None:
         ray, worker = self.ray, self.workers[index]
         until = time.monotonic() + timeout_s
         while True:
             try:
-                ray.get(worker.update_weights.remote(self._weights), timeout=timeout_s)
+                ray.get(worker.update_weights.remote(self._weights, self.version), timeout=timeout_s)
                 return
             except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 if time.monotonic() > until:

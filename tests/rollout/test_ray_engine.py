@@ -111,3 +111,54 @@ def test_a_worker_killed_mid_request_is_restarted_and_its_waves_regenerated(ray_
             engine.generate(_request(tok), 4, SAMPLING, seed=5)
     finally:
         engine.close()
+
+
+def _doubled_head(model):
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(2.0)
+    return other
+
+
+def test_a_worker_dead_at_a_weight_push_is_restarted_and_given_the_new_weights(ray_cluster, sharp_model, tok):
+    """Killed just before a push: the push finds it dead (the engine restarts it and pushes again) or lands on the
+    process Ray already brought back; either way it holds the pushed weights, not its constructor's, and the next
+    request samples what a healthy engine samples after the same push."""
+    engine = _engine(sharp_model, tok, 2)
+    try:
+        other = _doubled_head(sharp_model)
+        engine.update_weights(other.state_dict())
+        expected = engine.generate(_request(tok), 4, SAMPLING, seed=9)
+        engine.update_weights(sharp_model.state_dict())
+        os.kill(ray_cluster.get(engine.workers[1].pid.remote()), signal.SIGKILL)
+        engine.update_weights(other.state_dict())
+        restarts = engine.counters()["rollout/worker_restarts"]
+        assert restarts in (0.0, 1.0)
+        assert _same(engine.generate(_request(tok), 4, SAMPLING, seed=9), expected)
+        assert engine.counters()["rollout/worker_restarts"] == restarts  # nothing stale left to reload
+    finally:
+        engine.close()
+
+
+def test_a_worker_ray_restarted_while_idle_reloads_the_weights_before_it_samples(ray_cluster, sharp_model, tok):
+    """Killed after a push, while idle: Ray brings it back with its constructor's (step-0) weights. The next
+    request carries the weights' version, so the worker loads the current ones first (counted as a restart) and
+    the tokens are those of the pushed weights."""
+    engine = _engine(sharp_model, tok, 2)
+    try:
+        engine.update_weights(_doubled_head(sharp_model).state_dict())
+        expected = engine.generate(_request(tok), 4, SAMPLING, seed=4)
+        victim = ray_cluster.get(engine.workers[1].pid.remote())
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until Ray has restarted it, without a call from the engine
+            try:
+                if ray_cluster.get(engine.workers[1].pid.remote(), timeout=5) != victim:
+                    break
+            except Exception:
+                time.sleep(0.2)
+        assert engine.counters() == {"rollout/worker_restarts": 0.0}
+        assert _same(engine.generate(_request(tok), 4, SAMPLING, seed=4), expected)
+        assert engine.counters() == {"rollout/worker_restarts": 1.0}
+    finally:
+        engine.close()
