@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Set by the vllm lane (scripts/test.sh), whose environment has everything its tests need: there a skip is a failure.
+NO_SKIPS = os.environ.get("DAPO_NO_SKIPS") == "1"
+
+
+def _failed_skip(report) -> None:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped in a lane where nothing may be skipped (DAPO_NO_SKIPS=1): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        _failed_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if NO_SKIPS and report.skipped:  # a module skipped whole (pytest.importorskip at its top)
+        _failed_skip(report)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,9 @@ class VLLMEngine:
             CPU (where vLLM needs a size).
         eos_token_ids / pad_token_id: as for BuiltinEngine (default: tokenizer/generation config).
         llm_kwargs: passed to `vllm.LLM` (e.g. max_num_seqs, enable_prefix_caching).
+
+    One engine a process: vLLM keeps its parallel state and its environment (read once, at the first engine) for the
+    whole process, and closing a second engine tears down the first's. A rollout worker holds exactly one.
     """
 
     takes_object_refs = False  # update_weights takes a module or a state dict
@@ -102,8 +105,11 @@ class VLLMEngine:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else (self.eos_token_ids or (0,))[0])
         llm_kwargs.setdefault("max_num_seqs", 256)
-        if kv_cache_memory_bytes is None and not torch.cuda.is_available():
-            kv_cache_memory_bytes = 256 << 20
+        if not torch.cuda.is_available():
+            if kv_cache_memory_bytes is None:
+                kv_cache_memory_bytes = 256 << 20
+            if tensor_parallel_size > 1:  # vLLM's CPU workers each need cores of their own (NUMA binding fails)
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_groups(tensor_parallel_size))
         if kv_cache_memory_bytes is not None:
             llm_kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         self.llm = LLM(
@@ -232,3 +238,14 @@ class VLLMEngine:
             group_index=torch.arange(P).repeat_interleave(n),
             n=n,
         )
+
+
+def _cpu_groups(parts: int) -> str:
+    """This process's cores cut into `parts` contiguous groups, in vLLM's VLLM_CPU_OMP_THREADS_BIND form
+    ("0-3|4-7"); ValueError when there are fewer cores than parts."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < parts:
+        raise ValueError(f"tensor parallelism {parts} on the CPU needs {parts} cores; this process has {len(cores)}")
+    size = len(cores) // parts
+    groups = [cores[i * size : (i + 1) * size] for i in range(parts)]
+    return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)

@@ -19,6 +19,21 @@ pytest.importorskip("vllm", reason="vllm is not installed (optional extra)")
 PROMPTS_TEXT = ("12+30=", "what is 7*6?", "a")
 
 
+def _run_options() -> dict:
+    """The options a run with this config builds its engine with (components.vllm_options): one engine a process
+    (vLLM's parallel state is global to it: closing a second engine breaks the first), so the module's engine is
+    the one a run would build."""
+    from dapo.components import vllm_options
+    from dapo.config import load_config
+
+    overrides = ["rollout.engine=vllm", "data.max_prompt_length=64", "rollout.max_response_length=64",
+                 "rollout.kv_cache_gb=0.05"]  # fmt: skip
+    return {"dtype": "float32", **vllm_options(load_config("cpu_dapo", None, overrides))}
+
+
+_RUN_OPTIONS = _run_options()
+
+
 def _greedy_builtin(model, tok, prompts, k=16):
     engine = BuiltinEngine(model, tok, eos_token_ids=())
     return engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=k), seed=0).response_ids
@@ -30,7 +45,7 @@ def setup(tok, sharp_model):
     free = _greedy_builtin(sharp_model, tok, prompts)[0].tolist()
     # an id that the greedy continuation of prompt 0 first reaches mid-way: "eos" is testable
     eos_id = free[next(j for j in range(3, 16) if free[j] not in free[:j])]
-    engine = build_engine("vllm", sharp_model, tok, eos_token_ids=(eos_id,), max_model_len=128)
+    engine = build_engine("vllm", sharp_model, tok, eos_token_ids=(eos_id,), **_RUN_OPTIONS)
     yield engine, prompts, free, eos_id
     engine.close()
 
@@ -108,3 +123,75 @@ def test_update_weights_then_generation_follows_new_weights(setup, tok, sharp_mo
     back = engine.generate(prompts, 1, sp, seed=0)
     want = BuiltinEngine(sharp_model, tok, eos_token_ids=engine.eos_token_ids).generate(prompts, 1, sp, seed=0)
     assert torch.equal(back.response_ids, want.response_ids)
+
+
+def test_waves_and_counters_as_the_builtin_engine(setup, tok):
+    """The RolloutEngine surface beyond generate: waves of whole prompts, in order, each seeded as the built-in
+    engine seeds it (so a seeded stream is reproducible), and the counters dict."""
+    from dapo.rollout import concat_rollouts
+
+    engine, prompts, _, _ = setup
+    sp = SamplingParams(max_new_tokens=8)
+    waves = list(engine.generate_waves(prompts, 2, sp, seed=6, prompts_per_wave=2))
+    assert [w.num_prompts for w in waves] == [2, 1]
+    again = concat_rollouts(list(engine.generate_waves(prompts, 2, sp, seed=6, prompts_per_wave=2)), tok.pad_token_id)
+    assert torch.equal(concat_rollouts(waves, tok.pad_token_id).response_ids, again.response_ids)
+    assert isinstance(engine.counters(), dict)
+
+
+def test_the_engine_gets_the_runs_context_and_says_what_it_got(setup):
+    """Built as a run builds it: the context is the run's prompt + response length (64 + 64), the KV cache the size
+    asked for (rollout.kv_cache_gb), and the engine reports both."""
+    engine = setup[0]
+    assert _RUN_OPTIONS["max_model_len"] == engine.max_context == 128
+    assert engine.limits.startswith("context 128 tokens, tensor parallel 1, KV cache ")
+    # 0.05 GB over 2·4 layers·2 key/value heads·32·4 bytes = 2,048 bytes a token: about 24,000 tokens
+    tokens = int(engine.limits.rsplit("KV cache ", 1)[1].split()[0].replace(",", ""))
+    assert 20_000 <= tokens <= 25_000
+
+
+_TENSOR_PARALLEL_RUN = """
+import json, sys
+from dapo.rollout import SamplingParams, build_engine
+from transformers import AutoTokenizer
+path, eos_id, prompts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+engine = build_engine("vllm", path, AutoTokenizer.from_pretrained(path), eos_token_ids=(eos_id,), max_model_len=128,
+                      tensor_parallel_size=2)
+greedy = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=12), seed=0)
+sampled = engine.generate(prompts, 2, SamplingParams(max_new_tokens=12), seed=1)
+print("RESULT " + json.dumps({
+    "limits": engine.limits, "greedy": greedy.response_ids.tolist(), "ids": sampled.response_ids.tolist(),
+    "lengths": sampled.response_lengths.tolist(), "groups": sampled.group_index.tolist(),
+    "logprobs": sampled.logprobs.tolist(),
+}))
+engine.close()
+"""
+
+
+def test_tensor_parallel_engine_gives_the_one_engine_tokens_and_the_trainers_logprobs(
+    setup, sharp_model, tok, forward_logprobs, tmp_path
+):
+    """rollout.tensor_parallel_size=2 on vLLM's CPU backend (two worker processes, a core each), in a process of
+    its own as a rollout worker would be (vLLM fixes its environment at the first engine of a process): the same
+    greedy tokens as one engine, and the sampled tokens' log-probs equal to the trainer's forward within 1e-5."""
+    import json
+    import subprocess
+    import sys
+
+    from dapo.models import save_pretrained_pair
+
+    engine, prompts, _, eos_id = setup
+    path = save_pretrained_pair(sharp_model, tok, tmp_path / "model")
+    done = subprocess.run(
+        [sys.executable, "-c", _TENSOR_PARALLEL_RUN, str(path), str(eos_id), json.dumps(prompts)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    got = json.loads(lines[0].removeprefix("RESULT "))
+    assert "tensor parallel 2" in got["limits"]
+    one = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=12), seed=0)
+    assert got["greedy"] == one.response_ids.tolist()
+    for r, (ids, length, group) in enumerate(zip(got["ids"], got["lengths"], got["groups"], strict=True)):
+        want, _ = forward_logprobs(sharp_model, prompts[group], ids[:length])
+        torch.testing.assert_close(torch.tensor(got["logprobs"][r][:length]), want, atol=1e-5, rtol=0)
