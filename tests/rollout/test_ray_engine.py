@@ -17,11 +17,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 SAMPLING = SamplingParams(max_new_tokens=12, temperature=1.0)
 
 
-def _engine(model, tok, workers: int, rows_per_wave: int | None = 8, max_restarts: int = 2):
+def _engine(model, tok, workers: int, rows_per_wave: int | None = 8, max_restarts: int = 2, kind: str = "builtin"):
     from dapo.rollout.ray_engine import RayRolloutEngine, RolloutSettings
 
-    settings = RolloutSettings(workers, 1.0, 0.0, max_restarts, rows_per_wave)
+    vllm = (("max_model_len", 128), ("kv_cache_memory_bytes", 64 << 20)) if kind == "vllm" else ()
+    settings = RolloutSettings(workers, 1.0, 0.0, max_restarts, rows_per_wave, kind, "float32", vllm)
     return RayRolloutEngine(settings, copy.deepcopy(model), tok)
+
+
+# The worker-failure tests run on both engines; vLLM's in the vllm lane (its own environment).
+ENGINES = pytest.mark.parametrize("kind", ["builtin", pytest.param("vllm", marks=pytest.mark.vllm)])
+
+
+def _vllm_if(kind: str) -> None:
+    if kind == "vllm":
+        pytest.importorskip("vllm")
 
 
 def _request(tok):
@@ -120,11 +130,13 @@ def _doubled_head(model):
     return other
 
 
-def test_a_worker_dead_at_a_weight_push_is_restarted_and_given_the_new_weights(ray_cluster, sharp_model, tok):
+@ENGINES
+def test_a_worker_dead_at_a_weight_push_is_restarted_and_given_the_new_weights(ray_cluster, sharp_model, tok, kind):
     """Killed just before a push: the push finds it dead (the engine restarts it and pushes again) or lands on the
     process Ray already brought back; either way it holds the pushed weights, not its constructor's, and the next
     request samples what a healthy engine samples after the same push."""
-    engine = _engine(sharp_model, tok, 2)
+    _vllm_if(kind)
+    engine = _engine(sharp_model, tok, 2, kind=kind)
     try:
         other = _doubled_head(sharp_model)
         engine.update_weights(other.state_dict())
@@ -140,11 +152,13 @@ def test_a_worker_dead_at_a_weight_push_is_restarted_and_given_the_new_weights(r
         engine.close()
 
 
-def test_a_worker_ray_restarted_while_idle_reloads_the_weights_before_it_samples(ray_cluster, sharp_model, tok):
+@ENGINES
+def test_a_worker_ray_restarted_while_idle_reloads_the_weights_before_it_samples(ray_cluster, sharp_model, tok, kind):
     """Killed after a push, while idle: Ray brings it back with its constructor's (step-0) weights. The next
     request carries the weights' version, so the worker loads the current ones first (counted as a restart) and
     the tokens are those of the pushed weights."""
-    engine = _engine(sharp_model, tok, 2)
+    _vllm_if(kind)
+    engine = _engine(sharp_model, tok, 2, kind=kind)
     try:
         engine.update_weights(_doubled_head(sharp_model).state_dict())
         expected = engine.generate(_request(tok), 4, SAMPLING, seed=4)
