@@ -325,9 +325,37 @@ def make_plan(config: Config) -> Plan:
         f"rounds of {round_rows:,} responses, at most {rounds}"
     )
     missing = [f for f in [*d.train_files, *d.val_files] if not Path(f).expanduser().is_file()]
+    plan.lines.extend(validation_lines(c, [f for f in d.val_files if f not in missing]))
     if missing:
         plan.problems.append(f"data files not found (relative paths are from {Path.cwd()}): {', '.join(missing)}")
     return plan
+
+
+def validation_lines(config: Config, files: list[str]) -> list[str]:
+    """What the validation metric is, exactly, for each file: avg@k over how many problems (as the run reads them:
+    data.dedup drops repeated prompts, so a file that repeats each problem k times is k samples of each only when
+    rollout.val_n says so)."""
+    from dapo.data.records import read_dataset
+
+    k, lines = config.rollout.val_n, []
+    for path in files:
+        loaded = read_dataset(
+            path, apply_template=config.data.prompt_template, dedup=config.data.dedup,
+            skip_bad_rows=config.data.skip_bad_rows, default_data_source=config.data.default_data_source,
+        )  # fmt: skip
+        problems = len(loaded.records)
+        if config.data.val_size_per_file is not None:
+            problems = min(problems, config.data.val_size_per_file)
+        repeats = (
+            f", {loaded.num_duplicates_dropped:,} repeated prompts dropped by data.dedup"
+            if loaded.num_duplicates_dropped
+            else ""
+        )
+        lines.append(
+            f"validation   {Path(path).name}: avg@{k} over {problems:,} problems ({k} samples each, "
+            f"{loaded.num_rows:,} rows{repeats})"
+        )
+    return lines
 
 
 def _advice(term: str, c: Config) -> str:

@@ -121,6 +121,12 @@ def test_saved_config_round_trips():
         ("actor.lr=0", "actor.lr"),
         ("algo.dynamic_sampling.stop_when_full=true", r"rollout\.max_rows_in_flight = 0: must be > 0 with algo"),
         ("ray.reward_workers=-1", "ray.reward_workers"),
+        ("ray.rollout_workers=2", r"ray\.rollout_workers = 2: needs trainer\.backend=ray"),  # did nothing before
+        ("ray.reward_workers=1", r"ray\.reward_workers = 1: needs trainer\.backend=ray"),
+        ("ray.sequence_parallel=2 ray.train_workers=3 trainer.backend=ray", "must divide ray.train_workers"),
+        ("ray.offload=all trainer.backend=ray", r"ray\.offload.*needs ray\.strategy=fsdp2"),
+        ("trainer.checkpoint_format=dcp", "trainer.checkpoint_format"),
+        ("rollout.tensor_parallel_size=2", r"needs rollout\.engine=vllm"),
         ("algo.rollout_correction.level=token rollout.temperature=0.7", "needs rollout.temperature = 1"),
         ("data.task=words", "data.task = 'words': must be one of None, arith, arith_chat"),
         ("data.task_level=[1,9]", r"data.task_level = \[1, 9\]: must be a level of \[1, 2, 3, 4, 5\]"),

@@ -106,6 +106,18 @@ def test_recipes_are_planned_in_seconds_and_the_paper_run_fits_on_the_paper_hard
     assert "engine weights 65.5 GB, over 4 GPUs (tensor parallel): 16.4 GB a GPU" in out
 
 
+@pytest.mark.parametrize("recipe", ["dapo-qwen2.5-32b", "dapo-qwen2.5-math-7b"])
+def test_the_paper_recipes_validate_with_avg_at_32_over_the_30_aime_problems(recipe, data_file):
+    """aime-2024.parquet holds each of its 30 problems 32 times; data.dedup keeps 30 and rollout.val_n=32 samples
+    each 32 times: the paper's avg@32, which the dry run names exactly."""
+    data_file("aime-2024.parquet")
+    text = make_plan(load_config("dapo", RECIPES / f"{recipe}.yaml")).text()
+    assert (
+        "validation   aime-2024.parquet: avg@32 over 30 problems (32 samples each, 960 rows, 930 repeated prompts "
+        "dropped by data.dedup)" in text
+    )
+
+
 def test_a_32b_engine_on_one_colocated_gpu_is_refused_with_what_to_change(capsys):
     """verl's colocated layout with a one-GPU engine: 65.5 GB of weights and the rank's state leave less than one
     sequence's KV cache (5.9 GB)."""

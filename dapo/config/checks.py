@@ -101,6 +101,10 @@ def _check_choices(c: Config) -> None:
     )
     _require(c.ray.max_rollout_restarts >= 0, "ray.max_rollout_restarts", "must be ≥ 0", c.ray.max_rollout_restarts)
     _check_engine_parallelism(c)
+    if c.trainer.backend == "local":  # these workers are Ray actors: with the local backend they would do nothing
+        for name in ("rollout_workers", "reward_workers"):
+            value = getattr(c.ray, name)
+            _require(value == 0, f"ray.{name}", "needs trainer.backend=ray (set it, or set this to 0)", value)
     _one_of("ray.offload", c.ray.offload, ("none", "optimizer", "all"))
     if c.ray.offload == "all":
         _require(c.ray.strategy == "fsdp2", "ray.offload", "all (CPUOffloadPolicy) needs ray.strategy=fsdp2", "all")

@@ -51,7 +51,7 @@ def dapo() -> Config:
     )
     c.rollout = RolloutConfig(
         engine="vllm", group_size=16, max_response_length=20480, temperature=1.0, top_p=1.0,
-        val_temperature=1.0, val_top_p=0.7, val_n=1,
+        val_temperature=1.0, val_top_p=0.7, val_n=32,  # AIME 2024 avg@32: 30 problems (deduplicated) x 32 samples
     )  # fmt: skip
     c.algo = AlgoConfig(
         adv_estimator="grpo", clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=10.0, loss_agg_mode="token-mean",

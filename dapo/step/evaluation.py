@@ -137,13 +137,16 @@ def _bar_interval() -> float:
 
 
 def format_eval(metrics: dict[str, float]) -> str:
-    """One line per data source: 'arith: acc@4 41.2% | pass@4 70.0% | maj@4 45.0%'."""
+    """One line per data source, naming the metric exactly: 'arith: avg@4 (24 problems x 4) 41.2% | pass@4 70.0% |
+    maj@4 45.0%'."""
     lines = []
     for key, value in sorted(metrics.items()):
         if key.startswith("val-core/") and "/acc/mean@" in key:
             # Sources may contain "/" (verl's "lighteval/MATH", "HuggingFaceH4/MATH-500"): cut at the ends.
             source, k = key.removeprefix("val-core/").rsplit("/acc/mean@", 1)
-            parts = [f"{source}: avg@{k} {100 * value:.1f}%"]
+            problems = metrics.get(f"val-aux/{source}/num_problems")
+            over = f" ({int(problems):,} problem{'s' if problems != 1 else ''} x {k})" if problems else ""
+            parts = [f"{source}: avg@{k}{over} {100 * value:.1f}%"]
             for name, metric in ((f"pass@{k}", f"acc/pass@{k}"), (f"maj@{k}", f"acc/maj@{k}"),
                                  (f"lenient avg@{k}", f"lenient_acc/mean@{k}")):  # fmt: skip
                 aux = metrics.get(f"val-aux/{source}/{metric}")

@@ -188,8 +188,8 @@ def test_evaluate_hand_computed_metrics_per_source():
     # A data source with "/" in its name (verl's "lighteval/MATH") used to print as "lighteval" without
     # pass@k and maj@k (the source was cut at the first "/").
     assert format_eval(metrics).splitlines() == [
-        "arith: avg@4 37.5% | pass@4 100.0% | maj@4 50.0% | lenient avg@4 37.5%",
-        "lighteval/MATH: avg@4 0.0% | pass@4 0.0% | maj@4 0.0% | lenient avg@4 0.0%",
+        "arith: avg@4 (2 problems x 4) 37.5% | pass@4 100.0% | maj@4 50.0% | lenient avg@4 37.5%",
+        "lighteval/MATH: avg@4 (1 problem x 4) 0.0% | pass@4 0.0% | maj@4 0.0% | lenient avg@4 0.0%",
     ]
 
 
@@ -223,7 +223,7 @@ def test_the_lenient_accuracy_counts_the_last_number_whatever_the_format():
 def test_format_eval_with_one_sample_has_no_maj():
     # n = 1: pass@1 is the accuracy and maj@1 is not computed
     metrics = {"val-core/x/acc/mean@1": 0.25, "val-aux/x/acc/pass@1": 0.25, "val-aux/x/num_problems": 4.0}
-    assert format_eval(metrics) == "x: avg@1 25.0% | pass@1 25.0%"
+    assert format_eval(metrics) == "x: avg@1 (4 problems x 1) 25.0% | pass@1 25.0%"
 
 
 class _PerPromptEngine(_FixedEngine):
