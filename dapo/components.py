@@ -265,6 +265,7 @@ def vllm_options(config: Config) -> dict:
         "tensor_parallel_size": ro.tensor_parallel_size,
         "gpu_memory_utilization": ro.gpu_memory_utilization,
         "kv_cache_memory_bytes": int(ro.kv_cache_gb * 1e9) or None,
+        "sleep_mode": ro.sleep_level > 0,
     }
 
 

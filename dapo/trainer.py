@@ -31,6 +31,7 @@ from dapo.components import Components, build_components
 from dapo.config import Config, ConfigError, config_diff
 from dapo.errors import DapoError
 from dapo.metrics import MetricsLogger, ProgressView, Timer, stats_dict
+from dapo.rollout.lifecycle import EngineLifecycle
 from dapo.step.advantages import behaviour_logprobs, with_advantages
 from dapo.step.evaluation import evaluate, format_eval
 from dapo.step.groups import ScoredGroup, build_train_batch
@@ -71,6 +72,7 @@ class Trainer:
         self.policy: PolicyWorkers = parts.policy
         self.critic: CriticWorkers | None = parts.critic
         self.counters = Counters(kl_reward_coef=config.algo.kl_reward_coef)
+        self.lifecycle = EngineLifecycle(self.engine, config.rollout.sleep_level, self.policy.release_cached_memory)
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=config.trainer.keep_last)
         self.num_params = self.policy.num_parameters()
         # The peak of the dtype the update's matmuls run in, where they run (the ranks, on Ray).
@@ -120,6 +122,7 @@ class Trainer:
         with timer("step"):
             # 1-2. Sample, score, and keep informative groups until the batch is full (DAPO Alg. 1, lines 3-7).
             groups, metrics = self.sampling.collect(step, self.rounds.draw(step, timer))
+            self.lifecycle.after_generation()  # a colocated engine sleeps while the ranks train
             batch = build_train_batch(
                 groups, self.tokenizer.pad_token_id, cfg.algo.overlong.filter, parts.rollout_logprobs_usable
             )
@@ -135,9 +138,9 @@ class Trainer:
             metrics.update(adv_metrics)
             # 5. Policy (and critic) updates: mini-batches of whole groups, exact loss aggregation.
             tokens_computed = self._update(step, batch, timer, metrics)
-            # 6. New weights reach the rollout engine (free when it shares the trainer's module).
+            # 6. New weights reach the rollout engine (free when it shares the trainer's module), waking it.
             with timer("update_weights"):
-                self.policy.push_weights(self.engine)
+                self.lifecycle.push(self.policy)
         metrics.update(self._data_metrics(groups, batch))
         metrics.update(self.engine.counters())
         metrics.update({f"timing_s/{k}": v for k, v in timer.seconds.items()})
@@ -274,7 +277,7 @@ class Trainer:
         self.sampling.load_state_dict(state["dynamic_sampling"])
         self.counters = Counters(**state["counters"])
         restore_rng_state(state["rng"])
-        self.policy.push_weights(self.engine)
+        self.lifecycle.push(self.policy)
         self.say(f"resumed from step {step} ({self.checkpoints.step_dir(step)})")
         return step
 

@@ -244,6 +244,9 @@ def _check_engine_parallelism(c: Config) -> None:
     _require(ro.kv_cache_gb >= 0.0, "rollout.kv_cache_gb", "must be ≥ 0 (0 = from gpu_memory_utilization)",
              ro.kv_cache_gb)  # fmt: skip
     _require(tp >= 1, "rollout.tensor_parallel_size", "must be ≥ 1", tp)
+    _require(ro.sleep_level in (0, 1, 2), "rollout.sleep_level", "must be 0, 1 or 2", ro.sleep_level)
+    if ro.sleep_level:  # the built-in engine holds nothing of its own to give back
+        _require(ro.engine == "vllm", "rollout.sleep_level", "> 0 needs rollout.engine=vllm", ro.sleep_level)
     if tp > 1:
         _require(ro.engine == "vllm", "rollout.tensor_parallel_size", "> 1 needs rollout.engine=vllm", tp)
         split = c.trainer.backend == "ray" and c.ray.rollout_workers > 0 and c.ray.placement == "split"

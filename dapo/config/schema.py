@@ -163,6 +163,10 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.9
     """share of each of its GPUs a vLLM engine may take, its weights included (vLLM's setting); what is left of the
     share after the weights is its KV cache. Lower it when training ranks share the GPU (verl's DAPO recipe: 0.6)"""
+    sleep_level: int = 0
+    """put the vLLM engine to sleep while the ranks train, for a colocated engine sharing their GPUs: 0 never | 1
+    (weights to host memory, KV cache dropped) | 2 (both dropped; the push brings the weights). It wakes the weights,
+    takes the push, lets the ranks free their cached memory, then wakes the KV cache (rollout.lifecycle)"""
     kv_cache_gb: float = 0.0
     """an explicit KV-cache size for vLLM, in GB; 0 = from gpu_memory_utilization on a GPU, 0.25 GB on a CPU
     (where vLLM needs a size)"""

@@ -143,6 +143,16 @@ class RolloutEngine(Protocol):
 
     def update_weights(self, model_or_state_dict: Any) -> None: ...
 
+    def sleep(self, level: int) -> None:
+        """Give the device memory back while the training ranks use it (level 1: weights to host memory, KV cache
+        dropped; 2: both dropped). A no-op for an engine that holds nothing of its own there."""
+        ...
+
+    def wake_up(self, tags: Sequence[str]) -> None:
+        """Take back what `sleep` gave: "weights" and/or "kv_cache" (`rollout.lifecycle` says in which order).
+        Waking the KV cache also forgets the cached prompt prefixes."""
+        ...
+
     def reports_logprobs_of(self, module: Any) -> bool:
         """Are the log-probs this engine returns `module`'s own float32 log-probs, computed by `module` itself
         (so that, at temperature 1, they can stand for a recomputing pass)?"""

@@ -166,6 +166,12 @@ class BuiltinEngine:
     def counters(self) -> dict[str, float]:
         return {}
 
+    def sleep(self, level: int) -> None:
+        pass  # its weights are the trainer's module (or a copy the push refreshes); its KV cache lives per request
+
+    def wake_up(self, tags) -> None:
+        pass
+
     def close(self) -> None:
         self._stop_tables.clear()
 

@@ -89,6 +89,10 @@ class RolloutWorker:
         self.engine.update_weights(weights)
         self.version = version
 
+    def call(self, method: str, *args) -> None:
+        """An engine method without a result (sleep, wake_up)."""
+        getattr(self.engine, method)(*args)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -204,6 +208,12 @@ class RayRolloutEngine:
 
     def counters(self) -> dict[str, float]:
         return {"rollout/worker_restarts": float(self.restarts)}
+
+    def sleep(self, level: int) -> None:
+        self._get_all([w.call.remote("sleep", level) for w in self.workers], "sleep")
+
+    def wake_up(self, tags) -> None:
+        self._get_all([w.call.remote("wake_up", tuple(tags)) for w in self.workers], "wake_up")
 
     def close(self) -> None:
         release(self.workers, self.own_pg)

@@ -46,6 +46,8 @@ class VLLMEngine:
         gpu_memory_utilization: share of each GPU the engine may take, weights included (vLLM's setting).
         kv_cache_memory_bytes: an explicit KV-cache size; None = from gpu_memory_utilization on a GPU, 256 MiB on a
             CPU (where vLLM needs a size).
+        sleep_mode: the engine will be put to sleep between generations (rollout.sleep_level > 0); on a GPU vLLM
+            must be told at start (on a CPU its sleep changes nothing).
         eos_token_ids / pad_token_id: as for BuiltinEngine (default: tokenizer/generation config).
         llm_kwargs: passed to `vllm.LLM` (e.g. max_num_seqs, enable_prefix_caching).
 
@@ -65,6 +67,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.9,
         kv_cache_memory_bytes: int | None = None,
+        sleep_mode: bool = False,
         enforce_eager: bool = True,
         eos_token_ids: Sequence[int] | None = None,
         pad_token_id: int | None = None,
@@ -105,6 +108,8 @@ class VLLMEngine:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else (self.eos_token_ids or (0,))[0])
         llm_kwargs.setdefault("max_num_seqs", 256)
+        if sleep_mode and torch.cuda.is_available():  # sleep/wake_up free GPU memory only if asked at start
+            llm_kwargs["enable_sleep_mode"] = True
         if not torch.cuda.is_available():
             if kv_cache_memory_bytes is None:
                 kv_cache_memory_bytes = 256 << 20
@@ -167,6 +172,14 @@ class VLLMEngine:
 
     def counters(self) -> dict[str, float]:
         return {}
+
+    def sleep(self, level: int) -> None:
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags) -> None:
+        self.llm.wake_up(tags=list(tags))
+        if "kv_cache" in tags:
+            self.llm.reset_prefix_cache()  # prefixes cached before the push hold the old weights' keys and values
 
     def close(self) -> None:
         self.llm = None

@@ -190,6 +190,11 @@ class PolicyWorkers(Protocol):
         """The policy as a Hugging Face model directory."""
         ...
 
+    def release_cached_memory(self) -> None:
+        """Return the device allocator's cached blocks (after an update) to the device, where the ranks run, so that
+        a colocated engine can take them."""
+        ...
+
     def close(self) -> None:
         """Release what the workers hold (processes, a cluster); a no-op in one process."""
         ...

@@ -225,6 +225,10 @@ class PolicyWorker:
             and engine.reports_logprobs_of(self.model)
         )
 
+    def release_cached_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())  # a DTensor shard counts its whole tensor
 

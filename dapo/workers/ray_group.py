@@ -281,6 +281,9 @@ class RayPolicyWorkers:
         # trainer.num_threads says nothing of where the update runs.
         return self.group.run("policy", "matmul_peak_flops", dtype, reply=False)[0]
 
+    def release_cached_memory(self) -> None:
+        self.group.run("policy", "release_cached_memory")
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.rollout_model.parameters())
 

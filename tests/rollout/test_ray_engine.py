@@ -85,6 +85,14 @@ def test_waves_streamed_in_order_are_the_request_and_a_stream_closed_early_leave
     assert _same(two_workers.generate(_request(tok), 4, SAMPLING, seed=5), whole)
 
 
+def test_the_workers_sleep_and_wake_and_sample_as_before(two_workers, tok):
+    before = two_workers.generate(_request(tok), 4, SAMPLING, seed=2)
+    two_workers.sleep(2)
+    two_workers.wake_up(("weights",))
+    two_workers.wake_up(("kv_cache",))
+    assert _same(two_workers.generate(_request(tok), 4, SAMPLING, seed=2), before)
+
+
 def test_weights_pushed_to_the_workers_change_what_they_sample(two_workers, sharp_model, tok):
     before = two_workers.generate(_request(tok), 4, SAMPLING, seed=3)
     other = copy.deepcopy(sharp_model)

@@ -195,3 +195,15 @@ def test_tensor_parallel_engine_gives_the_one_engine_tokens_and_the_trainers_log
     for r, (ids, length, group) in enumerate(zip(got["ids"], got["lengths"], got["groups"], strict=True)):
         want, _ = forward_logprobs(sharp_model, prompts[group], ids[:length])
         torch.testing.assert_close(torch.tensor(got["logprobs"][r][:length]), want, atol=1e-5, rtol=0)
+
+
+def test_sleep_and_wake_keep_the_engine_generating_the_same(setup):
+    """On a CPU vLLM's sleep and wake free nothing (it logs so), but the lifecycle calls them every step: the
+    engine must come back generating exactly what it generated before."""
+    engine, prompts, _, _ = setup
+    sp = SamplingParams(max_new_tokens=10)
+    before = engine.generate(prompts, 2, sp, seed=8)
+    engine.sleep(1)
+    engine.wake_up(("weights",))
+    engine.wake_up(("kv_cache",))
+    assert torch.equal(engine.generate(prompts, 2, sp, seed=8).response_ids, before.response_ids)
