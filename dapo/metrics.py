@@ -88,18 +88,27 @@ class Timer:
 
 
 def measure_matmul_peak(
-    num_threads: int, size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32
+    num_threads: int,
+    size: int | None = None,
+    repeats: int = 5,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> float:
-    """Achievable matmul FLOP/s in `dtype` on this machine now (the MFU denominator), median of a few runs."""
+    """Achievable matmul FLOP/s in `dtype` on `device` now (the MFU denominator), median of a few runs: 1024² on a
+    CPU (with `num_threads`), 8192² on a GPU, where smaller products do not fill the device."""
+    size = size or (1024 if device == "cpu" else 8192)
     previous = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     gen = torch.Generator().manual_seed(0)  # a private generator: the run's RNG stream stays untouched
-    a, b = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
+    a, b = (torch.randn(size, size, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     torch.mm(a, b)  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         times.append(time.perf_counter() - start)
     torch.set_num_threads(previous)
     return 2.0 * size**3 / statistics.median(times)

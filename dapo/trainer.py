@@ -188,10 +188,8 @@ class Trainer:
             "perf/total_num_tokens": tokens,
             "perf/time_per_step": step_s,
             "perf/throughput": tokens / step_s if step_s > 0 else float("nan"),
-            # MFU against the CPU matmul peak measured at start; not meaningful on a GPU, so NaN there.
-            "perf/mfu/actor": (update_flops / update_s / self.peak_flops)
-            if update_s > 0 and self.cfg.trainer.device == "cpu"
-            else float("nan"),
+            # MFU against the matmul peak measured at start where the update runs (its device and dtype).
+            "perf/mfu/actor": (update_flops / update_s / self.peak_flops) if update_s > 0 else float("nan"),
         }
 
     # ------------------------------------------------------------------------------------ 7. evaluation

@@ -6,7 +6,8 @@
 #   scripts/test.sh --lane L     one lane: fast | slow | ray | vllm
 #
 # A lane is a marker expression (pyproject.toml): a test marked `slow`, `ray` or `vllm` belongs to that lane,
-# every other test to the fast lane. Other arguments go to pytest, e.g. `scripts/test.sh tests/algo -x`.
+# every other test to the fast lane; `cuda` tests need a GPU and run in scripts/gpu_check.sh only. Other arguments
+# go to pytest, e.g. `scripts/test.sh tests/algo -x`.
 # The vllm lane runs in its own environment, .venv-vllm (scripts/setup_vllm.sh: vLLM's CPU build pins its own torch
 # and transformers), and there no test may be skipped: a missing vLLM is a failure, not a skip.
 set -euo pipefail
@@ -24,11 +25,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$lane" in
-    fast) markers="not slow and not ray and not vllm" ;;
-    slow) markers="slow and not ray and not vllm" ;;
-    ray) markers="ray and not vllm" ;;
+    fast) markers="not slow and not ray and not vllm and not cuda" ;;
+    slow) markers="slow and not ray and not vllm and not cuda" ;;
+    ray) markers="ray and not vllm and not cuda" ;;
     vllm) markers="vllm" ;;
-    all) markers="not vllm" ;;
+    all) markers="not vllm and not cuda" ;;
     *) echo "scripts/test.sh: unknown lane '$lane'; use fast, slow, ray, vllm or --all" >&2; exit 2 ;;
 esac
 

@@ -30,6 +30,7 @@ SIZES: dict[str, TinySize] = {
     "1m": TinySize(hidden=128, layers=4, heads=4, kv_heads=2, intermediate=512),  # 0.98M
     "5m": TinySize(hidden=256, layers=6, heads=4, kv_heads=2, intermediate=768),  # 4.7M
     "20m": TinySize(hidden=512, layers=8, heads=8, kv_heads=4, intermediate=1024),  # 18.9M
+    "100m": TinySize(hidden=768, layers=12, heads=12, kv_heads=4, intermediate=3072),  # 103.9M (the GPU check)
 }
 
 

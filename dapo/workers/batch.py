@@ -17,7 +17,8 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class TrainBatch:
-    """B responses (P groups of G) ready for the policy/critic workers. All tensors on the CPU.
+    """B responses (P groups of G) ready for the policy/critic workers. On the CPU, where the trainer builds it;
+    the workers move each micro-batch to the model's device (`to`) for its passes.
 
     Shapes: Tp = prompt width (left-padded), T = response width (right-padded).
     """
@@ -65,6 +66,15 @@ class TrainBatch:
 
     def replace(self, **changes) -> TrainBatch:
         return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """Every tensor on `device` (the same batch when they already are)."""
+        moved = {
+            f.name: value.to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(value := getattr(self, f.name), Tensor) and value.device != torch.device(device)
+        }
+        return dataclasses.replace(self, **moved) if moved else self
 
     def select(self, rows: Tensor) -> TrainBatch:
         """The sub-batch of the given row indices, with all-padding columns trimmed (they cost compute)."""

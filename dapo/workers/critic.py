@@ -69,6 +69,10 @@ class CriticWorker:
             values = self.model(micro.input_ids, micro.attention_mask.long(), position_ids(micro.attention_mask))
         return response_columns(values, micro.prompt_width, micro.response_ids.shape[1])
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def compute_values(self, batch: TrainBatch) -> Tensor:
         """(B, T) values at every generated token; with several ranks each fills its own rows (zeros elsewhere)."""
@@ -76,9 +80,9 @@ class CriticWorker:
         values = torch.zeros(batch.response_mask.shape)
         everything = torch.arange(batch.num_rows)
         for rows, scale in passes(self.dp, self.forward, batch, everything, self.settings.micro_batch_max_tokens):
-            v = self.trainable(batch.select(rows))
+            v = self.trainable(batch.select(rows).to(self.device))
             if scale:
-                values[rows, : v.shape[1]] = v
+                values[rows, : v.shape[1]] = v.cpu()
         self.dp.after_forward_only(self.trainable)
         return values * batch.generated_mask
 
@@ -98,12 +102,12 @@ class CriticWorker:
         losses = [0.0]
 
         def loss_of(micro_rows: Tensor, scale: float) -> Tensor:
-            micro = batch.select(micro_rows)
+            micro = batch.select(micro_rows).to(self.device)
             loss, clipped = algo.clipped_value_loss(
                 self.trainable(micro), micro.old_values, micro.returns, self.settings.value_clip,
                 mask=micro.response_mask,
             )  # fmt: skip
-            total = algo.weighted_token_sum(loss, micro.response_mask, weights[micro_rows] * scale)
+            total = algo.weighted_token_sum(loss, micro.response_mask, (weights[micro_rows] * scale).to(self.device))
             losses[0] += float(total.detach())
             stats.add_masked("critic/vf_clipfrac", clipped, micro.response_mask * scale)
             return total

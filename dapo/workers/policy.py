@@ -81,14 +81,14 @@ class PolicyWorker:
         entropy = torch.zeros(batch.response_mask.shape)
         everything = torch.arange(batch.num_rows)
         for rows, scale in passes(self.dp, forward, batch, everything, self.micro_batch_max_tokens):
-            micro = batch.select(rows)
+            micro = batch.select(rows).to(self.device)
             micro_logprobs, micro_entropy = logprobs_of(micro, with_entropy=with_entropy)  # entropy only if asked
             if scale == 0:
                 continue  # a pass that only keeps the ranks in step
             width = micro_logprobs.shape[1]
-            logprobs[rows, :width] = micro_logprobs
+            logprobs[rows, :width] = micro_logprobs.cpu()
             if with_entropy:
-                entropy[rows, :width] = micro_entropy
+                entropy[rows, :width] = micro_entropy.cpu()
         model.train(was_training)
         if not reference:
             self.dp.after_forward_only(self.trainable)
@@ -140,8 +140,9 @@ class PolicyWorker:
         losses = [0.0, 0.0]  # this rank's part of the mini-batch's policy-gradient loss and total loss
 
         def loss_of(micro_rows: Tensor, scale: float) -> Tensor:
-            micro = batch.select(micro_rows)
-            pg_loss, total = self._micro_loss(micro, weights[micro_rows] * scale, scale, params, stats)
+            micro = batch.select(micro_rows).to(self.device)
+            micro_weights = (weights[micro_rows] * scale).to(self.device)
+            pg_loss, total = self._micro_loss(micro, micro_weights, scale, params, stats)
             losses[0] += float(pg_loss.detach())
             losses[1] += float(total.detach())
             return total
@@ -203,6 +204,11 @@ class PolicyWorker:
         return pg_total, total
 
     @property
+    def device(self) -> torch.device:
+        """Where the model computes; the batch stays on the CPU and each micro-batch is moved here."""
+        return next(self.model.parameters()).device
+
+    @property
     def has_reference(self) -> bool:
         return self.reference is not None
 
@@ -234,7 +240,8 @@ class PolicyWorker:
 
     def matmul_peak_flops(self, dtype: torch.dtype) -> float:
         """This process's matmul peak with its own thread count; the sum over ranks on several."""
-        return self.dp.sum_over_processes([measure_matmul_peak(torch.get_num_threads(), dtype=dtype)])[0]
+        peak = measure_matmul_peak(torch.get_num_threads(), dtype=dtype, device=self.device.type)
+        return self.dp.sum_over_processes([peak])[0]
 
     def full_weights(self) -> dict[str, Tensor]:
         """The policy's weights, unsharded (with several ranks: a collective, every rank must call it)."""

@@ -51,7 +51,7 @@ def test_chat_template_renders(tok):
 def test_tiny_sizes_and_determinism(tok):
     counts = {s: num_parameters(build_tiny_model(tok, s), exclude_embeddings=True) for s in ("1m", "5m")}
     assert 0.8e6 < counts["1m"] < 1.2e6 and 4e6 < counts["5m"] < 6e6
-    assert set(SIZES) == {"1m", "5m", "20m"}
+    assert set(SIZES) == {"1m", "5m", "20m", "100m"}
     state = torch.random.get_rng_state()
     a, b = build_tiny_model(tok, "1m", seed=3), build_tiny_model(tok, "1m", seed=3)
     assert torch.equal(torch.random.get_rng_state(), state), "building a model must not move the global RNG"
