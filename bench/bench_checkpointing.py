@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 from _record import write_record
-from bench_forward import make_batch
+from bench_forward import update_batch
 
-from dapo import algo
 from dapo.metrics import measure_activation_memory
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.plan import activation_bytes, head_bytes
 from dapo.workers.base import OptimParams, PolicyLossParams, PolicySettings
-from dapo.workers.batch import batch_from_prompts, forward_tokens
+from dapo.workers.batch import forward_tokens
 from dapo.workers.policy import PolicyWorker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,12 +51,7 @@ def _memory(worker: PolicyWorker, batch) -> tuple[float, float]:
 def bench(size: str, repeats: int) -> dict:
     model = build_tiny_model(build_char_tokenizer(), size, arch="llama")
     c = model.config
-    prompts, row_prompt, responses, lengths = make_batch(c.vocab_size, (21, 21))
-    batch = batch_from_prompts(prompts, row_prompt, responses, lengths)
-    rewards = torch.randint(0, 2, (8, 8), generator=torch.Generator().manual_seed(0)).float()
-    batch = batch.replace(
-        advantages=algo.broadcast_to_tokens(algo.grpo_advantages(rewards).reshape(-1), batch.response_mask)
-    )
+    batch = update_batch(c.vocab_size)
     workers = {
         name: PolicyWorker(
             copy.deepcopy(model),

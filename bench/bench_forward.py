@@ -37,6 +37,17 @@ def make_batch(vocab: int, prompt_range: tuple[int, int], seed: int = 0):
     return prompts, row_prompt, responses, lengths
 
 
+def update_batch(vocab: int):
+    """`make_batch`'s 8 x 8 responses after 21-token prompts as a TrainBatch with GRPO advantages of random 0/1
+    rewards: the workload of the update benchmarks (checkpointing, precision, mechanisms)."""
+    from dapo import algo
+
+    batch = batch_from_prompts(*make_batch(vocab, (21, 21)))
+    rewards = torch.randint(0, 2, (GROUPS, PER_GROUP), generator=torch.Generator().manual_seed(0)).float()
+    advantages = algo.broadcast_to_tokens(algo.grpo_advantages(rewards).reshape(-1), batch.response_mask)
+    return batch.replace(advantages=advantages)
+
+
 def bench(size: str, prompt_range: tuple[int, int], repeats: int) -> dict:
     tok = build_char_tokenizer()
     model = build_tiny_model(tok, size, arch="llama").train()

@@ -38,12 +38,11 @@ from pathlib import Path
 
 import torch
 from _record import write_record
-from bench_forward import make_batch
+from bench_forward import update_batch
 
-from dapo import algo
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.workers.base import OptimParams, PolicyLossParams, PolicySettings
-from dapo.workers.batch import batch_from_prompts, epochs_of_mini_batches, forward_tokens
+from dapo.workers.batch import epochs_of_mini_batches, forward_tokens
 from dapo.workers.forward import passes
 from dapo.workers.policy import PolicyWorker
 
@@ -147,12 +146,7 @@ class TwoRanks:
 
 def bench(size: str, repeats: int) -> dict:
     model = build_tiny_model(build_char_tokenizer(), size, arch="llama")
-    prompts, row_prompt, responses, lengths = make_batch(model.config.vocab_size, (21, 21))
-    batch = batch_from_prompts(prompts, row_prompt, responses, lengths)
-    rewards = torch.randint(0, 2, (8, 8), generator=torch.Generator().manual_seed(0)).float()
-    batch = batch.replace(
-        advantages=algo.broadcast_to_tokens(algo.grpo_advantages(rewards).reshape(-1), batch.response_mask)
-    )
+    batch = update_batch(model.config.vocab_size)
     runners = {}
     for name, (ranks, strategy, checkpointing, sequence_parallel, offload) in CONFIGS.items():
         settings = PolicySettings(OPTIM, micro_batch_max_tokens=4096, activation_checkpointing=checkpointing)
