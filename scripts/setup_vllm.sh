@@ -26,10 +26,11 @@ if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
     "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec
 fi
 
-STAMP="$VENV/.dapo-installed"
+EXTRAS="dev,ray,lora"  # every test module imports here, so the lane's collection skips none
+STAMP="$VENV/.dapo-installed-$EXTRAS"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-    echo "[setup-vllm] installing dapo-rl with extras [dev,ray]"
-    "${PIP[@]}" install -e ".[dev,ray]"
+    echo "[setup-vllm] installing dapo-rl with extras [$EXTRAS]"
+    "${PIP[@]}" install -e ".[$EXTRAS]"
     touch "$STAMP"
 fi
 "$VENV/bin/python" -c "import vllm, torch; print(f'[setup-vllm] vllm {vllm.__version__}, torch {torch.__version__}')"

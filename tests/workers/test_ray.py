@@ -84,6 +84,19 @@ def _fresh(model, policy: bool = True):
     return PolicyWorker(m, POLICY) if policy else CriticWorker(m, CRITIC)
 
 
+def _group_holding_the_local_state(model, settings, policy=POLICY, critic=CRITIC):
+    """A Ray worker group built with `settings`, its policy and critic loaded with fresh one-process workers' state:
+    (group, its critic workers, the local policy, the local critic)."""
+    from dapo.workers.ray_group import RayCriticWorkers, RayTrainGroup
+
+    group = RayTrainGroup(settings, copy.deepcopy(model), policy, critic, say=lambda _: None)
+    local, local_critic = _fresh(model), _fresh(model, policy=False)
+    group.run("policy", "load_state_dict", local.state_dict())
+    critics = RayCriticWorkers(group)
+    critics.load_state_dict(local_critic.state_dict())
+    return group, critics, local, local_critic
+
+
 @pytest.mark.parametrize("mode", EXACT_AGGREGATION_MODES)
 def test_two_ranks_update_like_one_process(two_ranks, model, mode):
     """Every aggregation mode, a KL and an entropy term, the sequence-level rollout correction, two epochs of
@@ -119,21 +132,17 @@ def test_two_ranks_compute_the_log_probs_of_one_process(two_ranks, model):
 
 def test_fsdp2_ranks_with_activation_checkpointing_update_like_one_process_without(ray_cluster, model):
     """Checkpointing inside the pass FSDP2 wraps (policy and critic): the one-process update, not recomputed."""
-    from dapo.workers.ray_group import RayCriticWorkers, RaySettings, RayTrainGroup
+    from dapo.workers.ray_group import RaySettings
 
     recomputing = (
         dataclasses.replace(POLICY, activation_checkpointing=True),
         dataclasses.replace(CRITIC, activation_checkpointing=True),
     )
-    group = RayTrainGroup(RaySettings("", 2, 1.0, 0.0, "fsdp2", 60.0, 60.0), copy.deepcopy(model), *recomputing,
-                          say=lambda _: None)  # fmt: skip
+    settings = RaySettings("", 2, 1.0, 0.0, "fsdp2", 60.0, 60.0)
+    group, critic, local, local_critic = _group_holding_the_local_state(model, settings, *recomputing)
     try:
         batch = _train_batch(model, seed=5)
         loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, "token-mean", 7.0, 0.01, "k3", 0.001)
-        local, local_critic = _fresh(model), _fresh(model, policy=False)
-        group.run("policy", "load_state_dict", local.state_dict())
-        critic = RayCriticWorkers(group)
-        critic.load_state_dict(local_critic.state_dict())
         expected, got = local.update(batch, loss, 2, 1, None), group.run("policy", "update", batch, loss, 2, 1, None)
         assert _max_difference(group.run("policy", "full_weights", reply=False)[0], local.full_weights()) < 1e-6
         assert got[0].metrics["actor/pg_loss"] == pytest.approx(expected.metrics["actor/pg_loss"], rel=1e-5)
@@ -287,7 +296,7 @@ def test_sequence_parallel_ranks_split_the_tokens_and_update_like_one_process(
     key/value heads are repeated to 4. The policy update (KL and entropy terms, two epochs of shuffled mini-batches
     of 2 groups and 1, so a data group has no row of its own once), the log-probs and the critic are the one
     process's; each rank's blocks see 1/N of the packed tokens (SP is no silent no-op)."""
-    from dapo.workers.ray_group import RayCriticWorkers, RayPolicyWorkers, RaySettings, RayTrainGroup
+    from dapo.workers.ray_group import RayPolicyWorkers, RaySettings
 
     def _tokens_each_block_sees(rank, batch):  # runs on a rank (defined here: shipped by value)
         """On a rank: the number of packed tokens entering each decoder block in one policy forward."""
@@ -306,14 +315,10 @@ def test_sequence_parallel_ranks_split_the_tokens_and_update_like_one_process(
                 hook.remove()
 
     settings = RaySettings("", ranks, 0.5, 0.0, strategy, 60.0, 60.0, sequence_parallel=sequence_parallel)
-    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, CRITIC, say=lambda _: None)
+    group, critic, local, local_critic = _group_holding_the_local_state(model, settings)
     try:
         batch = _train_batch(model, seed=6)
         loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, "token-mean", 7.0, 0.01, "k3", 0.001)
-        local, local_critic = _fresh(model), _fresh(model, policy=False)
-        group.run("policy", "load_state_dict", local.state_dict())
-        critic = RayCriticWorkers(group)
-        critic.load_state_dict(local_critic.state_dict())
 
         whole = batch.attention_mask.sum()  # an upper bound of one process's packed tokens
         for seen in group.wait([r.__ray_call__.remote(_tokens_each_block_sees, batch) for r in group.ranks], "t"):
@@ -343,16 +348,12 @@ def test_offloaded_fsdp2_ranks_update_like_one_process(ray_cluster, model, offlo
     """ray.offload on CPU ranks changes no number: the AdamW moments moved out and back around each update, or
     FSDP2's CPUOffloadPolicy (parameters, gradients and the optimiser step in host memory) on every unit; policy
     over two updates (so the second starts from moved moments) and critic."""
-    from dapo.workers.ray_group import RayCriticWorkers, RaySettings, RayTrainGroup
+    from dapo.workers.ray_group import RaySettings
 
     settings = RaySettings("", 2, 1.0, 0.0, "fsdp2", 60.0, 60.0, offload=offload)
-    group = RayTrainGroup(settings, copy.deepcopy(model), POLICY, CRITIC, say=lambda _: None)
+    group, critic, local, local_critic = _group_holding_the_local_state(model, settings)
     try:
         loss = PolicyLossParams(0.2, 0.28, 3.0, 20.0, "token-mean", 7.0, 0.01, "k3", 0.001)
-        local, local_critic = _fresh(model), _fresh(model, policy=False)
-        group.run("policy", "load_state_dict", local.state_dict())
-        critic = RayCriticWorkers(group)
-        critic.load_state_dict(local_critic.state_dict())
         for seed in (7, 8):
             batch = _train_batch(model, seed=seed)
             expected = local.update(batch, loss, 2, 1, None)
