@@ -257,7 +257,7 @@ class Trainer:
             path = Path(mode)
             manager = CheckpointManager(path.parent, keep_last=self.cfg.trainer.keep_last)
             step, state = manager.load(int(path.name.rsplit("_", 1)[-1]))
-        differences = config_diff(state["config"], self.cfg.to_dict())
+        differences = config_diff(state["config"], self.cfg.to_dict(), defaults=Config().to_dict())
         # Where the run trains (one process or N ranks), how long it is and how it saves do not change its math.
         neutral = ("trainer.total_steps", "trainer.resume", "trainer.backend", "trainer.checkpoint_format", "ray")
         differences = [d for d in differences if not d.startswith(neutral)]

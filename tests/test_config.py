@@ -175,3 +175,17 @@ def test_every_field_has_a_docstring():
     missing = [name for name, _, doc in rows if not doc]
     assert not missing, f"fields without a docstring: {missing}"
     assert any(name == "algo.clip_eps_high" and "Eq. 10" in doc for name, _, doc in rows)
+
+
+def test_a_field_added_since_a_checkpoint_was_written_is_no_difference_at_its_default():
+    """A checkpoint's config from before a field existed lacks it: at its default (the old behaviour) it is no
+    difference that would refuse a resume; set otherwise, it is."""
+    from dapo.config import Config, config_diff
+
+    old = Config().to_dict()
+    del old["rollout"]["tensor_parallel_size"], old["ray"]["sequence_parallel"]
+    assert config_diff(old, Config().to_dict(), defaults=Config().to_dict()) == []
+    changed = Config()
+    changed.rollout.tensor_parallel_size = 2
+    assert config_diff(old, changed.to_dict(), defaults=Config().to_dict()) == ["rollout.tensor_parallel_size: 1 -> 2"]
+    assert "rollout.tensor_parallel_size: '<absent>' -> 1" in config_diff(old, Config().to_dict())

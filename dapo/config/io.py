@@ -124,13 +124,21 @@ def config_from_dict(values: Mapping[str, Any]) -> Config:
     return config
 
 
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two `to_dict()` trees: ["actor.lr: 1e-05 -> 2e-05", ...]."""
+def config_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "", defaults: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Human-readable differences between two `to_dict()` trees: ["actor.lr: 1e-05 -> 2e-05", ...].
+
+    With `defaults` (a `to_dict()` tree of the schema's defaults), a field absent from `old` (an older version
+    wrote it, before the field existed) reads as its default: a field added since, left at the default that keeps
+    the old behaviour, is no difference."""
     lines = []
+    defaults = defaults or {}
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        a, b = old.get(key, defaults.get(key, "<absent>")), new.get(key, "<absent>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            lines += config_diff(a, b, f"{prefix}{key}.")
+            below = defaults.get(key)
+            lines += config_diff(a, b, f"{prefix}{key}.", below if isinstance(below, Mapping) else None)
         elif json.dumps(a) != json.dumps(b):
             lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return lines
