@@ -26,9 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dapo.errors import DapoError
 
-class SequenceParallelError(ValueError):
-    """A model and group size that Ulysses cannot split."""
+
+class SequenceParallelError(DapoError, ValueError):
+    """A model and group size that Ulysses cannot split (one line for the user: what to change)."""
 
 
 @dataclass(frozen=True)

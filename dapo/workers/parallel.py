@@ -45,7 +45,7 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, device: str) -> None:
     for state in optimizer.state.values():
         for key, value in state.items():
             if isinstance(value, Tensor) and value.device.type != device:
-                state[key] = value.to(device, non_blocking=True)
+                state[key] = value.to(device)  # blocking: a device-to-host copy must be complete before use
 
 
 def balanced_group_assignment(group_tokens: Sequence[int], world_size: int) -> list[int]:
