@@ -76,14 +76,18 @@ def get_all(refs: list):
 
 
 def dead_actors(actors: list) -> list[int]:
-    """Indices of the actors that are dead (a busy actor, e.g. one waiting in a collective, is alive)."""
+    """Indices of the actors that are dead (a busy actor, e.g. one waiting in a collective, is alive). Every actor
+    is asked at once and given 2 s in all, so the answer takes ~2 s whatever the number of actors."""
     ray = import_ray()
+    probes = [actor.__ray_ready__.remote() for actor in actors]
+    answered, _ = ray.wait(probes, num_returns=len(probes), timeout=2)
+    answered = set(answered)
     dead = []
-    for i, actor in enumerate(actors):
+    for i, probe in enumerate(probes):
+        if probe not in answered:
+            continue  # busy: its task queue holds a running call (a collective waiting for the dead peer)
         try:
-            ray.get(actor.__ray_ready__.remote(), timeout=2)
-        except ray.exceptions.GetTimeoutError:
-            pass
+            ray.get(probe)
         except Exception:
             dead.append(i)
     return dead

@@ -247,6 +247,7 @@ def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
         config.rollout.engine,
         config.rollout.dtype,
         tuple(vllm_options(config).items()),
+        r.startup_timeout_s,
     )
     colocated = r.placement == "colocated"
     placement = [(group.pg, i) for i in range(r.rollout_workers)] if colocated else None

@@ -406,7 +406,8 @@ class RayConfig:
     """a rank that waits longer than this in a collective (a peer died or hangs) raises instead of waiting
     for gloo's default of 30 minutes"""
     startup_timeout_s: float = 120.0
-    """how long to wait for the cluster to grant the ranks' resources before failing with what is missing"""
+    """how long to wait for the cluster to grant the ranks' (and rollout workers') resources before failing with what
+    is missing, and for a restarted rollout worker to come back"""
     rollout_workers: int = 0
     """generation actors, each with its own engine (rollout.engine) and copy of the weights; 0 = the engine
     runs in the driver. Set rollout.max_rows_in_flight to make a seeded run's tokens independent of this"""

@@ -46,6 +46,7 @@ class RolloutSettings:
     engine_kind: str = "builtin"
     dtype: str = "float32"  # rollout.dtype: the workers' copies
     vllm_options: tuple[tuple[str, Any], ...] = ()  # context, tensor parallelism, memory: see components.vllm_options
+    startup_timeout_s: float = 120.0  # ray.startup_timeout_s: for the workers' resources, and for a restart
 
 
 class RolloutWorker:
@@ -119,7 +120,8 @@ class RayRolloutEngine:
         self.own_pg = None
         if placement is None:
             self.own_pg = reserve_bundles(
-                settings.workers, settings.cpus_per_worker, settings.gpus_per_worker, 120.0, "rollout workers",
+                settings.workers, settings.cpus_per_worker, settings.gpus_per_worker, settings.startup_timeout_s,
+                "rollout workers",
                 "lower ray.rollout_workers or use ray.placement=colocated",
             )  # fmt: skip
             placement = [(self.own_pg, i) for i in range(settings.workers)]
@@ -264,8 +266,8 @@ class RayRolloutEngine:
         self.restarts += 1
         self._lives[index] += 1
 
-    def _wait_restarted(self, index: int, timeout_s: float = 120.0) -> None:
-        ray, worker = self.ray, self.workers[index]
+    def _wait_restarted(self, index: int) -> None:
+        ray, worker, timeout_s = self.ray, self.workers[index], self.settings.startup_timeout_s
         until = time.monotonic() + timeout_s
         while True:
             try:
