@@ -203,10 +203,11 @@ class RayRolloutEngine:
                 self._restart(index, life, e, "during the weight push")  # it comes back with these weights
 
     def reports_logprobs_of(self, module: Any) -> bool:
-        """For the module the engine was built from, in float32: the workers hold its weights bit for bit
-        after every push, and compute float32 log-probs with the same code (up to float rounding)."""
+        """For the module the engine was built from, in float32, on built-in engines: the workers hold its weights
+        bit for bit after every push and compute float32 log-probs with the trainer's code (up to float rounding).
+        vLLM workers compute them with vLLM's kernels: close (1e-5), but not the trainer's, so π_old is recomputed."""
         float32 = self.settings.dtype == "float32" and all(p.dtype == torch.float32 for p in module.parameters())
-        return module is self.template and float32
+        return module is self.template and float32 and self.settings.engine_kind == "builtin"
 
     def counters(self) -> dict[str, float]:
         return {"rollout/worker_restarts": float(self.restarts)}
