@@ -161,11 +161,12 @@ class SharedPrefixForward:
         if self.sequence is None:
             predicting = torch.cat([h[last_prompt], h[num_prompt_tokens:]])  # (groups + fed, D)
             return rms_norm(predicting, *final_norm(decoder)), index
-        positions = torch.cat([last_prompt, torch.arange(num_prompt_tokens, num_tokens, device=device)])
-        mine = ((positions >= start) & (positions < stop)).nonzero().squeeze(1)
-        local_row = torch.full_like(positions, -1)
+        # The packed positions of the predicting rows (as `predicting` above); this rank holds [start, stop).
+        predicting_at = torch.cat([last_prompt, torch.arange(num_prompt_tokens, num_tokens, device=device)])
+        mine = ((predicting_at >= start) & (predicting_at < stop)).nonzero().squeeze(1)
+        local_row = torch.full_like(predicting_at, -1)
         local_row[mine] = torch.arange(len(mine), device=device)
-        return rms_norm(h[positions[mine] - start], *final_norm(decoder)), local_row[index]
+        return rms_norm(h[predicting_at[mine] - start], *final_norm(decoder)), local_row[index]
 
     def _block(self, h: Tensor, layer: nn.Module, packing: _Packing) -> Tensor:
         """One decoder block over the packed tokens (N, D) -> (N, D)."""
