@@ -131,6 +131,7 @@ def policy_settings(config: Config) -> PolicySettings:
         precision=config.forward_precision,
         activation_checkpointing=a.activation_checkpointing,
         lora_export=config.model.lora.export,
+        weight_sync_bucket_bytes=config.rollout.weight_sync_bucket_mb << 20,
     )
 
 
@@ -230,7 +231,10 @@ def _ray_workers(config: Config, model, say):
     from dapo.workers.ray_group import RayCriticWorkers, RayPolicyWorkers, RayTrainGroup
 
     group = RayTrainGroup(ray_settings(config), model, policy_settings(config), critic_settings(config), say=say)
-    policy = RayPolicyWorkers(group, model, config.actor.precision, config.uses_reference)
+    policy = RayPolicyWorkers(
+        group, model, config.actor.precision, config.uses_reference,
+        bucket_bytes=config.rollout.weight_sync_bucket_mb << 20, sync_dtype=config.rollout.dtype,
+    )  # fmt: skip
     return policy, RayCriticWorkers(group) if config.uses_critic else None, group
 
 
@@ -248,6 +252,7 @@ def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
         config.rollout.dtype,
         tuple(vllm_options(config).items()),
         r.startup_timeout_s,
+        config.rollout.weight_sync_bucket_mb << 20,
     )
     colocated = r.placement == "colocated"
     placement = [(group.pg, i) for i in range(r.rollout_workers)] if colocated else None
@@ -267,6 +272,7 @@ def vllm_options(config: Config) -> dict:
         "gpu_memory_utilization": ro.gpu_memory_utilization,
         "kv_cache_memory_bytes": int(ro.kv_cache_gb * 1e9) or None,
         "sleep_mode": ro.sleep_level > 0,
+        "weight_sync_bucket_mb": ro.weight_sync_bucket_mb,
     }
 
 

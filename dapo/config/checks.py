@@ -241,6 +241,9 @@ def _check_engine_parallelism(c: Config) -> None:
     ro, tp = c.rollout, c.rollout.tensor_parallel_size
     _require(0.0 < ro.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]",
              ro.gpu_memory_utilization)  # fmt: skip
+    _require(
+        ro.weight_sync_bucket_mb >= 1, "rollout.weight_sync_bucket_mb", "must be ≥ 1 (MB)", ro.weight_sync_bucket_mb
+    )
     _require(ro.kv_cache_gb >= 0.0, "rollout.kv_cache_gb", "must be ≥ 0 (0 = from gpu_memory_utilization)",
              ro.kv_cache_gb)  # fmt: skip
     _require(tp >= 1, "rollout.tensor_parallel_size", "must be ≥ 1", tp)

@@ -170,6 +170,11 @@ class RolloutConfig:
     kv_cache_gb: float = 0.0
     """an explicit KV-cache size for vLLM, in GB; 0 = from gpu_memory_utilization on a GPU, 0.25 GB on a CPU
     (where vLLM needs a size)"""
+    weight_sync_bucket_mb: int = 2048
+    """a weight push to an engine that holds its own copy (vLLM, Ray rollout workers, a bfloat16 or LoRA-merged
+    copy) travels in buckets of at most this many MB of full tensors (verl's update_weights_bucket_megabytes: 2048);
+    with FSDP2 each tensor is gathered from the shards as its bucket fills, so no process holds the whole model for a
+    sync, only one bucket plus one tensor (a tensor larger than a bucket travels alone). In rollout.dtype"""
 
 
 @dataclass

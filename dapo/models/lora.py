@@ -16,7 +16,7 @@ PEFT is imported only here, and only when LoRA is on (the `lora` extra).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -61,12 +61,17 @@ def is_lora(model: nn.Module) -> bool:
 
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The plain model's state dict (the base's own key names) with W + ΔW in every adapted layer, computed
-    out of place: what the rollout engine loads after each update."""
+    out of place."""
+    return dict(merged_weights(model))
+
+
+def merged_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """`merged_state_dict` one tensor at a time, each W + ΔW computed only when reached: what the rollout engine
+    loads after each update, a bucket at a time, without a second copy of the model."""
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
     adapted = {name: module for name, module in base.named_modules() if isinstance(module, LoraLayer)}
-    out: dict[str, Tensor] = {}
     for key, value in base.state_dict().items():
         if ".lora_" in key:
             continue
@@ -75,8 +80,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
             if leaf == "weight":
                 value = value + adapted[layer].get_delta_weight(ADAPTER).to(value.dtype)
             key = f"{layer}.{leaf}"
-        out[key] = value.detach()
-    return out
+        yield key, value.detach()
 
 
 def merged_model(model: nn.Module) -> nn.Module:

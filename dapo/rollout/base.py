@@ -126,9 +126,6 @@ class RolloutBatch:
 
 @runtime_checkable
 class RolloutEngine(Protocol):
-    takes_object_refs: bool
-    """update_weights also accepts a Ray ObjectRef of the weights (they never pass through the driver)"""
-
     def generate(
         self, prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int
     ) -> RolloutBatch: ...
@@ -141,7 +138,10 @@ class RolloutEngine(Protocol):
         not yet started: dynamic sampling stops a round once its batch is full."""
         ...
 
-    def update_weights(self, model_or_state_dict: Any) -> None: ...
+    def update_weights(self, model_or_state_dict: Any) -> None:
+        """Load the trained weights: a module, a state dict, or an iterable of buckets of (name, full tensor)
+        (`dapo.rollout.weight_sync`), loaded one bucket at a time. Every weight must come exactly once."""
+        ...
 
     def sleep(self, level: int) -> None:
         """Give the device memory back while the training ranks use it (level 1: weights to host memory, KV cache

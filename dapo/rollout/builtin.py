@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +46,7 @@ from dapo.rollout.base import (
 from dapo.rollout.fused_decode import unsupported_reason
 from dapo.rollout.kv_cache import ATTN_NAME, HFCacheBackend, StaticBackend
 from dapo.rollout.sampling import sample_from_logits, sampling_logits
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, Received, as_buckets, check_complete
 
 BACKENDS = ("fused", "static", "hf")
 _REASON_CODES = {0: "length", 1: "eos", 2: "length", 3: "stop"}  # 0 never survives; kept for safety
@@ -81,8 +82,6 @@ class BuiltinEngine:
             KV cache of the longest prompt plus the response cap and a few vocabulary-sized rows of
             logits per row (`rows_per_wave`).
     """
-
-    takes_object_refs = False  # update_weights takes a module or a state dict
 
     def __init__(
         self,
@@ -149,15 +148,25 @@ class BuiltinEngine:
         return waves_one_by_one(self, prompts, n, sampling, seed, prompts_per_wave)
 
     def update_weights(self, model_or_state_dict) -> None:
-        """Bring the engine's module up to date. A no-op for the module the engine already holds
-        (the in-process case: trainer and engine share parameters)."""
+        """Bring the engine's module up to date from a module, a state dict or buckets of (name, tensor)
+        (`weight_sync`), copying in place bucket by bucket (cast to the engine's dtype). A no-op for the module
+        the engine already holds (the in-process case: trainer and engine share parameters)."""
         if model_or_state_dict is self.model:
             return
-        state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
-        if not isinstance(state, Mapping):
-            raise TypeError(f"update_weights takes a module or a state dict, got {type(model_or_state_dict).__name__}")
+        targets = self.model.state_dict()
+        received = Received()
         with torch.no_grad():
-            self.model.load_state_dict(state, strict=True)
+            for bucket in as_buckets(model_or_state_dict, DEFAULT_BUCKET_MB * 2**20):
+                for name, tensor in bucket:
+                    target = targets.get(name)
+                    if target is not None and target.shape != tensor.shape:
+                        raise ValueError(
+                            f"weight {name!r}: the engine holds {tuple(target.shape)}, got {tuple(tensor.shape)}"
+                        )
+                    if target is not None:
+                        target.copy_(tensor)
+                received.add(bucket)
+        check_complete(received, targets, "the built-in engine")
 
     def reports_logprobs_of(self, module) -> bool:
         """True for the very module the engine holds (shared with the trainer, not a copy) in float32."""

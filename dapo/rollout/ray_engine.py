@@ -9,10 +9,11 @@ K even parts, and then the tokens depend on K.) `generate_waves` yields the wave
 are ready, with two per worker in flight, for dynamic sampling that stops a round once its batch is full
 (`algo.dynamic_sampling.stop_when_full`): the driver scores wave w while the workers generate the next ones.
 
-Weights reach the workers through the object store: one `ray.put` (or the ref a training rank returned), which
-every worker reads. Every push has a version (0: the weights the workers were built with), and every request
-carries the current version and a reference to its weights: a worker holding another version loads them first.
-So a worker Ray brought back while it was idle (with its constructor's step-0 weights) can never sample from
+Weights reach the workers through the object store, in buckets of `rollout.weight_sync_bucket_mb`
+(`weight_sync`): put by the driver, or by training rank 0 as it gathers them from the FSDP2 shards, and read by
+every worker one bucket at a time. Every push has a version (0: the weights the workers were built with), and
+every request carries the current version and references to its buckets: a worker holding another version loads
+them first. So a worker Ray brought back while it was idle (with its constructor's step-0 weights) can never sample from
 stale weights unnoticed. A worker that dies, during a request or during a push, is restarted by Ray, up to
 `ray.max_rollout_restarts` times for the run: it gets the current weights again and its waves are generated
 again, with their seeds, so the tokens do not change. Every restart, and every reload a request forced on a
@@ -34,6 +35,7 @@ from torch import nn
 
 from dapo.cluster import ClusterError, import_ray, in_bundle, release, reserve_bundles
 from dapo.rollout.base import RolloutBatch, SamplingParams, concat_rollouts, wave_seed
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, SyncMeter, bucketed, named_weights
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class RolloutSettings:
     dtype: str = "float32"  # rollout.dtype: the workers' copies
     vllm_options: tuple[tuple[str, Any], ...] = ()  # context, tensor parallelism, memory: see components.vllm_options
     startup_timeout_s: float = 120.0  # ray.startup_timeout_s: for the workers' resources, and for a restart
+    bucket_bytes: int = DEFAULT_BUCKET_MB << 20  # rollout.weight_sync_bucket_mb
 
 
 class RolloutWorker:
@@ -77,17 +80,21 @@ class RolloutWorker:
     def generate(
         self, prompts, n: int, sampling: SamplingParams, seed: int, version: int = 0, weights: list | None = None
     ) -> tuple[RolloutBatch, bool]:
-        """(the batch, whether the worker had to load the weights of `version` first). `weights` holds the
-        reference to them, in a list so that Ray passes the reference and does not fetch the weights every call."""
+        """(the batch, whether the worker had to load the weights of `version` first). `weights`: the references
+        to the buckets of that version (Ray passes references nested in a list as references: nothing is fetched
+        unless the worker needs it)."""
         reloaded = version != self.version
         if reloaded:
-            import ray
-
-            self.update_weights(ray.get(weights[0]), version)
+            self.update_weights(weights or [], version)
         return self.engine.generate(prompts, n, sampling, seed), reloaded
 
-    def update_weights(self, weights: dict, version: int = 0) -> None:
-        self.engine.update_weights(weights)
+    def update_weights(self, buckets: list, version: int = 0) -> None:
+        """Load the weights of `version` from the object store, one bucket at a time (so this process holds one
+        bucket beyond its engine's weights). No buckets: the constructor's weights, version 0."""
+        if buckets:
+            import ray
+
+            self.engine.update_weights(ray.get(ref) for ref in buckets)
         self.version = version
 
     def call(self, method: str, *args) -> None:
@@ -100,8 +107,6 @@ class RolloutWorker:
 
 class RayRolloutEngine:
     """`RolloutEngine` over K `RolloutWorker` actors; see the module docstring."""
-
-    takes_object_refs = True  # update_weights accepts an ObjectRef (the weights never pass the driver)
 
     def __init__(
         self,
@@ -145,8 +150,9 @@ class RayRolloutEngine:
             for pg, index in placement[: settings.workers]
         ]
         self._model_ref = model_ref  # the constructor's argument: a restart needs it alive
-        self._weights = model_ref  # what a restarted worker is given before it generates again
+        self._weights: list = []  # the buckets of the last push ([]: the constructor's weights)
         self.version = 0  # of the weights pushed last (0: the constructor's)
+        self.last_sync: SyncMeter | None = None  # what the last push held at once, where it was put
         self._lives = [0] * len(self.workers)  # restarts so far, per worker
         self._get_all([w.pid.remote() for w in self.workers], "start")
 
@@ -184,15 +190,24 @@ class RayRolloutEngine:
                 self.ray.cancel(ref)
 
     def update_weights(self, model_or_state_dict: Any) -> None:
-        ray = self.ray
-        if isinstance(model_or_state_dict, ray.ObjectRef):
-            ref = model_or_state_dict
+        """Push new weights to every worker through the object store, in buckets of
+        `rollout.weight_sync_bucket_mb`. A module or a state dict is cut into buckets here; the training ranks'
+        stream (`bucket_refs()`: rank 0 put each bucket as it gathered it) is passed on as references, so the
+        weights never pass through this process. The buckets stay in the object store until the next push: a
+        restarted worker loads them again."""
+        stream = getattr(model_or_state_dict, "bucket_refs", None)
+        if stream is not None:
+            refs = stream()
+            self.last_sync = model_or_state_dict.meter
         else:
-            state = model_or_state_dict
-            state = state.state_dict() if isinstance(state, nn.Module) else state
-            ref = ray.put(state)
-        self._weights, self.version = ref, self.version + 1
-        pushes = [(index, w.update_weights.remote(ref, self.version), self._lives[index])
+            meter = SyncMeter()
+            named = named_weights(model_or_state_dict)
+            dtype = getattr(torch, self.settings.dtype)  # what the workers hold: halves a bfloat16 push
+            named = ((name, tensor.to(dtype)) for name, tensor in named)
+            refs = [self.ray.put(bucket) for bucket in bucketed(named, self.settings.bucket_bytes, meter)]
+            self.last_sync = meter
+        self._weights, self.version = refs, self.version + 1
+        pushes = [(index, w.update_weights.remote(refs, self.version), self._lives[index])
                   for index, w in enumerate(self.workers)]  # fmt: skip
         for index, push, life in pushes:
             try:
@@ -210,7 +225,12 @@ class RayRolloutEngine:
         return module is self.template and float32 and self.settings.engine_kind == "builtin"
 
     def counters(self) -> dict[str, float]:
-        return {"rollout/worker_restarts": float(self.restarts)}
+        counters = {"rollout/worker_restarts": float(self.restarts)}
+        if self.last_sync is not None:
+            sync = self.last_sync.as_dict()
+            counters["rollout/weight_sync_peak_mb"] = sync["peak_mb"]
+            counters["rollout/weight_sync_buckets"] = sync["buckets"]
+        return counters
 
     def sleep(self, level: int) -> None:
         self._get_all([w.call.remote("sleep", level) for w in self.workers], "sleep")
@@ -227,7 +247,7 @@ class RayRolloutEngine:
         """(ref, the worker's restart count when submitted)."""
         index = wave % len(self.workers)
         ref = self.workers[index].generate.remote(
-            prompts, n, sampling, wave_seed(seed, wave), self.version, [self._weights]
+            prompts, n, sampling, wave_seed(seed, wave), self.version, self._weights
         )
         return ref, self._lives[index]
 

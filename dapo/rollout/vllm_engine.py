@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dapo.rollout.base import RolloutBatch, SamplingParams, validate_request, waves_one_by_one
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, Received, as_buckets, bucketed, check_complete, decoder_layer
 
 
 class VLLMEngine:
@@ -46,6 +47,7 @@ class VLLMEngine:
         gpu_memory_utilization: share of each GPU the engine may take, weights included (vLLM's setting).
         kv_cache_memory_bytes: an explicit KV-cache size; None = from gpu_memory_utilization on a GPU, 256 MiB on a
             CPU (where vLLM needs a size).
+        weight_sync_bucket_mb: the size of the buckets `update_weights` loads one at a time.
         sleep_mode: the engine will be put to sleep between generations (rollout.sleep_level > 0); on a GPU vLLM
             must be told at start (on a CPU its sleep changes nothing).
         eos_token_ids / pad_token_id: as for BuiltinEngine (default: tokenizer/generation config).
@@ -54,8 +56,6 @@ class VLLMEngine:
     One engine a process: vLLM keeps its parallel state and its environment (read once, at the first engine) for the
     whole process, and closing a second engine tears down the first's. A rollout worker holds exactly one.
     """
-
-    takes_object_refs = False  # update_weights takes a module or a state dict
 
     def __init__(
         self,
@@ -72,10 +72,15 @@ class VLLMEngine:
         eos_token_ids: Sequence[int] | None = None,
         pad_token_id: int | None = None,
         workdir: str | Path | None = None,
+        weight_sync_bucket_mb: int = DEFAULT_BUCKET_MB,
         **llm_kwargs,
     ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._tmp = None
+        self.bucket_bytes = int(weight_sync_bucket_mb) << 20
+        self._multiprocess = tensor_parallel_size > 1
+        # What a push must send (checked after each): the names of the module it was built from.
+        self._weight_names = set(model.state_dict()) if isinstance(model, nn.Module) else None
         if isinstance(model, nn.Module):
             if tokenizer is None:
                 raise ValueError("VLLMEngine needs the tokenizer to save next to the model's weights")
@@ -158,12 +163,27 @@ class VLLMEngine:
         return waves_one_by_one(self, prompts, n, sampling, seed, prompts_per_wave)
 
     def update_weights(self, model_or_state_dict) -> None:
-        """Load new weights in place (reload_weights) and drop the prefix cache built with the old ones."""
-        state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
-        if not isinstance(state, Mapping):
-            raise TypeError(f"update_weights takes a module or a state dict, got {type(model_or_state_dict).__name__}")
-        weights = [(k, v.detach().to("cpu")) for k, v in state.items()]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        """Load new weights in place through the worker's `reload_weights`, whose per-parameter loaders slice their
+        tensor-parallel share from full tensors, then drop the prefix cache built with the old weights.
+        vLLM processes a layer (repacks, fuses q/k/v) once all its weights have arrived within one reload call. In
+        this process the call takes one lazy stream of every bucket, so this process holds one bucket at a time
+        (plus the layers vLLM is completing); with tensor parallelism each call goes to other processes, pickled,
+        so each bucket carries whole decoder layers (`weight_sync.decoder_layer`)."""
+        received = Received()
+
+        def streamed():
+            for bucket in as_buckets(model_or_state_dict, self.bucket_bytes):
+                received.add(bucket)
+                yield from bucket
+
+        if self._multiprocess:
+            for bucket in bucketed(streamed(), self.bucket_bytes, unit_of=decoder_layer):
+                bucket = [(name, tensor.to("cpu")) for name, tensor in bucket]
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": bucket})
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": streamed()})
+        if self._weight_names is not None:
+            check_complete(received, self._weight_names, "the vLLM engine")
         self.llm.reset_prefix_cache()
 
     def reports_logprobs_of(self, module) -> bool:

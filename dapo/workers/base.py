@@ -22,6 +22,7 @@ from torch import Tensor
 
 from dapo import algo
 from dapo.rollout.base import RolloutEngine
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB
 from dapo.workers.batch import TrainBatch
 
 PRECISIONS = ("fp32", "bf16-mixed")
@@ -61,6 +62,9 @@ class PolicySettings:
     """recompute each decoder block in the backward instead of keeping its activations"""
     lora_export: str = "merged"
     """with LoRA adapters: what save_pretrained writes (model.lora.export)"""
+    weight_sync_bucket_bytes: int = DEFAULT_BUCKET_MB << 20
+    """a push to an engine with its own copy travels in buckets of at most this many bytes
+    (rollout.weight_sync_bucket_mb)"""
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ class DataParallel(Protocol):
 
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]: ...
 
+    def full_tensors(self, module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+        """(name, unsharded tensor) one at a time, under the unwrapped module's names: with FSDP2 each is gathered
+        from the shards only when the iterator reaches it (a collective: every rank must consume all of it)."""
+        ...
+
     def full_state(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]: ...
 
     def load_full_state(self, module: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict,
@@ -144,6 +149,10 @@ class SingleProcess:
 
     def full_weights(self, module: nn.Module) -> dict[str, Tensor]:
         return module.state_dict()
+
+    def full_tensors(self, module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+        for name, tensor in module.state_dict().items():
+            yield name, tensor.detach()
 
     def full_state(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """(weights, optimiser state) in single-process form: what a checkpoint holds."""
@@ -309,6 +318,13 @@ class TorchDistributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+
+    def full_tensors(self, module: nn.Module) -> Iterator[tuple[str, Tensor]]:
+        from torch.distributed.tensor import DTensor
+
+        # fully_shard keeps the parameters' names; each DTensor's all-gather happens when its turn comes.
+        for name, tensor in self._unwrapped(module).state_dict().items():
+            yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor.detach()
 
     def full_state(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """The unsharded weights and optimiser state on every rank, in single-process form (a collective):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,8 +19,9 @@ from torch import Tensor, nn
 from dapo import algo
 from dapo.metrics import measure_matmul_peak
 from dapo.models.loading import save_pretrained_pair
-from dapo.models.lora import adapter_state_dict, is_lora, merged_state_dict, save_lora
+from dapo.models.lora import adapter_state_dict, is_lora, merged_weights, save_lora
 from dapo.rollout.base import RolloutEngine, engine_logprobs_are_sampling_logprobs
+from dapo.rollout.weight_sync import bucketed
 from dapo.workers.base import PolicyLossParams, PolicySettings, PolicyUpdate, rows_to_compute
 from dapo.workers.batch import TrainBatch, epochs_of_mini_batches
 from dapo.workers.forward import (
@@ -217,10 +219,16 @@ class PolicyWorker:
         return self.forward.fallback_reason
 
     def push_weights(self, engine: RolloutEngine) -> None:
-        if is_lora(self.model):  # the engine holds a plain copy: W + ΔW after every update
-            engine.update_weights(merged_state_dict(self.model))
+        if is_lora(self.model):  # the engine holds a plain copy: W + ΔW after every update, merged bucket by bucket
+            engine.update_weights(bucketed(merged_weights(self.model), self.settings.weight_sync_bucket_bytes))
         else:
             engine.update_weights(self.model)  # free when the engine shares this module
+
+    def full_weight_stream(self) -> Iterator[tuple[str, Tensor]]:
+        """The policy's weights one unsharded tensor at a time (`DataParallel.full_tensors`: with several ranks a
+        collective per tensor, which every rank must consume to the end)."""
+        for name, tensor in self.dp.full_tensors(self.trainable):
+            yield name.removeprefix(TrainedModule.PREFIX), tensor
 
     def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
         # The engine computes float32 log-probs: they are π's only when the training forward is float32 too

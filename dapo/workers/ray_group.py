@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from dapo.cluster import ClusterError, connect, dead_actors, get_all, import_ray, in_bundle, release, reserve_bundles
 from dapo.models.loading import save_pretrained_pair
 from dapo.rollout.base import RolloutEngine, engine_logprobs_are_sampling_logprobs
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, Bucket, SyncMeter, bucketed
 from dapo.workers.base import CriticSettings, PolicyLossParams, PolicySettings, PolicyUpdate
 from dapo.workers.batch import TrainBatch
 
@@ -101,6 +102,21 @@ class TrainRank:
             self.workers["critic"] = CriticWorker(model, critic, parallel=dp)
         self.workers["policy"] = PolicyWorker(model, policy, parallel=dp)
         return self.workers["policy"].fallback_reason
+
+    def put_weight_buckets(self, bucket_bytes: int, dtype: str) -> tuple[list, SyncMeter] | None:
+        """Every rank gathers the policy's tensors one at a time (FSDP2: an all-gather each); rank 0 casts each to
+        `dtype` in host memory, fills buckets of `bucket_bytes` and puts each into the object store as it fills, so
+        it holds one bucket plus one tensor. Rank 0 returns (the buckets' references, what it held at most)."""
+        named = self.workers["policy"].full_weight_stream()
+        if self.rank != 0:
+            for _ in named:  # take part in every all-gather, in the same order
+                pass
+            return None
+        import ray
+
+        meter = SyncMeter()
+        cast = ((name, tensor.to(device="cpu", dtype=getattr(torch, dtype))) for name, tensor in named)
+        return [ray.put(bucket) for bucket in bucketed(cast, bucket_bytes, meter)], meter
 
     def call(self, role: str, method: str, *args, reply: bool = True, **kwargs):
         """Run a worker method on this rank; with reply=False only rank 0 sends its result back (the others
@@ -186,6 +202,11 @@ class RayTrainGroup:
                 raise e.as_instanceof_cause() from None
             raise ClusterError(f"the training ranks failed during {what}: {type(e).__name__}: {e}") from None
 
+    def put_weight_buckets(self, bucket_bytes: int, dtype: str) -> tuple[list, SyncMeter]:
+        """The policy's weights as buckets in the object store, put by rank 0 (`TrainRank.put_weight_buckets`)."""
+        refs = [r.put_weight_buckets.remote(bucket_bytes, dtype) for r in self.ranks]
+        return self._get(refs, "the weight push")[0]
+
     def submit(self, role: str, method: str, *args, reply: bool = True, **kwargs) -> list:
         """Start `method` of `role` on every rank at once (they meet in collectives); the result refs."""
         return [r.call.remote(role, method, *args, reply=reply, **kwargs) for r in self.ranks]
@@ -228,14 +249,43 @@ def _sum_of_parts(parts: list[Tensor]) -> Tensor:
     return total
 
 
+class RankWeights:
+    """The ranks' weights for one push, as buckets that rank 0 put into the object store while gathering them
+    (no process holds the whole model for it). A Ray rollout engine passes `bucket_refs()` on to its workers; an
+    engine in this process iterates the buckets, fetching one at a time."""
+
+    def __init__(self, group: RayTrainGroup, bucket_bytes: int, dtype: str):
+        self.group, self.bucket_bytes, self.dtype = group, bucket_bytes, dtype
+        self._refs: list | None = None
+        self.meter: SyncMeter | None = None
+
+    def bucket_refs(self) -> list:
+        if self._refs is None:
+            self._refs, self.meter = self.group.put_weight_buckets(self.bucket_bytes, self.dtype)
+        return self._refs
+
+    def __iter__(self) -> Iterator[Bucket]:
+        for ref in self.bucket_refs():
+            yield self.group.ray.get(ref)
+
+
 class RayPolicyWorkers:
     """`PolicyWorkers` on the ranks of a `RayTrainGroup`."""
 
-    def __init__(self, group: RayTrainGroup, rollout_model: nn.Module, precision: str, has_reference: bool):
+    def __init__(
+        self,
+        group: RayTrainGroup,
+        rollout_model: nn.Module,
+        precision: str,
+        has_reference: bool,
+        bucket_bytes: int = DEFAULT_BUCKET_MB << 20,
+        sync_dtype: str = "float32",
+    ):
         self.group = group
         self.rollout_model = rollout_model  # the engine's copy, refreshed by push_weights
         self.precision = precision
         self._has_reference = has_reference
+        self.bucket_bytes, self.sync_dtype = bucket_bytes, sync_dtype  # rollout.weight_sync_bucket_mb, rollout.dtype
 
     @property
     def has_reference(self) -> bool:
@@ -260,12 +310,7 @@ class RayPolicyWorkers:
         return self.group.run("policy", "full_weights", reply=False)[0]
 
     def push_weights(self, engine: RolloutEngine) -> None:
-        refs = self.group.submit("policy", "full_weights", reply=False)
-        if engine.takes_object_refs:
-            engine.update_weights(refs[0])  # the rollout workers read rank 0's result directly
-            self.group.wait(refs, "policy.full_weights")
-        else:
-            engine.update_weights(self.group.wait(refs, "policy.full_weights")[0])
+        engine.update_weights(RankWeights(self.group, self.bucket_bytes, self.sync_dtype))
 
     def engine_logprobs_are_policy_logprobs(self, engine: RolloutEngine, temperature: float) -> bool:
         # The engine's copy holds the ranks' float32 weights bitwise after every push: its log-probs are the

@@ -17,11 +17,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 SAMPLING = SamplingParams(max_new_tokens=12, temperature=1.0)
 
 
-def _engine(model, tok, workers: int, rows_per_wave: int | None = 8, max_restarts: int = 2, kind: str = "builtin"):
+def _engine(
+    model, tok, workers: int, rows_per_wave: int | None = 8, max_restarts: int = 2, kind: str = "builtin",
+    bucket_bytes: int = 256 << 10,
+):  # fmt: skip
+    """256 KB buckets: a push of the 1M model (~4 MB) travels in about 16."""
     from dapo.rollout.ray_engine import RayRolloutEngine, RolloutSettings
 
     vllm = (("max_model_len", 128), ("kv_cache_memory_bytes", 64 << 20)) if kind == "vllm" else ()
-    settings = RolloutSettings(workers, 1.0, 0.0, max_restarts, rows_per_wave, kind, "float32", vllm)
+    settings = RolloutSettings(
+        workers, 1.0, 0.0, max_restarts, rows_per_wave, kind, "float32", vllm, bucket_bytes=bucket_bytes
+    )
     return RayRolloutEngine(settings, copy.deepcopy(model), tok)
 
 
@@ -105,6 +111,27 @@ def test_weights_pushed_to_the_workers_change_what_they_sample(two_workers, shar
     assert _same(two_workers.generate(_request(tok), 4, SAMPLING, seed=3), before)
 
 
+def test_a_push_in_many_buckets_samples_what_a_push_in_one_does(ray_cluster, sharp_model, tok):
+    other = _doubled_head(sharp_model)
+    one = _engine(sharp_model, tok, 1, bucket_bytes=1 << 30)
+    try:
+        one.update_weights(other.state_dict())
+        expected = one.generate(_request(tok), 4, SAMPLING, seed=8)
+        assert one.counters()["rollout/weight_sync_buckets"] == 1
+    finally:
+        one.close()
+    many = _engine(sharp_model, tok, 1, bucket_bytes=64 << 10)
+    try:
+        many.update_weights(other.state_dict())
+        assert _same(many.generate(_request(tok), 4, SAMPLING, seed=8), expected)
+        counters = many.counters()
+        largest = max(t.numel() * 4 for t in other.state_dict().values())
+        assert counters["rollout/weight_sync_buckets"] > 10
+        assert counters["rollout/weight_sync_peak_mb"] * 2**20 <= (64 << 10) + largest
+    finally:
+        many.close()
+
+
 def test_a_worker_killed_mid_request_is_restarted_and_its_waves_regenerated(ray_cluster, sharp_model, tok):
     """Killed a third of the way into a request: restarted, given the current weights (not the first ones),
     its waves generated again with the same tokens. Killed once more, past the budget: one clear error."""
@@ -122,7 +149,7 @@ def test_a_worker_killed_mid_request_is_restarted_and_its_waves_regenerated(ray_
         victim = ray_cluster.get(engine.workers[1].pid.remote())
         threading.Timer((time.monotonic() - start) / 3, os.kill, (victim, signal.SIGKILL)).start()
         got = engine.generate(_request(tok), 4, long, seed=5)
-        assert engine.counters() == {"rollout/worker_restarts": 1.0}
+        assert engine.counters()["rollout/worker_restarts"] == 1.0
         assert _same(got, expected)
         os.kill(ray_cluster.get(engine.workers[1].pid.remote()), signal.SIGKILL)
         with pytest.raises(ClusterError, match=r"rollout worker 1 died .*ray.max_rollout_restarts=1"):
@@ -179,8 +206,8 @@ def test_a_worker_ray_restarted_while_idle_reloads_the_weights_before_it_samples
                     break
             except Exception:
                 time.sleep(0.2)
-        assert engine.counters() == {"rollout/worker_restarts": 0.0}
+        assert engine.counters()["rollout/worker_restarts"] == 0.0
         assert _same(engine.generate(_request(tok), 4, SAMPLING, seed=4), expected)
-        assert engine.counters() == {"rollout/worker_restarts": 1.0}
+        assert engine.counters()["rollout/worker_restarts"] == 1.0
     finally:
         engine.close()

@@ -4,6 +4,7 @@
 
 One in-process vLLM instance is built for the module (~10-25 s with the import)."""
 
+import copy
 import os
 
 import pytest
@@ -125,6 +126,29 @@ def test_update_weights_then_generation_follows_new_weights(setup, tok, sharp_mo
     assert torch.equal(back.response_ids, want.response_ids)
 
 
+def test_a_push_in_small_buckets_loads_every_weight(setup, tok, sharp_model, forward_logprobs):
+    """64 KB buckets (the 1M model in ~70 pushes of a few tensors, q/k/v and gate/up of one layer split across
+    buckets): the engine's log-probs are the new model's to 1e-5, so every partial reload landed and none undid
+    another (vLLM's CPU path repacks the linear weights after loading)."""
+    engine, prompts, _, _ = setup
+    other = build_tiny_model(tok, "1m", seed=11)
+    other.config.tie_word_embeddings = False
+    other.lm_head.weight = torch.nn.Parameter(sharp_model.lm_head.weight.detach() * 1.5)
+    engine.bucket_bytes, bucket_bytes = 64 << 10, engine.bucket_bytes
+    try:
+        engine.update_weights(other)
+        batch = engine.generate(prompts, 2, SamplingParams(max_new_tokens=12), seed=1)
+        for r in range(batch.response_ids.shape[0]):
+            L = int(batch.response_lengths[r])
+            want, _ = forward_logprobs(other, prompts[int(batch.group_index[r])], batch.response_ids[r, :L].tolist())
+            torch.testing.assert_close(batch.logprobs[r, :L], want, atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="not whole: missing"):
+            engine.update_weights(dict(list(other.state_dict().items())[2:]))
+    finally:
+        engine.update_weights(sharp_model.state_dict())  # back, whole, for any later test
+        engine.bucket_bytes = bucket_bytes
+
+
 def test_waves_and_counters_as_the_builtin_engine(setup, tok):
     """The RolloutEngine surface beyond generate: waves of whole prompts, in order, each seeded as the built-in
     engine seeds it (so a seeded stream is reproducible), and the counters dict."""
@@ -153,16 +177,21 @@ def test_the_engine_gets_the_runs_context_and_says_what_it_got(setup):
 _TENSOR_PARALLEL_RUN = """
 import json, sys
 from dapo.rollout import SamplingParams, build_engine
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 path, eos_id, prompts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 engine = build_engine("vllm", path, AutoTokenizer.from_pretrained(path), eos_token_ids=(eos_id,), max_model_len=128,
                       tensor_parallel_size=2)
 greedy = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=12), seed=0)
 sampled = engine.generate(prompts, 2, SamplingParams(max_new_tokens=12), seed=1)
+engine.bucket_bytes = 64 << 10  # a push in small buckets of whole decoder layers, each pickled to both workers
+engine.update_weights(AutoModelForCausalLM.from_pretrained(sys.argv[4]))
+pushed = engine.generate(prompts, 2, SamplingParams(max_new_tokens=12), seed=2)
+def fields(batch):
+    return {"ids": batch.response_ids.tolist(), "lengths": batch.response_lengths.tolist(),
+            "groups": batch.group_index.tolist(), "logprobs": batch.logprobs.tolist()}
 print("RESULT " + json.dumps({
-    "limits": engine.limits, "greedy": greedy.response_ids.tolist(), "ids": sampled.response_ids.tolist(),
-    "lengths": sampled.response_lengths.tolist(), "groups": sampled.group_index.tolist(),
-    "logprobs": sampled.logprobs.tolist(),
+    "limits": engine.limits, "greedy": greedy.response_ids.tolist(), "sampled": fields(sampled),
+    "pushed": fields(pushed),
 }))
 engine.close()
 """
@@ -173,7 +202,9 @@ def test_tensor_parallel_engine_gives_the_one_engine_tokens_and_the_trainers_log
 ):
     """rollout.tensor_parallel_size=2 on vLLM's CPU backend (two worker processes, a core each), in a process of
     its own as a rollout worker would be (vLLM fixes its environment at the first engine of a process): the same
-    greedy tokens as one engine, and the sampled tokens' log-probs equal to the trainer's forward within 1e-5."""
+    greedy tokens as one engine, and the sampled tokens' log-probs equal to the trainer's forward within 1e-5;
+    after a push in small buckets (whole decoder layers each, every one sliced by both workers), those of the
+    pushed model."""
     import json
     import subprocess
     import sys
@@ -182,8 +213,13 @@ def test_tensor_parallel_engine_gives_the_one_engine_tokens_and_the_trainers_log
 
     engine, prompts, _, eos_id = setup
     path = save_pretrained_pair(sharp_model, tok, tmp_path / "model")
+    other = copy.deepcopy(sharp_model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.3)
+    other_path = save_pretrained_pair(other, tok, tmp_path / "pushed")
     done = subprocess.run(
-        [sys.executable, "-c", _TENSOR_PARALLEL_RUN, str(path), str(eos_id), json.dumps(prompts)],
+        [sys.executable, "-c", _TENSOR_PARALLEL_RUN, str(path), str(eos_id), json.dumps(prompts), str(other_path)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -192,9 +228,10 @@ def test_tensor_parallel_engine_gives_the_one_engine_tokens_and_the_trainers_log
     assert "tensor parallel 2" in got["limits"]
     one = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=12), seed=0)
     assert got["greedy"] == one.response_ids.tolist()
-    for r, (ids, length, group) in enumerate(zip(got["ids"], got["lengths"], got["groups"], strict=True)):
-        want, _ = forward_logprobs(sharp_model, prompts[group], ids[:length])
-        torch.testing.assert_close(torch.tensor(got["logprobs"][r][:length]), want, atol=1e-5, rtol=0)
+    for model, batch in ((sharp_model, got["sampled"]), (other, got["pushed"])):
+        for r, (ids, length, group) in enumerate(zip(batch["ids"], batch["lengths"], batch["groups"], strict=True)):
+            want, _ = forward_logprobs(model, prompts[group], ids[:length])
+            torch.testing.assert_close(torch.tensor(batch["logprobs"][r][:length]), want, atol=1e-5, rtol=0)
 
 
 def test_sleep_and_wake_keep_the_engine_generating_the_same(setup):

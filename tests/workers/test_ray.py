@@ -191,6 +191,36 @@ def test_fsdp2_gathers_one_block_at_a_time(two_ranks, model):
         assert sum(forward) >= root + layers * block  # every parameter gathered once for the forward
 
 
+def test_rank_0_streams_the_weights_in_buckets_gathered_one_tensor_at_a_time(two_ranks, model):
+    """After an update: the buckets rank 0 puts hold the full weights exactly (FSDP2: gathered from the shards),
+    each bucket at most the size asked (or one tensor), what rank 0 held at once at most a bucket plus the tensor
+    that did not fit; an engine in this process loads them bucket by bucket."""
+    from dapo.rollout import build_engine
+    from dapo.workers.ray_group import RankWeights, RayPolicyWorkers
+
+    batch = _train_batch(model, seed=6)
+    loss = PolicyLossParams(0.2, 0.28, None, None, "token-mean", None, 0.0, None, 0.0)
+    two_ranks.run("policy", "load_state_dict", _fresh(model).state_dict())
+    two_ranks.run("policy", "update", batch, loss, 3, 1, None)
+    full = two_ranks.run("policy", "full_weights", reply=False)[0]
+    bucket = 128 << 10
+    stream = RankWeights(two_ranks, bucket, "float32")
+    buckets = list(stream)
+    assert [name for b in buckets for name, _ in b] == list(full)  # every tensor once, in state-dict order
+    assert _max_difference({name: t for b in buckets for name, t in b}, full) == 0
+    assert all(sum(t.numel() * 4 for _, t in b) <= bucket for b in buckets if len(b) > 1)
+    largest = max(t.numel() * 4 for t in full.values())
+    assert stream.meter.buckets == len(buckets) > 5
+    assert stream.meter.peak_bytes <= bucket + largest
+    engine = build_engine("builtin", copy.deepcopy(model), build_char_tokenizer())
+    RayPolicyWorkers(two_ranks, engine.model, "fp32", True, bucket_bytes=bucket).push_weights(engine)
+    assert _max_difference(engine.model.state_dict(), full) == 0
+    halves = {name: t for b in RankWeights(two_ranks, bucket, "bfloat16") for name, t in b}
+    assert all(
+        halves[name].dtype == torch.bfloat16 and torch.equal(halves[name], t.bfloat16()) for name, t in full.items()
+    )
+
+
 def test_two_ranks_train_the_critic_like_one_process(two_ranks, model):
     from dapo.workers.ray_group import RayCriticWorkers
 
