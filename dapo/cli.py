@@ -203,15 +203,16 @@ def _evaluate(args) -> int:
         metrics = trainer.evaluate_now()
     finally:
         trainer.close()
-    print(format_eval(metrics))
+    layouts = trainer.data.val_layouts
+    print(format_eval(metrics, layouts))
     for key, value in sorted(metrics.items()):
         print(f"{key}: {value:.4f}")
     if args.out:
-        _write_eval(Path(args.out), metrics, config, args.checkpoint)
+        _write_eval(Path(args.out), metrics, config, args.checkpoint, layouts)
     return 0
 
 
-def _write_eval(out: Path, metrics: dict, config, checkpoint: str | None) -> None:
+def _write_eval(out: Path, metrics: dict, config, checkpoint: str | None, layouts: dict | None = None) -> None:
     import json
 
     from dapo.step.evaluation import results_markdown, results_rows
@@ -220,7 +221,7 @@ def _write_eval(out: Path, metrics: dict, config, checkpoint: str | None) -> Non
     policy = checkpoint or config.model.path
     r = config.rollout
     title = f"Evaluation of {policy}: k={r.val_n}, temperature {r.val_temperature}, top-p {r.val_top_p}"
-    rows = results_rows(metrics)
+    rows = results_rows(metrics, layouts)
     (out / "eval.md").write_text(results_markdown(rows, title))
     summary = {"policy": policy, "val_files": config.data.val_files, "k": r.val_n, "rows": rows, "metrics": metrics}
     (out / "eval.json").write_text(json.dumps(summary, indent=1))

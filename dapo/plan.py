@@ -342,6 +342,7 @@ def validation_lines(config: Config, files: list[str]) -> list[str]:
         loaded = read_dataset(
             path, apply_template=config.data.prompt_template, dedup=config.data.dedup,
             skip_bad_rows=config.data.skip_bad_rows, default_data_source=config.data.default_data_source,
+            prompt_key=config.data.prompt_key, answer_key=config.data.answer_key,
         )  # fmt: skip
         problems = len(loaded.records)
         if config.data.val_size_per_file is not None:
@@ -353,7 +354,7 @@ def validation_lines(config: Config, files: list[str]) -> list[str]:
         )
         lines.append(
             f"validation   {Path(path).name}: avg@{k} over {problems:,} problems ({k} samples each, "
-            f"{loaded.num_rows:,} rows{repeats})"
+            f"{loaded.num_rows:,} rows{repeats}), layout {loaded.layout or '-'}"
         )
     return lines
 

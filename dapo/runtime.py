@@ -29,6 +29,9 @@ class RunData:
     prompt_ids: dict[str, list[int]]
     prompt_text: dict[str, str]
     sampler: PromptSampler
+    val_layouts: dict[str, str] = dataclasses.field(default_factory=dict)
+    """data source -> the layout(s) of the validation files it comes from (`LoadedDataset.layout`), for the
+    evaluation table; empty for the built-in task"""
 
 
 def load_policy(config: Config, say: Say = print):
@@ -67,8 +70,15 @@ def _unique_uids(records: Sequence[PromptRecord], prefix: str) -> list[PromptRec
     return out
 
 
-def _read_files(paths: Sequence[str], config: Config, say: Say, per_file: int | None = None) -> list[PromptRecord]:
-    """The records of every file in order; with `per_file`, a seeded subset of that many from each file."""
+def _read_files(
+    paths: Sequence[str],
+    config: Config,
+    say: Say,
+    per_file: int | None = None,
+    layouts: dict[str, str] | None = None,
+) -> list[PromptRecord]:
+    """The records of every file in order; with `per_file`, a seeded subset of that many from each file. With
+    `layouts`, each data source read is mapped to the layout(s) of its files (joined by " + ")."""
     records: list[PromptRecord] = []
     for path in paths:
         loaded = read_dataset(
@@ -77,11 +87,18 @@ def _read_files(paths: Sequence[str], config: Config, say: Say, per_file: int | 
             dedup=config.data.dedup,
             skip_bad_rows=config.data.skip_bad_rows,
             default_data_source=config.data.default_data_source,
+            prompt_key=config.data.prompt_key,
+            answer_key=config.data.answer_key,
         )
         say(
-            f"[data] {path}: {len(loaded.records)} prompts "
+            f"[data] {path}: {len(loaded.records)} prompts, layout {loaded.layout or '-'} "
             f"({loaded.num_duplicates_dropped} duplicates dropped, {loaded.num_bad_rows_skipped} bad rows skipped)"
         )
+        if layouts is not None and loaded.layout:
+            for source in dict.fromkeys(r.data_source for r in loaded.records):
+                names = layouts[source].split(" + ") if source in layouts else []
+                if loaded.layout not in names:
+                    layouts[source] = " + ".join([*names, loaded.layout])
         if per_file is None:
             records.extend(loaded.records)
         else:
@@ -137,10 +154,11 @@ def load_run_data(config: Config, tokenizer, say: Say = print) -> RunData:
         raise ConfigError(
             f"data.train_files is empty and data.task is not a built-in task ({', '.join(BUILTIN_TASKS)})"
         )
+    val_layouts: dict[str, str] = {}
     if d.val_files:  # given files are what is evaluated, with the built-in task's training prompts too
-        val = _read_files(d.val_files, config, say, per_file=d.val_size_per_file)
+        val = _read_files(d.val_files, config, say, per_file=d.val_size_per_file, layouts=val_layouts)
         val = _val_subset(val, d.val_size, d.seed, say)
-    run = RunData([], [], {}, {}, sampler=None)  # type: ignore[arg-type]
+    run = RunData([], [], {}, {}, sampler=None, val_layouts=val_layouts)  # type: ignore[arg-type]
     run.train_records = _tokenise(_unique_uids(train, "train:"), tokenizer, config, run, say, "train")
     run.val_records = _tokenise(_unique_uids(val, "val:"), tokenizer, config, run, say, "val") if val else []
     run.sampler = PromptSampler(run.train_records, seed=d.seed, batch_size=d.gen_batch_size)

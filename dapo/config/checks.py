@@ -56,6 +56,20 @@ def _check_choices(c: Config) -> None:
     _one_of("data.truncation", c.data.truncation, ("left", "drop", "error"))
     _one_of("data.prompt_template", c.data.prompt_template, (None, "dapo"))
     _one_of("data.task", c.data.task, (None, *BUILTIN_TASKS))
+    for name in ("prompt_key", "answer_key"):
+        key = getattr(c.data, name)
+        _require(
+            key is None or (isinstance(key, str) and key.strip() == key != ""),
+            f"data.{name}",
+            "must be a column name (a non-empty string without surrounding spaces) or null (recognised from the file)",
+            key,
+        )
+    _require(
+        c.data.prompt_key is None or c.data.prompt_key != c.data.answer_key,
+        "data.answer_key",
+        "must name another column than data.prompt_key",
+        c.data.answer_key,
+    )
     levels = c.data.task_level if isinstance(c.data.task_level, list) else [c.data.task_level]
     _require(
         bool(levels) and all(level in LEVELS for level in levels),

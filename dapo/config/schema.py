@@ -108,7 +108,14 @@ class DataConfig:
     applies to what is left"""
     default_data_source: str | None = None
     """data source (reward routing, docs/rewards.md) of rows that carry none and whose file name names none,
-    e.g. `aime` for a competition set such as hmmt_feb_test.jsonl"""
+    e.g. `aime` for a competition set such as contest_2025.jsonl"""
+    prompt_key: str | None = None
+    """column of the data files that holds the problem (verl data.prompt_key): a string or a list of {role,
+    content} messages; None = recognised from each file's layout (OlympiadBench's question/final_answer,
+    problem/answer, question/answer, verl's prompt, ...: docs/data.md)"""
+    answer_key: str | None = None
+    """column that holds the answer: a string, a number, or a list (one element: one answer; several: all must
+    be right); None = recognised from each file's layout (docs/data.md)"""
     seed: int = 1
     """seed of the prompt sampler's shuffling"""
 

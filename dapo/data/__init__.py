@@ -1,10 +1,14 @@
-"""dapo.data: typed prompt records, readers/writers for verl parquet and jsonl data sets, prompt
-templates, a resumable sampler and the built-in arithmetic task. (The prompt-length budget is applied where
-prompts are tokenised: `dapo.runtime`, `data.max_prompt_length` and `data.truncation`.)"""
+"""dapo.data: typed prompt records, readers/writers for verl parquet and jsonl data sets (benchmark files in
+their own layouts, recognised from their columns), prompt templates, a resumable sampler and the built-in
+arithmetic task. (The prompt-length budget is applied where prompts are tokenised: `dapo.runtime`,
+`data.max_prompt_length` and `data.truncation`.)"""
 
 from dapo.data.records import (
     DatasetFileError,
+    DatasetLayoutError,
     DatasetRowError,
+    Layout,
+    detect_layout,
     normalize_ground_truth,
     read_dataset,
     write_verl_parquet,
@@ -32,13 +36,16 @@ __all__ = [
     "LEVELS",
     "ChatMessage",
     "DatasetFileError",
+    "DatasetLayoutError",
     "DatasetRowError",
+    "Layout",
     "LoadedDataset",
     "PromptRecord",
     "PromptSampler",
     "apply_dapo_template",
     "arith_solution",
     "as_chat_question",
+    "detect_layout",
     "has_dapo_template",
     "make_arith_records",
     "make_task_records",

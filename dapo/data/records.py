@@ -1,17 +1,25 @@
 """The readers / writer that map data sets onto the typed prompt records of `dapo.data.types`.
 
-Formats read (format="auto" picks by extension and by the fields of the first row):
+Files are parquet, jsonl or json (format="auto" picks by extension). What the columns mean, the file's
+layout, is recognised from the columns of its first row (`detect_layout`; docs/data.md has the table), unless
+`prompt_key` / `answer_key` (`data.prompt_key` / `data.answer_key`) name the columns:
 
-* verl parquet (and the same schema as jsonl): `data_source`, `prompt` = [{role, content}], `ability`,
-  `reward_model` = {ground_truth, style}, `extra_info` (a struct; `index` becomes the uid).
-* jsonl with their own field names: GSM8K {question, answer "... #### N"}, MATH-500 {problem, answer,
-  unique_id, ...}, AIME 2025 {question, answer}, AMC 2023 {id, problem, answer: float}. The prompt is the
-  first of `prompt` / `problem` / `question`, the answer `answer` (GSM8K's text after `#### `); a float
-  answer with an integral value becomes an integer string ("27.0" -> "27").
+* verl: `data_source`, `prompt` = [{role, content}], `ability`, `reward_model` = {ground_truth, style},
+  `extra_info` (a struct; `index` becomes the uid).
+* OlympiadBench as Qwen2.5-Math evaluates it: `question`, `final_answer` (a list), `is_multiple_answer`, `unit`,
+  `context`. A list of one element is one answer; several elements, or one element with `is_multiple_answer`
+  (split at its top-level commas), are an answer in parts, all of which must be right; `unit` is the unit the
+  answer is given in; a non-empty `context` is put before the question (`dapo.rewards.parts` scores them).
+* a problem and a solution whose last `\\boxed{}` is the answer (Minerva Math, MATH): `problem`, `solution`.
+* a problem and its answer: the prompt is the first of `prompt` / `problem` / `question` / `Problem` /
+  `Question`, the answer `answer` or `Answer` (GSM8K's text after `#### `; MATH-500, AMC 2023, AIME 2025,
+  College Math, GaoKao, HMMT, AIME variants). A float answer with an integral value becomes an integer string
+  ("27.0" -> "27"); an answer written `$...$` loses the dollars; a list answer is read like `final_answer`.
 
-Bad rows raise `DatasetRowError` naming the file, the 0-based row number and the field; with
-skip_bad_rows=True they are counted and listed instead. Nothing is dropped silently: duplicates and bad
-rows are counted in the returned `LoadedDataset`.
+An unrecognised layout raises `DatasetLayoutError` (one line naming the columns and the two settings). Bad rows
+raise `DatasetRowError` naming the file, the 0-based row number and the field; with skip_bad_rows=True they
+are counted and listed instead. Nothing is dropped silently: duplicates and bad rows are counted in the
+returned `LoadedDataset`, which also names the layout it recognised.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +35,17 @@ from dapo.data.templates import apply_dapo_template
 from dapo.data.types import ChatMessage, LoadedDataset, PromptRecord
 from dapo.errors import DapoError
 
+# dapo.rewards.parts / .text (how answers in parts and boxed solutions are read) are imported where they are
+# used: importing the dapo.rewards package imports torch, which `import dapo.data` does not need.
+
 VERL_COLUMNS = ("data_source", "prompt", "ability", "reward_model", "extra_info")
 REWARD_STYLE_KEY = "reward_style"  # where reward_model.style is kept in PromptRecord.extra
 DEFAULT_REWARD_STYLE = "rule"
-_PROMPT_FIELDS = ("prompt", "problem", "question")
-_ID_FIELDS = ("unique_id", "id", "idx")
+_PROMPT_FIELDS = ("prompt", "problem", "question", "Problem", "Question")
+_ANSWER_FIELDS = ("answer", "Answer")
+_ID_FIELDS = ("unique_id", "id", "idx", "ID", "problem_idx", "problem_id")
+# Fields kept out of PromptRecord.extra (they become its other attributes).
+_RECORD_FIELDS = ("data_source", "ability")
 
 
 class DatasetRowError(DapoError, ValueError):
@@ -43,6 +58,89 @@ class DatasetRowError(DapoError, ValueError):
 
 class DatasetFileError(DapoError, FileNotFoundError):
     """A data file that cannot be read at all (missing, or of an unknown format)."""
+
+
+class DatasetLayoutError(DapoError, ValueError):
+    """A data file whose columns match no known layout: the message names its columns and the settings
+    (`data.prompt_key`, `data.answer_key`) that say which hold the problem and its answer."""
+
+
+# --- layouts -------------------------------------------------------------------------------------------
+VERL = "verl"
+OLYMPIADBENCH = "olympiadbench"
+BOXED_SOLUTION = "boxed_solution"  # the answer is the last \boxed{} of a solution
+GSM8K_LAYOUT = "gsm8k"
+CONFIGURED = "keys"  # data.prompt_key / data.answer_key
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the columns of a data file mean.
+
+    Attributes:
+        kind: "verl", "olympiadbench", "boxed_solution" (the answer is the solution's last box), "gsm8k",
+            "keys" (set by data.prompt_key / data.answer_key) or "" (a problem column and an answer column).
+        prompt_field: the column of the problem (the chat messages for verl).
+        answer_field: the column of the answer ("reward_model.ground_truth" for verl).
+        source: the data source the layout itself implies (OlympiadBench's), used when neither the row nor the
+            file name gives one; None otherwise.
+    """
+
+    kind: str
+    prompt_field: str
+    answer_field: str
+    source: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How the evaluation table and the log name it: "olympiadbench (question/final_answer)", "problem/answer"."""
+        fields = f"{self.prompt_field}/{self.answer_field}"
+        return f"{self.kind} ({fields})" if self.kind else fields
+
+
+def _first_field(row: Mapping[str, Any], candidates: Sequence[str]) -> str | None:
+    """The first candidate column with a value in `row`, else the first that is present (even as null)."""
+    present = [f for f in candidates if f in row]
+    return next((f for f in present if row[f] is not None), present[0] if present else None)
+
+
+def detect_layout(
+    path: str | Path, row: Mapping[str, Any], prompt_key: str | None = None, answer_key: str | None = None
+) -> Layout:
+    """The layout of a file from its first row (table in docs/data.md). `prompt_key` / `answer_key` name the
+    columns instead; one of them alone leaves the other to be recognised. DatasetLayoutError when no layout fits."""
+    if prompt_key is None and answer_key is None:
+        if "reward_model" in row:
+            return Layout(VERL, "prompt", "reward_model.ground_truth")
+        prompt_field = _first_field(row, _PROMPT_FIELDS)
+        if prompt_field is not None:
+            if "final_answer" in row:
+                olympiad = "is_multiple_answer" in row
+                kind, source = (OLYMPIADBENCH, OLYMPIADBENCH) if olympiad else ("", None)
+                return Layout(kind, prompt_field, "final_answer", source)
+            answer_field = _first_field(row, _ANSWER_FIELDS)
+            if answer_field is not None:
+                gsm8k = isinstance(row[answer_field], str) and "####" in row[answer_field]
+                return Layout(GSM8K_LAYOUT if gsm8k else "", prompt_field, answer_field)
+            if "solution" in row:
+                return Layout(BOXED_SOLUTION, prompt_field, "solution", "math")
+    else:
+        prompt_field = prompt_key or _first_field(row, _PROMPT_FIELDS)
+        answer_field = answer_key or _first_field(row, (*_ANSWER_FIELDS, "final_answer"))
+        if prompt_field is not None and answer_field is not None:
+            return Layout(CONFIGURED, prompt_field, answer_field)
+    columns = list(row)
+    shown = ", ".join(columns[:30]) + (f", ... ({len(columns)} columns)" if len(columns) > 30 else "")
+    if prompt_key is None and answer_key is None:
+        what = "unknown data layout"
+    else:
+        given, missing = ("prompt", "answer") if prompt_key else ("answer", "prompt")
+        what = f"no {missing} column recognised beside the {given} column data.{given}_key names"
+    raise DatasetLayoutError(
+        f"{path}: {what}: its first row has the columns {shown or '(none)'}; set data.prompt_key and "
+        "data.answer_key to the columns that hold the problem and its answer, e.g. data.prompt_key=question "
+        "data.answer_key=answer (docs/data.md lists the layouts recognised without them)"
+    )
 
 
 # --- field conversion ----------------------------------------------------------------------------------
@@ -79,61 +177,125 @@ def _messages(value: Any) -> tuple[ChatMessage, ...]:
     return tuple(out)
 
 
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _answer_and_parts(value: Any, multiple: bool) -> tuple[str, list[str]]:
+    """(ground truth, its parts when there are several) of an answer: a string or number is one answer; a list
+    of one element is that answer, split at its top-level commas when `multiple` (OlympiadBench's
+    `is_multiple_answer`); a list of several elements has those parts. TypeError / ValueError when malformed."""
+    from dapo.rewards.parts import split_answers, unwrap_dollars
+
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        if len(value) == 0:
+            raise ValueError("empty list")
+        elements = [unwrap_dollars(normalize_ground_truth(v)) for v in value]
+        if len(elements) == 1 and multiple:
+            elements = split_answers(elements[0])
+            if not all(elements):
+                raise ValueError(f"an empty part in {value[0]!r:.80}")
+    else:
+        elements = [unwrap_dollars(normalize_ground_truth(value))]
+    if not all(elements):
+        raise ValueError("empty answer")
+    return ", ".join(elements), elements if len(elements) > 1 else []
+
+
+_SOURCE_NEEDLES = (
+    ("gsm8k", "gsm8k"), ("math-500", "math500"), ("math500", "math500"), ("aime", "aime"), ("amc", "amc"),
+    ("olympiad", "olympiadbench"), ("minerva", "minerva_math"), ("college_math", "college_math"),
+    ("college-math", "college_math"), ("gaokao", "gaokao"), ("hmmt", "hmmt"), ("dapo", "math_dapo"),
+)  # fmt: skip
+# A file with one of these names (Qwen2.5-Math's `data/olympiadbench/test.jsonl`) is named by its folder.
+_GENERIC_STEMS = ("test", "train", "val", "valid", "validation", "dev", "data")
+
+
 def _infer_source(path: Path, row: Mapping[str, Any]) -> str | None:
-    name = path.name.lower()
-    for needle, source in (("gsm8k", "gsm8k"), ("math-500", "math500"), ("math500", "math500"),
-                           ("aime", "aime"), ("amc", "amc"), ("dapo", "math_dapo")):  # fmt: skip
-        if needle in name:
-            return source
+    names = [path.name.lower()]
+    if path.stem.lower() in _GENERIC_STEMS:
+        names.append(path.parent.name.lower())
+    for name in names:
+        for needle, source in _SOURCE_NEEDLES:
+            if needle in name:
+                return source
     if isinstance(row.get("answer"), str) and "####" in row["answer"]:
         return "gsm8k"
     return None
 
 
 def _record_from_row(
-    path: Path, row_number: int, row: Mapping[str, Any], data_source: str | None, default_data_source: str | None
+    path: Path,
+    row_number: int,
+    row: Mapping[str, Any],
+    layout: Layout,
+    data_source: str | None,
+    default_data_source: str | None,
 ) -> PromptRecord:
+    from dapo.rewards.parts import ANSWER_PARTS_KEY, ANSWER_UNIT_KEY, unwrap_dollars
+    from dapo.rewards.text import last_boxed
+
     def bad(field_name: str, problem: str) -> DatasetRowError:
         return DatasetRowError(path, row_number, field_name, problem)
 
     if not isinstance(row, Mapping):
         raise bad("<row>", f"expected an object, got {type(row).__name__}")
-    prompt_field = next((f for f in _PROMPT_FIELDS if row.get(f) is not None), None)
-    if prompt_field is None:
-        raise bad("prompt", f"missing (looked for {', '.join(_PROMPT_FIELDS)})")
+    prompt_field = layout.prompt_field
+    if row.get(prompt_field) is None:
+        raise bad(prompt_field, "missing")
+    prompt = row[prompt_field]
+    context = row.get("context") if layout.kind != VERL else None
+    if isinstance(context, str) and context.strip() and isinstance(prompt, str) and prompt.strip():
+        prompt = f"{context.strip()}\n\n{prompt}"
     try:
-        messages = _messages(row[prompt_field])
+        messages = _messages(prompt)
     except (TypeError, ValueError) as exc:
         raise bad(prompt_field, str(exc)) from None
 
     extra: dict[str, Any] = {}
-    if "reward_model" in row:  # verl schema
-        rm = row["reward_model"]
-        gt_field = "reward_model.ground_truth"
-        if not isinstance(rm, Mapping) or rm.get("ground_truth") is None:
-            raise bad(gt_field, "missing")
-        raw_gt = rm["ground_truth"]
-        if rm.get("style") is not None:
-            extra[REWARD_STYLE_KEY] = rm["style"]
-        info = row.get("extra_info") or {}
-        if not isinstance(info, Mapping):
-            raise bad("extra_info", f"expected a struct, got {type(info).__name__}")
-        extra.update(info)
-    else:
-        gt_field = "answer"
-        if row.get("answer") is None:
-            raise bad("answer", "missing")
-        raw_gt = row["answer"]
-        if isinstance(raw_gt, str) and "####" in raw_gt:
-            extra["solution"] = raw_gt
-            raw_gt = raw_gt.split("####")[-1].replace(",", "")
-        extra.update({k: v for k, v in row.items() if k not in (prompt_field, "answer", "data_source", "ability")})
+    gt_field = layout.answer_field
+    parts: list[str] = []
     try:
-        ground_truth = normalize_ground_truth(raw_gt)
+        if layout.kind == VERL:
+            rm = row.get("reward_model")
+            if not isinstance(rm, Mapping) or rm.get("ground_truth") is None:
+                raise bad(gt_field, "missing")
+            ground_truth = normalize_ground_truth(rm["ground_truth"])
+            if rm.get("style") is not None:
+                extra[REWARD_STYLE_KEY] = rm["style"]
+            info = row.get("extra_info") or {}
+            if not isinstance(info, Mapping):
+                raise bad("extra_info", f"expected a struct, got {type(info).__name__}")
+            extra.update(info)
+        else:
+            raw_gt = row.get(gt_field)
+            if raw_gt is None:
+                raise bad(gt_field, "missing")
+            if gt_field == "solution":  # the answer is the solution's last box (Minerva Math, MATH)
+                if not isinstance(raw_gt, str):
+                    raise TypeError(f"expected a string, got {type(raw_gt).__name__}")
+                raw_gt = last_boxed(raw_gt)
+                if raw_gt is None or not raw_gt.strip():
+                    raise ValueError("no \\boxed{} answer in it")
+            elif isinstance(raw_gt, str) and "####" in raw_gt:
+                extra["solution"] = raw_gt
+                raw_gt = raw_gt.split("####")[-1].replace(",", "")
+            ground_truth, parts = _answer_and_parts(raw_gt, _is_true(row.get("is_multiple_answer")))
+            kept = (
+                (prompt_field, *_RECORD_FIELDS) if gt_field == "solution" else (prompt_field, gt_field, *_RECORD_FIELDS)
+            )
+            extra.update({k: v for k, v in row.items() if k not in kept})
+            unit = row.get("unit")
+            if isinstance(unit, str) and unwrap_dollars(unit):
+                extra[ANSWER_UNIT_KEY] = unwrap_dollars(unit)
+            if parts:
+                extra[ANSWER_PARTS_KEY] = parts
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, DatasetRowError):
+            raise
         raise bad(gt_field, str(exc)) from None
 
-    source = data_source or row.get("data_source") or _infer_source(path, row) or default_data_source
+    source = data_source or row.get("data_source") or _infer_source(path, row) or layout.source or default_data_source
     if not isinstance(source, str) or not source:
         raise bad(
             "data_source",
@@ -205,12 +367,16 @@ def read_dataset(
     dedup: bool = True,
     skip_bad_rows: bool = False,
     limit: int | None = None,
+    prompt_key: str | None = None,
+    answer_key: str | None = None,
 ) -> LoadedDataset:
     """Read a verl parquet / jsonl / json data set into PromptRecords.
 
     Args:
         path: the file.
         format: "auto" (by extension), "parquet", "jsonl" or "json".
+        prompt_key, answer_key: the columns of the problem and of its answer (`data.prompt_key`,
+            `data.answer_key`); None = recognised from the first row's columns (`detect_layout`).
         data_source: overrides the file's `data_source` (or the one inferred from the file name).
         default_data_source: used for rows that have no `data_source` and whose file name names none
             (`data.default_data_source`).
@@ -238,12 +404,17 @@ def read_dataset(
     seen: dict[tuple[ChatMessage, ...], str] = {}
     num_rows = duplicates = conflicts = 0
     bad_rows: list[str] = []
+    layout: Layout | None = None
     for row_number, row in enumerate(_FORMATS[fmt](path)):
         num_rows += 1
+        if layout is None and isinstance(row, Mapping):
+            layout = detect_layout(path, row, prompt_key, answer_key)  # from the first row that is an object
         try:
             if isinstance(row, _BadJson):
                 raise DatasetRowError(path, row_number, "<line>", row.problem)
-            record = _record_from_row(path, row_number, row, data_source, default_data_source)
+            if layout is None:
+                raise DatasetRowError(path, row_number, "<row>", f"expected an object, got {type(row).__name__}")
+            record = _record_from_row(path, row_number, row, layout, data_source, default_data_source)
         except DatasetRowError as exc:
             if not skip_bad_rows:
                 raise
@@ -259,7 +430,9 @@ def read_dataset(
             seen[record.messages] = record.ground_truth
         if limit is None or len(records) < limit:
             records.append(record)
-    return LoadedDataset(tuple(records), num_rows, duplicates, conflicts, len(bad_rows), tuple(bad_rows))
+    return LoadedDataset(
+        tuple(records), num_rows, duplicates, conflicts, len(bad_rows), tuple(bad_rows), layout.name if layout else ""
+    )
 
 
 def write_verl_parquet(records: Iterable[PromptRecord], path: str | Path) -> Path:

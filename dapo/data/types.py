@@ -24,14 +24,15 @@ class PromptRecord:
     """One prompt of a data set.
 
     Attributes:
-        uid: stable id: `extra_info.index` (verl), else the row's `unique_id` / `id` field, else the row
-            number in the file.
+        uid: stable id: `extra_info.index` (verl), else the row's `unique_id` / `id` / `idx` / `ID` /
+            `problem_idx` / `problem_id` field, else the row number in the file.
         messages: the prompt as chat messages; a raw-text prompt is one user message.
         ground_truth: the reference answer the reward function compares against.
         data_source: routes the record to a scorer (see dapo.rewards.route).
         ability: verl's `ability` column ("MATH", "math", ...), "" when absent.
-        extra: everything else: verl's `extra_info` fields, other jsonl fields, and `reward_style`
-            (verl's `reward_model.style`) when present.
+        extra: everything else: verl's `extra_info` fields, other columns, `reward_style` (verl's
+            `reward_model.style`) when present, and `answer_parts` / `answer_unit` for an answer in several
+            parts or with a unit (`dapo.rewards.parts` reads them).
     """
 
     uid: str
@@ -58,6 +59,9 @@ class LoadedDataset:
         num_conflicting_duplicates: of those, rows whose ground truth differs from the kept row's.
         num_bad_rows_skipped: malformed rows skipped (skip_bad_rows=True).
         bad_rows: one "file: row N: field 'f': problem" line per skipped row.
+        layout: the layout the file was read with, as the evaluation table names it: "olympiadbench
+            (question/final_answer)", "problem/answer", "verl (prompt/reward_model.ground_truth)"; "" for a
+            file with no row to read it from.
     """
 
     records: tuple[PromptRecord, ...]
@@ -66,6 +70,7 @@ class LoadedDataset:
     num_conflicting_duplicates: int = 0
     num_bad_rows_skipped: int = 0
     bad_rows: tuple[str, ...] = ()
+    layout: str = ""
 
     def __len__(self) -> int:
         return len(self.records)

@@ -277,7 +277,18 @@ def score_dapo(response: str | bytes, ground_truth: str, mode: str = "default") 
         pred = verl_prediction(response)
         correct = pred == _minerva_normalize(ground_truth)
         return verdict(correct, None if pred == INVALID_PRED else printable(pred))
-    answer = final_answer(_default_window(response))
+    return judge_dapo_answer(extract_dapo_answer(response), ground_truth)
+
+
+def extract_dapo_answer(response: str | bytes) -> str | None:
+    """The final answer the default mode reads (rule 1 of docs/rewards.md): the rest of the last `Answer:` line
+    of the window, else a box that ends it; None when there is neither."""
+    return final_answer(_default_window(response))
+
+
+def judge_dapo_answer(answer: str | None, ground_truth: str) -> ScoreResult:
+    """The default mode's verdict on an extracted answer (None: there was none): equal canonical forms or
+    equal exact values."""
     if answer is None:
         return verdict(False, None)
     pred, gt = canonical_answer(answer), canonical_answer(ground_truth)

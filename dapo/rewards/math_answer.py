@@ -106,18 +106,25 @@ class MathCheck:
         result: the verdict when it could be decided without sympy, else None.
         pred: the extracted answer (bounded str) or None.
         ground_truth: the ground truth answer, stripped.
-        symbolic_args: (gold, pred) for `symbolic.symbolic_equal` when the verdict is pending: what
-            math-verify compares (decimals of the prediction written as exact fractions).
+        symbolic_pairs: when the verdict is pending, the (gold, pred) pairs for `symbolic.symbolic_equal`, all
+            of which must hold: what math-verify compares (decimals of the prediction written as exact
+            fractions). One pair for one answer; one per undecided part for an answer in several parts
+            (`dapo.rewards.parts`).
     """
 
     result: ScoreResult | None
     pred: str | None
     ground_truth: str
-    symbolic_args: tuple[str, str] | None = None
+    symbolic_pairs: tuple[tuple[str, str], ...] = ()
 
     @property
     def needs_symbolic(self) -> bool:
         return self.result is None
+
+    @property
+    def symbolic_args(self) -> tuple[str, str] | None:
+        """The one (gold, pred) pair of a pending single answer, else None."""
+        return self.symbolic_pairs[0] if len(self.symbolic_pairs) == 1 else None
 
 
 def _words(s: str) -> list[str]:
@@ -135,14 +142,18 @@ def _unexplained_words(pred: str, gt: str) -> list[str]:
     return [w for w in _words(pred) if w.lower() not in known and not set(w) <= variables]
 
 
+def adds_words_or_marks(pred: str, gt: str) -> bool:
+    """Whether `pred` has a word (`540 apples`, a unit: `5 km`, `5\\text{ m}`) or a mark (`\\pm`, `\\approx`, a
+    degree sign, a prime) that `gt` does not have (`_unexplained_words`, `_MARKS`)."""
+    return bool(_unexplained_words(pred, gt)) or bool(set(_MARKS.findall(pred)) - set(_MARKS.findall(gt)))
+
+
 def _states_more(pred: str, gt: str) -> bool:
     """Whether `pred` (its `canonical_spaced` form: units after a plain number and assignments to a name
     already gone) says something `gt` (as given) does not, in a way math-verify would overlook: it reads a
     leading value and drops trailing text (`540 apples`, `540\\text{ thousand}`, `540\\text{ or more}` are
     540 to it), solves an equation for its right side (`2x = 540`), and forgives the `_MARKS`."""
-    if _unexplained_words(pred, gt):
-        return True
-    if set(_MARKS.findall(pred)) - set(_MARKS.findall(gt)):
+    if adds_words_or_marks(pred, gt):
         return True
     return has_equals(pred) and not has_equals(gt)
 
@@ -207,9 +218,13 @@ def check_math_answer(response: str | bytes, ground_truth: str) -> MathCheck:
     """Decide what can be decided cheaply: no answer, equal canonical forms, equal or different plain
     numbers, percent and base-subscript rules, numerals side by side, answers too long to parse, predictions
     that say more than the ground truth (`_states_more`). Everything else is left to `symbolic.symbolic_equal`,
-    given `MathCheck.symbolic_args`."""
+    given `MathCheck.symbolic_pairs`."""
+    return check_math_pred(extract_math_answer(response), ground_truth)
+
+
+def check_math_pred(pred: str | None, ground_truth: str) -> MathCheck:
+    """`check_math_answer` on an answer already extracted from its response (None: there was none)."""
     gt = ground_truth.strip()
-    pred = extract_math_answer(response)
     if pred is None:
         return MathCheck(verdict(False, None), None, gt)
     forms = _percent_agrees(normalize_latex(pred), normalize_latex(gt), pred, gt)
@@ -235,4 +250,4 @@ def check_math_answer(response: str | bytes, ground_truth: str) -> MathCheck:
         return MathCheck(verdict(False, pred), pred, gt)
     # A ground truth that is an equation (`x=5`) goes as written, so that `2x = 5` is compared as an equation.
     gold = _symbolic_form(gt, None if has_equals(gt) else gt_value)
-    return MathCheck(None, pred, gt, (gold, _symbolic_form(pred, value)))
+    return MathCheck(None, pred, gt, ((gold, _symbolic_form(pred, value)),))

@@ -4,9 +4,11 @@
     acc_i    = is the answer correct            (never shaped: dynamic sampling filters on acc)
 
 Routing by `data_source` (table in docs/rewards.md): DAPO "Answer:" scorer for DAPO-Math / AIME / AMC and
-the built-in "arith" task, boxed + symbolic for MATH, GSM8K numeric for GSM8K; a `custom` user function
-replaces the routing entirely. The symbolic checks run in a `KillablePool` (hard per-item deadline),
-started lazily on first need and stopped by `close()`.
+the built-in "arith" task, boxed + symbolic for MATH and the benchmarks with LaTeX answers (OlympiadBench,
+Minerva Math, College Math, GaoKao, HMMT), GSM8K numeric for GSM8K; a `custom` user function replaces the
+routing entirely. Answers in several parts or with a unit are judged part by part (`dapo.rewards.parts`).
+The symbolic checks run in a `KillablePool` (hard per-item deadline), started lazily on first need and
+stopped by `close()`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dapo.rewards.custom import (
 from dapo.rewards.dapo_answer import DEFAULT_READ_CHARS, SCORER_MODES, score_dapo
 from dapo.rewards.gsm8k import score_gsm8k
 from dapo.rewards.math_answer import check_math_answer
+from dapo.rewards.parts import answer_spec, check_math_parts, score_dapo_parts
 from dapo.rewards.pool import KillablePool
 from dapo.rewards.types import ERROR, INCORRECT_SCORE, NO_ANSWER, TIMEOUT, ScoreResult, verdict
 
@@ -56,7 +59,17 @@ EXACT_ROUTES: Mapping[str, str] = {
     "gsm8k": GSM8K,
     "openai/gsm8k": GSM8K,
 }
-PREFIX_ROUTES: Mapping[str, str] = {"aime": DAPO, "amc": DAPO}
+# Benchmarks with LaTeX answers (OlympiadBench, Minerva Math, College Math, GaoKao, HMMT) go to the MATH scorer:
+# it reads a final box or an `Answer:` line, and decides equivalence symbolically.
+PREFIX_ROUTES: Mapping[str, str] = {
+    "aime": DAPO,
+    "amc": DAPO,
+    "olympiad": MATH,
+    "minerva": MATH,
+    "college_math": MATH,
+    "gaokao": MATH,
+    "hmmt": MATH,
+}
 
 
 class RewardFunctionError(DapoError, RuntimeError):
@@ -89,7 +102,9 @@ class RewardSample:
         truncated: True when generation hit the length cap without EOS.
         ground_truth: the reference answer.
         data_source: routes the sample to a scorer.
-        extra: the record's extra fields, passed to user functions as `extra_info`.
+        extra: the record's extra fields, passed to user functions as `extra_info`. Its `answer_parts` and
+            `answer_unit` (an answer in several parts, an answer with a unit) change how the built-in DAPO
+            (default mode) and MATH scorers read the answer: `dapo.rewards.parts`.
     """
 
     prompt: str
@@ -230,7 +245,7 @@ class RewardFunction:
             if r == GSM8K:
                 results[i] = self._guarded(i, samples[i], lambda s: score_gsm8k(s.response, s.ground_truth))
             elif r == MATH:
-                check = self._guarded(i, samples[i], lambda s: check_math_answer(s.response, s.ground_truth))
+                check = self._guarded(i, samples[i], _math_check)
                 if isinstance(check, ScoreResult):  # the guard turned an exception into a failure
                     results[i] = check
                 elif check.needs_symbolic:
@@ -262,6 +277,11 @@ class RewardFunction:
 
     def _score_dapo(self, samples: Sequence[RewardSample], idx: list[int], results: list) -> None:
         if self.num_workers > 0 and len(idx) >= self.parallel_min_batch:
+            # Answers in parts or with a unit are scored in-process: the pool's unit of work is the plain scorer.
+            special = {i for i in idx if answer_spec(samples[i].ground_truth, samples[i].extra) is not None}
+            for i in sorted(special):
+                results[i] = self._guarded(i, samples[i], self._dapo_one)
+            idx = [i for i in idx if i not in special]
             chunks = [idx[k :: self.num_workers] for k in range(self.num_workers)]
             args = [
                 (
@@ -284,22 +304,33 @@ class RewardFunction:
             results[i] = self._guarded(i, samples[i], self._dapo_one)
 
     def _dapo_one(self, s: RewardSample) -> ScoreResult:
+        spec = answer_spec(s.ground_truth, s.extra) if self.scorer_mode == "default" else None
+        if spec is not None:
+            return score_dapo_parts(s.response, spec)
         return score_dapo(s.response, s.ground_truth, self.scorer_mode)
 
     def _score_symbolic(self, pending: list[int], results: list) -> None:
-        checks = [results[i] for i in pending]
-        preds = [check.pred for check in checks]
+        # One check per pending sample; an answer in several parts has one (gold, pred) pair per undecided part,
+        # and is right only when all of them hold.
+        owners = [i for i in pending for _ in results[i].symbolic_pairs]
         # What math-verify compares is the check's (gold, pred), not the raw texts (decimals made exact).
-        args = [(*check.symbolic_args, self.symbolic_timeout_s) for check in checks]
+        args = [(*pair, self.symbolic_timeout_s) for i in pending for pair in results[i].symbolic_pairs]
         # The hard deadline leaves math-verify's own (SIGALRM) timeouts room to fire first.
         deadline = self.symbolic_timeout_s + 1.0
         outcomes = self._get_pool().map("dapo.rewards.symbolic:symbolic_equal", args, deadline)
-        for i, pred, outcome in zip(pending, preds, outcomes, strict=True):
-            if outcome.status == "ok":
-                results[i] = verdict(bool(outcome.value), pred)
-            else:
-                failure = TIMEOUT if outcome.status == "timeout" else ERROR
+        by_sample: dict[int, list] = {i: [] for i in pending}
+        for i, outcome in zip(owners, outcomes, strict=True):
+            by_sample[i].append(outcome)
+        for i in pending:
+            pred = results[i].pred
+            failed = [o for o in by_sample[i] if o.status != "ok"]
+            if any(o.status == "ok" and not o.value for o in by_sample[i]):
+                results[i] = verdict(False, pred)  # one part is wrong: the answer is, whatever the others did
+            elif failed:
+                failure = TIMEOUT if any(o.status == "timeout" for o in failed) else ERROR
                 results[i] = ScoreResult(INCORRECT_SCORE, False, verdict(False, pred).pred, failure)
+            else:
+                results[i] = verdict(True, pred)
 
     def _score_custom(self, samples: Sequence[RewardSample]) -> list[ScoreResult]:
         fn, name = self.custom, getattr(self.custom, "__name__", repr(self.custom))
@@ -345,6 +376,12 @@ class RewardFunction:
             warm = ("dapo.rewards.dapo_answer", "dapo.rewards.symbolic", "math_verify")
             self._pool = KillablePool(max(1, self.num_workers), warm_modules=warm)
         return self._pool
+
+
+def _math_check(s: RewardSample):
+    """The MATH scorer's in-process check of one sample, by parts when its record sets them (or a unit)."""
+    spec = answer_spec(s.ground_truth, s.extra)
+    return check_math_answer(s.response, s.ground_truth) if spec is None else check_math_parts(s.response, spec)
 
 
 def _batch_metrics(

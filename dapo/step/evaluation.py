@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dapo.data import PromptRecord
@@ -136,9 +136,10 @@ def _bar_interval() -> float:
     return 0.1 if sys.stderr.isatty() else 10.0
 
 
-def format_eval(metrics: dict[str, float]) -> str:
+def format_eval(metrics: dict[str, float], layouts: Mapping[str, str] | None = None) -> str:
     """One line per data source, naming the metric exactly: 'arith: avg@4 (24 problems x 4) 41.2% | pass@4 70.0% |
-    maj@4 45.0%'."""
+    maj@4 45.0%'. With `layouts` (data source -> the layout its files were read with, `RunData.val_layouts`), a
+    source read from files ends with it: '| layout olympiadbench (question/final_answer)'."""
     lines = []
     for key, value in sorted(metrics.items()):
         if key.startswith("val-core/") and "/acc/mean@" in key:
@@ -152,13 +153,16 @@ def format_eval(metrics: dict[str, float]) -> str:
                 aux = metrics.get(f"val-aux/{source}/{metric}")
                 if aux is not None and not math.isnan(aux):
                     parts.append(f"{name} {100 * aux:.1f}%")
+            if layouts and layouts.get(source):
+                parts.append(f"layout {layouts[source]}")
             lines.append(" | ".join(parts))
     return "\n".join(lines)
 
 
-def results_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
+def results_rows(metrics: dict[str, float], layouts: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """One row per data source from `evaluate`'s metrics: source, problems, k, avg@k, pass@k, maj@k (None
-    when k = 1), the lenient avg@k (None for non-numeric answers) and the mean response length."""
+    when k = 1), the lenient avg@k (None for non-numeric answers) and the mean response length; with `layouts`
+    (see `format_eval`) also the layout of the source's files (None for the built-in task)."""
     rows = []
     for key in sorted(metrics):
         if key.startswith("val-core/") and "/acc/mean@" in key:
@@ -171,12 +175,14 @@ def results_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
                 f"lenient avg@{k}": metrics.get(f"{aux}/lenient_acc/mean@{k}"),
                 "response_length": metrics.get(f"{aux}/response_length/mean@{k}"),
             })  # fmt: skip
+            if layouts is not None:
+                rows[-1]["layout"] = layouts.get(source)
     return rows
 
 
 def results_markdown(rows: list[dict[str, Any]], title: str) -> str:
     """The results table in Markdown: accuracies in %, '—' for maj@1 and for a lenient verdict that does not
-    apply."""
+    apply. A last column names each source's file layout when a row has one (`results_rows` with layouts)."""
 
     def percent(value) -> str:
         return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
@@ -190,11 +196,14 @@ def results_markdown(rows: list[dict[str, Any]], title: str) -> str:
         "| data source | problems | avg@k | pass@k | maj@k | lenient avg@k | mean response tokens |",
         "|---|---|---|---|---|---|---|",
     ]
+    with_layout = any(row.get("layout") for row in rows)
+    if with_layout:
+        lines[-2:] = [lines[-2] + " file layout |", lines[-1] + "---|"]
     for row in rows:
         k = row["k"]
         lines.append(
             f"| {row['source']} | {row['problems']} | {percent(row[f'avg@{k}'])} (k={k}) | "
             f"{percent(row[f'pass@{k}'])} | {percent(row[f'maj@{k}'])} | {percent(row.get(f'lenient avg@{k}'))} | "
-            f"{row['response_length'] or 0:.0f} |"
+            f"{row['response_length'] or 0:.0f} |" + (f" {row.get('layout') or '—'} |" if with_layout else "")
         )
     return "\n".join(lines) + "\n"

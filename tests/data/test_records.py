@@ -77,20 +77,30 @@ def _write_jsonl(path, rows):
 
 
 BAD_ROWS = [
-    ({"answer": "1"}, "prompt"),
+    ({"answer": "1"}, "question"),  # the file's layout (from its first row) is question/answer
     ({"question": "q"}, "answer"),
     ({"question": "", "answer": "1"}, "question"),
     ({"question": "q", "answer": None}, "answer"),
-    ({"question": "q", "answer": [1]}, "answer"),
+    ({"question": "q", "answer": []}, "answer"),
+    ({"question": "q", "answer": [None]}, "answer"),
     ({"prompt": [{"role": "user"}], "answer": "1"}, "prompt"),
     ({"prompt": [{"role": "user", "content": "q"}], "reward_model": {}}, "reward_model.ground_truth"),
     ("{not json", "<line>"),
 ]
 
 
+def _good_row_like(row) -> dict:
+    """A valid first row of the same layout as `row` (the layout is recognised from a file's first row)."""
+    if isinstance(row, dict) and "reward_model" in row:
+        return {"prompt": [{"role": "user", "content": "ok"}], "reward_model": {"ground_truth": "1"}}
+    if isinstance(row, dict) and "prompt" in row:
+        return {"prompt": "ok", "answer": "1"}
+    return {"question": "ok", "answer": "1"}
+
+
 @pytest.mark.parametrize(("row", "field"), BAD_ROWS)
 def test_bad_row_names_file_row_and_field(tmp_path, row, field):
-    path = _write_jsonl(tmp_path / "x.jsonl", [{"question": "ok", "answer": "1"}, row])
+    path = _write_jsonl(tmp_path / "x.jsonl", [_good_row_like(row), row])
     with pytest.raises(DatasetRowError) as info:
         read_dataset(path, data_source="gsm8k")
     assert (info.value.row, info.value.field_name) == (1, field)
@@ -105,13 +115,13 @@ def test_skip_bad_rows_counts_them(tmp_path):
 
 
 def test_missing_data_source_is_an_error_that_names_the_setting(tmp_path):
-    with pytest.raises(DatasetRowError, match=r"hmmt_feb_test\.jsonl: row 0: field 'data_source'.*default_data_source"):
-        read_dataset(_write_jsonl(tmp_path / "hmmt_feb_test.jsonl", [{"question": "q", "answer": "1"}]))
+    with pytest.raises(DatasetRowError, match=r"contest_feb\.jsonl: row 0: field 'data_source'.*default_data_source"):
+        read_dataset(_write_jsonl(tmp_path / "contest_feb.jsonl", [{"question": "q", "answer": "1"}]))
 
 
 def test_default_data_source_applies_only_where_the_row_and_file_name_give_none(tmp_path):
     rows = [{"question": "a", "answer": "1"}, {"question": "b", "answer": "2", "data_source": "math_dapo"}]
-    loaded = read_dataset(_write_jsonl(tmp_path / "hmmt_feb_test.jsonl", rows), default_data_source="aime")
+    loaded = read_dataset(_write_jsonl(tmp_path / "contest_feb.jsonl", rows), default_data_source="aime")
     assert [r.data_source for r in loaded] == ["aime", "math_dapo"]
     named = read_dataset(_write_jsonl(tmp_path / "gsm8k_extra.jsonl", rows[:1]), default_data_source="aime")
     assert named[0].data_source == "gsm8k"  # the file name still says what it is
