@@ -263,11 +263,16 @@ def _ray_rollout(config: Config, model, tokenizer, group, say) -> RolloutEngine:
 
 
 def vllm_options(config: Config) -> dict:
-    """What a vLLM engine is built with besides its dtype: the run's context (prompt + response), its tensor
-    parallelism, and its memory (an explicit KV-cache size, or the share of the GPU)."""
+    """What a vLLM engine is built with besides its dtype: the run's context (prompt + response), CUDA graphs or
+    not, chunked prefill, its tensor parallelism, its memory (an explicit KV-cache size, or the share of the GPU)
+    and the weight push's bucket size."""
     ro = config.rollout
+    batched = {"max_num_batched_tokens": ro.max_num_batched_tokens} if ro.max_num_batched_tokens else {}
     return {
         "max_model_len": config.data.max_prompt_length + ro.max_response_length,
+        "enforce_eager": ro.enforce_eager,
+        "enable_chunked_prefill": ro.enable_chunked_prefill,
+        **batched,
         "tensor_parallel_size": ro.tensor_parallel_size,
         "gpu_memory_utilization": ro.gpu_memory_utilization,
         "kv_cache_memory_bytes": int(ro.kv_cache_gb * 1e9) or None,

@@ -316,6 +316,7 @@ def make_plan(config: Config) -> Plan:
                 f"             KV cache room: {_gb(free)} a GPU = {int(free // a_sequence):,} full sequences at once "
                 "per engine"
             )
+    plan.lines.extend(_engine_lines(c, params * rollout_bytes, vocab * hidden * rollout_bytes, bool(ray)))
     d, a = c.data, c.actor
     train_tokens = d.train_batch_size * c.rollout.group_size * sequence
     rounds = c.algo.dynamic_sampling.max_gen_batches or "unlimited"
@@ -329,6 +330,27 @@ def make_plan(config: Config) -> Plan:
     if missing:
         plan.problems.append(f"data files not found (relative paths are from {Path.cwd()}): {', '.join(missing)}")
     return plan
+
+
+def _engine_lines(c: Config, engine_weights: float, largest_tensor: float, ray: bool) -> list[str]:
+    """How the weights reach an engine with its own copy, and the vLLM settings that cost memory."""
+    ro, lines = c.rollout, []
+    workers = ray and c.ray.rollout_workers > 0
+    if ro.engine == "vllm" or workers or ro.dtype == "bfloat16" or c.model.lora.rank > 0:
+        bucket = ro.weight_sync_bucket_mb * 2**20
+        sender = "rank 0" if ray else "the trainer"
+        kept = f"; the object store keeps the last push ({_gb(engine_weights)}) to resync a restarted worker" \
+            if workers else ""  # fmt: skip
+        lines.append(
+            f"weight sync  buckets of {ro.weight_sync_bucket_mb:,} MB in {ro.dtype}: {sender} holds at most a bucket "
+            f"plus one tensor ({_gb(bucket + largest_tensor)}, the largest tensor {_gb(largest_tensor)}){kept}"
+        )
+    if ro.engine == "vllm":
+        graphs = "eager (no CUDA graphs)" if ro.enforce_eager else "CUDA graphs (not released by sleep)"
+        prefill = "chunked" if ro.enable_chunked_prefill else "whole prompts"
+        step = f"{ro.max_num_batched_tokens:,}" if ro.max_num_batched_tokens else "vLLM's default"
+        lines.append(f"             vLLM: {graphs}, prefill {prefill}, {step} tokens a scheduling step")
+    return lines
 
 
 def validation_lines(config: Config, files: list[str]) -> list[str]:

@@ -104,6 +104,24 @@ def test_recipes_are_planned_in_seconds_and_the_paper_run_fits_on_the_paper_hard
     assert "16 vllm worker(s), split, 4 GPU each (total GPUs: 128)" in out
     assert "(2,816 tokens a micro-batch, 1/8 of 22,528)" in out
     assert "engine weights 65.5 GB, over 4 GPUs (tensor parallel): 16.4 GB a GPU" in out
+    # The push: 2,048 MB buckets of bf16 tensors; the largest is the 152,064 x 5,120 embedding, 1.56 GB.
+    assert (
+        "weight sync  buckets of 2,048 MB in bfloat16: rank 0 holds at most a bucket plus one tensor (3.7 GB, the "
+        "largest tensor 1.6 GB); the object store keeps the last push (65.5 GB) to resync a restarted worker" in out
+    )
+    assert "vLLM: eager (no CUDA graphs), prefill chunked, 22,528 tokens a scheduling step" in out
+
+
+def test_the_vllm_settings_reach_the_engine():
+    from dapo.components import vllm_options
+
+    overrides = ["rollout.enforce_eager=false", "rollout.weight_sync_bucket_mb=512"]
+    config = load_config("dapo", RECIPES / "dapo-qwen2.5-32b.yaml", overrides)
+    options = vllm_options(config)
+    assert options["max_model_len"] == 2048 + 20480 == options["max_num_batched_tokens"]
+    assert options["enforce_eager"] is False and options["enable_chunked_prefill"] is True
+    assert options["tensor_parallel_size"] == 4 and options["weight_sync_bucket_mb"] == 512
+    assert "max_num_batched_tokens" not in vllm_options(load_config("dapo", None, []))  # 0: vLLM's own default
 
 
 @pytest.mark.parametrize("recipe", ["dapo-qwen2.5-32b", "dapo-qwen2.5-math-7b"])

@@ -255,6 +255,8 @@ def _check_engine_parallelism(c: Config) -> None:
     ro, tp = c.rollout, c.rollout.tensor_parallel_size
     _require(0.0 < ro.gpu_memory_utilization <= 1.0, "rollout.gpu_memory_utilization", "must be in (0, 1]",
              ro.gpu_memory_utilization)  # fmt: skip
+    _require(ro.max_num_batched_tokens >= 0, "rollout.max_num_batched_tokens", "must be ≥ 0 (0 = vLLM's default)",
+             ro.max_num_batched_tokens)  # fmt: skip
     _require(
         ro.weight_sync_bucket_mb >= 1, "rollout.weight_sync_bucket_mb", "must be ≥ 1 (MB)", ro.weight_sync_bucket_mb
     )

@@ -177,6 +177,15 @@ class RolloutConfig:
     kv_cache_gb: float = 0.0
     """an explicit KV-cache size for vLLM, in GB; 0 = from gpu_memory_utilization on a GPU, 0.25 GB on a CPU
     (where vLLM needs a size)"""
+    enforce_eager: bool = True
+    """vLLM without CUDA graphs, as the paper's reproduction ran (verl's README lists CUDA graphs as a possible cause
+    of quality loss; their memory is not released by sleep). false: CUDA graphs, faster decoding on a GPU"""
+    enable_chunked_prefill: bool = True
+    """vLLM prefills long prompts in chunks of rollout.max_num_batched_tokens, interleaved with decoding (the recipe's
+    setting)"""
+    max_num_batched_tokens: int = 0
+    """tokens vLLM schedules in one engine step (a prefill chunk plus the decoding rows); 0 = vLLM's default (the
+    DAPO recipes, as verl's: the prompt + response length, 22,528)"""
     weight_sync_bucket_mb: int = 2048
     """a weight push to an engine that holds its own copy (vLLM, Ray rollout workers, a bfloat16 or LoRA-merged
     copy) travels in buckets of at most this many MB of full tensors (verl's update_weights_bucket_megabytes: 2048);
