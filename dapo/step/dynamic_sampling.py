@@ -54,6 +54,7 @@ class DynamicSampler:
         self.settings = settings
         self.buffer: list[ScoredGroup] = []
         self.total_gen_batches = 0
+        self.total_samples_generated = 0  # responses generated since step 1: "samples to target" beside steps
 
     def collect(self, step: int, draw: Draw) -> tuple[list[ScoredGroup], dict[str, float]]:
         """The `batch_size` groups of training step `step` and the sampling metrics (verl's names)."""
@@ -92,7 +93,9 @@ class DynamicSampler:
         if s.enable and s.keep_surplus:
             self.buffer = [dataclasses.replace(g, rollout_logprobs=None) for g in surplus]
         self.total_gen_batches += rounds
+        self.total_samples_generated += sum(g.size for g in generated)
         metrics = self._metrics(generated, informative_seen, rounds, from_buffer, len(surplus) - len(self.buffer))
+        metrics["train/samples_generated_total"] = float(self.total_samples_generated)
         metrics["train/num_groups"] = float(min(len(ready), s.batch_size))
         metrics["train/num_gen_parts"] = float(len(reward_metrics))
         metrics["train/prompts_not_generated"] = float(rounds * s.gen_batch_size - len(generated))
@@ -112,8 +115,14 @@ class DynamicSampler:
         def share(count: int) -> float:
             return count / seen if seen else nan
 
+        sampled = [g for g in generated if g.rollout_logprobs is not None]
+        tokens = sum(len(r) for g in sampled for r in g.response_ids)
+        neg_logprob = -sum(float(g.rollout_logprobs.sum()) for g in sampled)
         return {
             "train/num_gen_batches": float(rounds),
+            "train/samples_generated": float(sum(g.size for g in generated)),
+            # mean −log π of the sampled tokens (raw policy): at temperature 1, the behaviour policy's entropy a token
+            "rollout/entropy_estimate": neg_logprob / tokens if tokens else nan,
             "train/informative_group_frac": share(informative_seen),
             "train/all_correct_group_frac": share(sum(c == g.size for c, g in zip(acc_counts, generated, strict=True))),
             "train/all_wrong_group_frac": share(sum(c == 0 for c in acc_counts)),
@@ -124,8 +133,13 @@ class DynamicSampler:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": list(self.buffer), "total_gen_batches": self.total_gen_batches}
+        return {
+            "buffer": list(self.buffer),
+            "total_gen_batches": self.total_gen_batches,
+            "total_samples_generated": self.total_samples_generated,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer = list(state["buffer"])
         self.total_gen_batches = int(state["total_gen_batches"])
+        self.total_samples_generated = int(state.get("total_samples_generated", 0))  # absent before 2026-12

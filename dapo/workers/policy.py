@@ -195,6 +195,10 @@ class PolicyWorker:
         stats.add_masked("actor/pg_clipfrac_low", pg_stats.clipped_low, counted)
         stats.add_masked("actor/pg_clipfrac_lower", pg_stats.dual_clipped, counted)
         stats.add_masked("actor/ppo_kl", pg_stats.approx_kl, counted)
+        # DAPO Fig. 3: the upper clip can only bind where π_old < 1/(1+ε_high), and binds on low-probability tokens.
+        old_prob = torch.where(mask.bool(), old, 0.0).exp()
+        stats.add_masked("actor/pg_clip_high_reachable_frac", old_prob < 1.0 / (1.0 + params.clip_eps_high), counted)
+        stats.add_masked("actor/pg_clipped_high_old_prob", old_prob, counted * pg_stats.clipped_high)
         stats.add_masked("actor/ratio_mean", pg_stats.ratio, counted)
         stats.add_masked("actor/entropy", entropy.detach(), counted)
         if params.kl_loss_coef > 0 and micro.ref_logprobs is not None:

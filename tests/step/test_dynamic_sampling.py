@@ -173,3 +173,20 @@ def test_a_round_that_raises_is_closed_too():
     with pytest.raises(FloatingPointError):
         sampler.collect(1, draw)
     assert closed == [1]
+
+
+def test_samples_generated_are_counted_per_step_and_in_total_across_a_resume():
+    """What "samples to target" needs: every response generated (kept or filtered), this step and since step 1,
+    carried through the sampler's checkpoint state. And the behaviour entropy estimate: the mean −log π of the
+    sampled tokens (here every token at log π = −0.5)."""
+    settings = SamplingSettings(enable=True, batch_size=2, gen_batch_size=3, metric="acc", max_gen_batches=5)
+    sampler = DynamicSampler(settings)
+    _, first = sampler.collect(1, FakeDraw([("a", MIXED), ("b", RIGHT), ("c", WRONG)], [("d", MIXED)]))
+    assert first["train/samples_generated"] == 8 == first["train/samples_generated_total"]
+    assert first["rollout/entropy_estimate"] == pytest.approx(0.5)
+    again = DynamicSampler(settings)
+    again.load_state_dict(sampler.state_dict())
+    _, second = again.collect(2, FakeDraw([("e", MIXED), ("f", MIXED), ("g", RIGHT)]))
+    assert second["train/samples_generated"] == 6 and second["train/samples_generated_total"] == 14
+    legacy = {k: v for k, v in sampler.state_dict().items() if k != "total_samples_generated"}
+    DynamicSampler(settings).load_state_dict(legacy)  # a checkpoint from before the count still loads

@@ -449,3 +449,25 @@ def test_the_legacy_token_mean_is_the_token_mean_in_one_micro_batch_and_the_samp
             torch.testing.assert_close(got[0][name], expected[0][name], atol=1e-6, rtol=1e-5)
         assert got[1]["actor/pg_loss"] == pytest.approx(expected[1]["actor/pg_loss"], rel=1e-5)
     assert legacy_whole[1]["actor/pg_loss"] != pytest.approx(legacy_rows[1]["actor/pg_loss"], rel=1e-3)
+
+
+def test_the_clip_higher_metrics_by_hand(model):
+    """DAPO Fig. 3's quantities on one on-policy-shifted mini-batch: the share of tokens the upper clip could act on
+    (π_old < 1/(1+ε_high)) and the mean π_old of the tokens it did clip (Â > 0 and r > 1+ε_high), from the
+    log-probs the update sees."""
+    batch = _batch(model.config.vocab_size, seed=2)
+    worker = PolicyWorker(copy.deepcopy(model), PolicySettings(OPTIM, micro_batch_max_tokens=10_000))
+    current = worker.compute_logprobs(batch)
+    gen = torch.Generator().manual_seed(3)
+    old = current - torch.rand(current.shape, generator=gen) * 0.6  # ratios from 1 to e^0.6: some above 1.28
+    old = torch.where(batch.response_mask.bool(), old, torch.nan)  # garbage where masked changes nothing
+    mask = batch.response_mask.bool()
+    ratio, old_prob = (current - old).exp(), old.exp()
+    up_clipped = mask & (batch.advantages > 0) & (ratio > 1.28)
+    assert 0 < int(up_clipped.sum()) < int(mask.sum())
+    metrics = worker.update(batch.replace(old_logprobs=old), LOSS, 3, 1, None).metrics
+    assert metrics["actor/pg_clip_high_reachable_frac"] == pytest.approx(
+        float((old_prob[mask] < 1 / 1.28).float().mean())
+    )
+    assert metrics["actor/pg_clipped_high_old_prob"] == pytest.approx(float(old_prob[up_clipped].mean()), rel=1e-5)
+    assert metrics["actor/pg_clipfrac_higher"] == pytest.approx(float(up_clipped.sum() / mask.sum()))
