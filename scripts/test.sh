@@ -3,11 +3,13 @@
 #
 #   scripts/test.sh              the fast lane: unit tests and the short end-to-end runs (under 5 minutes here)
 #   scripts/test.sh --all        every lane: fast, slow, ray and vllm (what .ci/run runs; under 30 minutes here)
-#   scripts/test.sh --lane L     one lane: fast | slow | ray | vllm
+#   scripts/test.sh --lane L     one lane: fast | slow | ray | vllm | docs
 #
 # A lane is a marker expression (pyproject.toml): a test marked `slow`, `ray` or `vllm` belongs to that lane,
-# every other test to the fast lane; `cuda` tests need a GPU and run in scripts/gpu_check.sh only. Other arguments
-# go to pytest, e.g. `scripts/test.sh tests/algo -x`.
+# every other test to the fast lane; `cuda` tests need a GPU and run in scripts/gpu_check.sh only. The docs lane
+# (marker `docs`: every documented command parses and validates, every Status number is in its results file,
+# ~30 s) is also part of the fast lane, so --all runs it too. Other arguments go to pytest, e.g.
+# `scripts/test.sh tests/algo -x`.
 # The vllm lane runs in its own environment, .venv-vllm (scripts/setup_vllm.sh: vLLM's CPU build pins its own torch
 # and transformers), and there no test may be skipped: a missing vLLM is a failure, not a skip.
 set -euo pipefail
@@ -18,7 +20,7 @@ args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --all) lane="all" ;;
-        --lane) lane="${2:?--lane needs one of: fast slow ray vllm}"; shift ;;
+        --lane) lane="${2:?--lane needs one of: fast slow ray vllm docs}"; shift ;;
         --lane=*) lane="${1#--lane=}" ;;
         *) args+=("$1") ;;
     esac
@@ -29,8 +31,9 @@ case "$lane" in
     slow) markers="slow and not ray and not vllm and not cuda" ;;
     ray) markers="ray and not vllm and not cuda" ;;
     vllm) markers="vllm" ;;
+    docs) markers="docs and not slow and not ray and not vllm and not cuda" ;;
     all) markers="not vllm and not cuda" ;;
-    *) echo "scripts/test.sh: unknown lane '$lane'; use fast, slow, ray, vllm or --all" >&2; exit 2 ;;
+    *) echo "scripts/test.sh: unknown lane '$lane'; use fast, slow, ray, vllm, docs or --all" >&2; exit 2 ;;
 esac
 
 run_vllm_lane() {
