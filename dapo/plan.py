@@ -359,7 +359,7 @@ def validation_lines(config: Config, files: list[str]) -> list[str]:
     rollout.val_n says so)."""
     from dapo.data.records import read_dataset
 
-    k, lines = config.rollout.val_n, []
+    k, lines, total = config.rollout.val_n, [], 0
     for path in files:
         loaded = read_dataset(
             path, apply_template=config.data.prompt_template, dedup=config.data.dedup,
@@ -378,6 +378,10 @@ def validation_lines(config: Config, files: list[str]) -> list[str]:
             f"validation   {Path(path).name}: avg@{k} over {problems:,} problems ({k} samples each, "
             f"{loaded.num_rows:,} rows{repeats}), layout {loaded.layout or '-'}"
         )
+        total += problems
+    size = config.data.val_size
+    if size is not None and size < total:  # the run draws a seeded subset of them all (runtime._val_subset)
+        lines.append(f"             data.val_size={size:,}: the run evaluates a seeded {size:,} of these {total:,}")
     return lines
 
 

