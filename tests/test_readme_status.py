@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bullets this test skips, by their first words, each with the reason. Keep it short.
 EXEMPT = {
-    "Not built yet:": "states what is missing, no measurement; being rewritten (issue #28)",
+    "Not built yet:": "states what is missing, no measurement",
 }
 # Where a bullet may name its sources: results files, docs, and the tests whose docstrings record their runs.
 SOURCE_ROOTS = ("bench/results/", "docs/", "bench/README.md", "tests/")

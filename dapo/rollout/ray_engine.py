@@ -35,7 +35,7 @@ from torch import nn
 
 from dapo.cluster import ClusterError, import_ray, in_bundle, release, reserve_bundles
 from dapo.rollout.base import RolloutBatch, SamplingParams, concat_rollouts, wave_seed
-from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, SyncMeter, bucketed, named_weights
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, SyncMeter, named_weights, packed
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ class RayRolloutEngine:
             named = named_weights(model_or_state_dict)
             dtype = getattr(torch, self.settings.dtype)  # what the workers hold: halves a bfloat16 push
             named = ((name, tensor.to(dtype)) for name, tensor in named)
-            refs = [self.ray.put(bucket) for bucket in bucketed(named, self.settings.bucket_bytes, meter)]
+            refs = [self.ray.put(bucket) for bucket in packed(named, self.settings.bucket_bytes, meter)]
             self.last_sync = meter
         self._weights, self.version = refs, self.version + 1
         pushes = [(index, w.update_weights.remote(refs, self.version), self._lives[index])

@@ -14,11 +14,15 @@ afterwards asserts that every weight was sent exactly once, so a push cannot hal
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 Bucket = list[tuple[str, Tensor]]
@@ -83,6 +87,80 @@ def bucketed(
             bucket, filled = [], 0
     if bucket:
         yield _sent(bucket, filled, meter)
+
+
+_ALIGN = 64  # each tensor starts at a multiple of this in a packed bucket, so that any dtype can view it
+
+
+@dataclass
+class PackedBucket:
+    """A bucket as it travels between processes: one flat byte array and where each tensor lies in it (verl's
+    bucket buffer). Ray stores a numpy array in its object store without a pickled copy, and a reader gets it
+    mapped from there, so neither end holds the bucket twice. Iterating gives the (name, tensor) pairs, views of
+    the array (read them, do not write them)."""
+
+    data: np.ndarray
+    entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]  # name, dtype, shape, byte offset
+
+    def __iter__(self) -> Iterator[tuple[str, Tensor]]:
+        with warnings.catch_warnings():  # a mapped object is read-only; torch warns that it cannot write it
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.from_numpy(self.data)
+        for name, dtype, shape, offset in self.entries:
+            size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            yield name, flat[offset : offset + size].view(dtype).view(shape)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def packed(
+    named: Iterable[tuple[str, Tensor]], bucket_bytes: int, meter: SyncMeter | None = None
+) -> Iterator[PackedBucket]:
+    """`bucketed`, each bucket packed into one byte array as its tensors arrive: a tensor is copied in and
+    released at once, so what is held is the bucket (the array is allocated at the bucket size, but memory is taken
+    only as it is written) plus the tensor being gathered. A tensor as large as a bucket or larger travels alone,
+    in its own bytes."""
+    if bucket_bytes < 1:
+        raise ValueError(f"bucket_bytes must be >= 1, got {bucket_bytes!r}")
+    meter = meter if meter is not None else SyncMeter()
+    buffer: Tensor | None = None
+    entries: list[tuple[str, torch.dtype, tuple[int, ...], int]] = []
+    filled = 0
+    for name, tensor in named:
+        size = tensor_bytes(tensor)
+        meter.largest_tensor_bytes = max(meter.largest_tensor_bytes, size)
+        if entries and _aligned(filled) + size > bucket_bytes:
+            yield _packed_sent(buffer, filled, entries, meter)
+            buffer, entries, filled = None, [], 0
+        if not entries and size >= bucket_bytes:  # a bucket of its own: its bytes as they are, no copy on the host
+            meter.holding(size)
+            alone = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            yield _packed_sent(alone, size, [(name, tensor.dtype, tuple(tensor.shape), 0)], meter)
+            continue
+        offset = _aligned(filled)
+        if buffer is None:  # uninitialised: the system gives it pages only as they are written
+            buffer = torch.empty(bucket_bytes, dtype=torch.uint8)
+        meter.holding(offset + 2 * size)  # the bucket so far, the tensor, and the tensor's place in the bucket
+        buffer[offset : offset + size].view(tensor.dtype).view(tensor.shape).copy_(tensor)
+        entries.append((name, tensor.dtype, tuple(tensor.shape), offset))
+        filled = offset + size
+        if filled >= bucket_bytes:
+            yield _packed_sent(buffer, filled, entries, meter)
+            buffer, entries, filled = None, [], 0
+    if entries:
+        yield _packed_sent(buffer, filled, entries, meter)
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // _ALIGN) * _ALIGN
+
+
+def _packed_sent(buffer: Tensor, filled: int, entries: list, meter: SyncMeter) -> PackedBucket:
+    meter.buckets += 1
+    meter.tensors += len(entries)
+    meter.sent_bytes += filled
+    return PackedBucket(buffer[:filled].numpy(), entries)
 
 
 def _units(

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from dapo.cluster import ClusterError, connect, dead_actors, get_all, import_ray, in_bundle, release, reserve_bundles
 from dapo.models.loading import save_pretrained_pair
 from dapo.rollout.base import RolloutEngine, engine_logprobs_are_sampling_logprobs
-from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, Bucket, SyncMeter, bucketed
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, PackedBucket, SyncMeter, packed
 from dapo.workers.base import CriticSettings, PolicyLossParams, PolicySettings, PolicyUpdate
 from dapo.workers.batch import TrainBatch
 
@@ -105,8 +105,9 @@ class TrainRank:
 
     def put_weight_buckets(self, bucket_bytes: int, dtype: str) -> tuple[list, SyncMeter] | None:
         """Every rank gathers the policy's tensors one at a time (FSDP2: an all-gather each); rank 0 casts each to
-        `dtype` in host memory, fills buckets of `bucket_bytes` and puts each into the object store as it fills, so
-        it holds one bucket plus one tensor. Rank 0 returns (the buckets' references, what it held at most)."""
+        `dtype`, packs it into a host bucket of `bucket_bytes` (`weight_sync.packed`) and puts each bucket into the
+        object store as it fills, so it holds one bucket plus one tensor. Rank 0 returns (the buckets' references,
+        what it held at most)."""
         named = self.workers["policy"].full_weight_stream()
         if self.rank != 0:
             for _ in named:  # take part in every all-gather, in the same order
@@ -115,8 +116,8 @@ class TrainRank:
         import ray
 
         meter = SyncMeter()
-        cast = ((name, tensor.to(device="cpu", dtype=getattr(torch, dtype))) for name, tensor in named)
-        return [ray.put(bucket) for bucket in bucketed(cast, bucket_bytes, meter)], meter
+        cast = ((name, tensor.to(getattr(torch, dtype))) for name, tensor in named)  # packing copies to the host
+        return [ray.put(bucket) for bucket in packed(cast, bucket_bytes, meter)], meter
 
     def call(self, role: str, method: str, *args, reply: bool = True, **kwargs):
         """Run a worker method on this rank; with reply=False only rank 0 sends its result back (the others
@@ -264,7 +265,7 @@ class RankWeights:
             self._refs, self.meter = self.group.put_weight_buckets(self.bucket_bytes, self.dtype)
         return self._refs
 
-    def __iter__(self) -> Iterator[Bucket]:
+    def __iter__(self) -> Iterator[PackedBucket]:
         for ref in self.bucket_refs():
             yield self.group.ray.get(ref)
 

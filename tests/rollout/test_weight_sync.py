@@ -9,7 +9,7 @@ import torch
 
 from dapo.models import build_char_tokenizer, build_tiny_model
 from dapo.rollout import build_engine
-from dapo.rollout.weight_sync import SyncMeter, bucketed, decoder_layer, named_weights, tensor_bytes
+from dapo.rollout.weight_sync import SyncMeter, bucketed, decoder_layer, named_weights, packed, tensor_bytes
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,37 @@ def test_a_decoder_layer_never_straddles_two_buckets(tok):
     assert decoder_layer("model.norm.weight") == "model.norm.weight"
 
 
+def test_packed_buckets_hold_the_tensors_bit_for_bit_in_one_byte_array_each():
+    """Mixed dtypes and shapes (a scalar, bf16, int64): the views read back equal the tensors sent; each bucket is
+    one array of at most the bucket size, a tensor as large as a bucket travels alone in its own bytes, and what was
+    held at once is one bucket's array plus one tensor. It pickles as the array (what Ray stores)."""
+    import pickle
+
+    g = torch.Generator().manual_seed(0)
+    named = [
+        ("a", torch.randn(3, 5, generator=g)),
+        ("b", torch.randn(7, generator=g).to(torch.bfloat16)),
+        ("scalar", torch.tensor(2.5)),
+        ("ids", torch.arange(9)),
+        ("big", torch.randn(40, 10, generator=g)),  # 1,600 bytes: more than a bucket
+        ("c", torch.randn(2, 2, generator=g).t()),  # not contiguous
+    ]
+    meter = SyncMeter()
+    buckets = list(packed(iter(named), 256, meter))
+    got = [(name, t.clone()) for b in pickle.loads(pickle.dumps(buckets)) for name, t in b]
+    assert [n for n, _ in got] == [n for n, _ in named]
+    for (name, want), (_, have) in zip(named, got, strict=True):
+        assert have.dtype == want.dtype and have.shape == want.shape and torch.equal(have, want), name
+    assert [[n for n, _ in b] for b in buckets] == [["a", "b", "scalar"], ["ids"], ["big"], ["c"]]
+    assert all(b.data.nbytes <= 256 for b in buckets if len(b) > 1) and buckets[2].data.nbytes == 1600
+    assert meter.peak_bytes <= 256 + meter.largest_tensor_bytes and meter.largest_tensor_bytes == 1600
+
+
 def test_a_bucket_size_below_one_byte_is_refused():
     with pytest.raises(ValueError, match="bucket_bytes"):
         list(bucketed(_tensors(1), 0))
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        list(packed(_tensors(1), 0))
 
 
 def _trained(model, scale: float):
