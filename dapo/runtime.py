@@ -126,7 +126,10 @@ def _tokenise(records, tokenizer, config: Config, run: RunData, say: Say, label:
         run.prompt_text[record.uid] = text
         kept.append(record)
     if dropped or truncated:
-        say(f"[data] {label}: {dropped} prompts over {budget} tokens dropped, {truncated} left-truncated")
+        say(
+            f"[data] {label}: {dropped} prompts over {budget} tokens dropped, {truncated} left-truncated "
+            "(data.max_prompt_length; the default, 64, is the built-in task's)"
+        )
     if not kept:
         raise ConfigError(f"{label}: no prompt fits data.max_prompt_length = {budget}")
     return kept

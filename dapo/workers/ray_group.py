@@ -50,6 +50,12 @@ class RaySettings:
     reserve_cpus: float = 0.0  # for a cluster started here: CPUs beyond the ranks' (split rollout workers)
 
 
+def process_group_backend(use_gpu: bool) -> str:
+    """NCCL for CUDA tensors and gloo for CPU ones on GPUs: the metric sums, the micro-batch counts and the
+    offloaded FSDP2 shards are CPU tensors, which an NCCL-only group refuses. Gloo alone on CPUs."""
+    return "cpu:gloo,cuda:nccl" if use_gpu else "gloo"
+
+
 class TrainRank:
     """One data-parallel rank (a Ray actor): its part of the process group and its local workers."""
 
@@ -75,7 +81,7 @@ class TrainRank:
         import torch.distributed as dist
 
         dist.init_process_group(
-            "nccl" if use_gpu else "gloo",
+            process_group_backend(use_gpu),
             init_method=f"tcp://{host}:{port}",
             rank=self.rank,
             world_size=self.world_size,

@@ -3,6 +3,7 @@ on a machine with a GPU; no CPU lane does). DAPO_TEST_DEVICE=cpu runs them again
 the code of the tests and of the device moves, not the GPU."""
 
 import copy
+import math
 import os
 
 import pytest
@@ -75,3 +76,28 @@ def test_bf16_mixed_on_the_device_stays_near_float32():
     torch.testing.assert_close(got, cpu.compute_logprobs(batch), atol=0.1, rtol=0)
     update = device.update(batch, LOSS, 2, 1, None)
     assert all(torch.isfinite(torch.tensor(v)) for v in update.metrics.values())
+
+
+def test_the_ranks_process_group_takes_cpu_and_device_tensors(tmp_path):
+    """The training ranks' group (`process_group_backend`: NCCL and gloo on a GPU) runs both the collectives on
+    CPU tensors (metric sums and maxima, micro-batch counts: an NCCL-only group refuses them) and an FSDP2 update
+    on the device, here in a group of one process."""
+    import torch.distributed as dist
+
+    from dapo.workers.parallel import TorchDistributed
+    from dapo.workers.ray_group import process_group_backend
+
+    backend = process_group_backend(DEVICE == "cuda")
+    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        dp = TorchDistributed("fsdp2", device=DEVICE)
+        assert dp.sum([1.0, 2.5]) == [1.0, 2.5] and dp.max([3.0]) == [3.0]
+        assert len(dp.pad([torch.arange(2)], filler=torch.arange(1))) == 1
+        model = build_tiny_model(build_char_tokenizer(), "1m", seed=0).to(DEVICE)
+        settings = PolicySettings(OPTIM, micro_batch_max_tokens=64, share_prompt_forward=True)
+        worker = PolicyWorker(model, settings, parallel=dp)
+        batch = _batch(model.config.vocab_size)
+        update = worker.update(batch, LOSS, 3, 1, None)
+        assert update.tokens_computed > 0 and all(map(math.isfinite, update.metrics.values()))
+    finally:
+        dist.destroy_process_group()
