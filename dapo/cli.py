@@ -5,6 +5,7 @@ dapo eval   [--preset NAME] [--config FILE.yaml] [--checkpoint DIR] [section.fie
 dapo sft    [--size 1m] [--level 2] [--steps N] [--shortcut-rate R] [--repeat-rate R] [--out DIR]
 dapo config [--preset NAME] [--config FILE.yaml] [--fields] [section.field=value ...]
 dapo export --checkpoint DIR --out HF_DIR [--dtype float32|bfloat16|float16] [--max-shard-bytes N]
+dapo ablate [--ladder cpu|paper | --presets NAME ...] [--seeds N] [--out DIR] [--quick] [--report-only] [key=value ...]
 dapo presets
 """
 

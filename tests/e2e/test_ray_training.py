@@ -44,7 +44,7 @@ def _run_to_end(overrides: list[str]) -> tuple[Trainer, list[dict]]:
 
 
 # Counters of the workers only a Ray run has (and only when it has them).
-WORKER_COUNTERS = ("rollout/worker_restarts", "reward/worker_failures")
+WORKER_COUNTERS = ("rollout/worker_restarts", "rollout/weight_sync_", "reward/worker_failures")
 # The rollout/training mismatch measures float rounding itself, which another rank split changes: compared
 # separately (both tiny), not to 1e-4.
 MISMATCH = ("training/rollout_probs_diff", "rollout_corr/")
@@ -95,6 +95,8 @@ def test_a_seeded_run_on_two_ranks_gives_the_local_metrics(runs):
     _assert_close_metrics(ray, local)
     assert sum(r["train/prompts_not_generated"] for r in local) > 0  # the early stop did happen
     assert [r["reward/worker_failures"] for r in ray] == [0.0] * 3  # scored by the reward worker
+    # the weights reached the 2 rollout workers in buckets put by rank 0 (the 1M model: one 2,048 MB bucket)
+    assert all(r["rollout/weight_sync_buckets"] == 1.0 and r["rollout/weight_sync_peak_mb"] > 0 for r in ray)
 
 
 def test_fsdp2_one_unit_a_block_with_activation_checkpointing_gives_the_local_metrics(runs):
