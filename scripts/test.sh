@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up (see scripts/setup.sh) and run the tests, by lane:
 #
-#   scripts/test.sh              the fast lane: unit tests and the short end-to-end runs (under 5 minutes here)
-#   scripts/test.sh --all        every lane: fast, slow, ray and vllm (what .ci/run runs; under 30 minutes here)
+#   scripts/test.sh              the fast lane: unit tests and the short end-to-end runs (3.5-7.5 min on 2 cores,
+#                                by the machine)
+#   scripts/test.sh --all        every lane: fast, slow, ray and vllm (what .ci/run runs; 20-37 min on 2 cores)
 #   scripts/test.sh --lane L     one lane: fast | slow | ray | vllm | docs
 #
 # A lane is a marker expression (pyproject.toml): a test marked `slow`, `ray` or `vllm` belongs to that lane,
