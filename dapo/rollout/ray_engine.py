@@ -35,7 +35,7 @@ from torch import nn
 
 from dapo.cluster import ClusterError, import_ray, in_bundle, release, reserve_bundles
 from dapo.rollout.base import RolloutBatch, SamplingParams, concat_rollouts, wave_seed
-from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, SyncMeter, named_weights, packed
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, SyncMeter, named_weights, put_buckets
 
 
 @dataclass(frozen=True)
@@ -199,13 +199,9 @@ class RayRolloutEngine:
         if stream is not None:
             refs = stream()
             self.last_sync = model_or_state_dict.meter
-        else:
-            meter = SyncMeter()
+        else:  # in the workers' dtype: halves a bfloat16 push
             named = named_weights(model_or_state_dict)
-            dtype = getattr(torch, self.settings.dtype)  # what the workers hold: halves a bfloat16 push
-            named = ((name, tensor.to(dtype)) for name, tensor in named)
-            refs = [self.ray.put(bucket) for bucket in packed(named, self.settings.bucket_bytes, meter)]
-            self.last_sync = meter
+            refs, self.last_sync = put_buckets(named, self.settings.bucket_bytes, self.settings.dtype)
         self._weights, self.version = refs, self.version + 1
         pushes = [(index, w.update_weights.remote(refs, self.version), self._lives[index])
                   for index, w in enumerate(self.workers)]  # fmt: skip

@@ -48,6 +48,12 @@ class SyncMeter:
     def holding(self, nbytes: int) -> None:
         self.peak_bytes = max(self.peak_bytes, nbytes)
 
+    def sent(self, tensors: int, nbytes: int) -> None:
+        """A bucket of `tensors` tensors and `nbytes` bytes left."""
+        self.buckets += 1
+        self.tensors += tensors
+        self.sent_bytes += nbytes
+
     def as_dict(self) -> dict[str, float]:
         return {
             "peak_mb": self.peak_bytes / 2**20,
@@ -157,10 +163,18 @@ def _aligned(offset: int) -> int:
 
 
 def _packed_sent(buffer: Tensor, filled: int, entries: list, meter: SyncMeter) -> PackedBucket:
-    meter.buckets += 1
-    meter.tensors += len(entries)
-    meter.sent_bytes += filled
+    meter.sent(len(entries), filled)
     return PackedBucket(buffer[:filled].numpy(), entries)
+
+
+def put_buckets(named: Iterable[tuple[str, Tensor]], bucket_bytes: int, dtype: str) -> tuple[list, SyncMeter]:
+    """Each tensor cast to `dtype` and packed (`packed`), each bucket put into Ray's object store as it fills:
+    (the buckets' references in order, what was held at once). Used by the driver and by training rank 0."""
+    import ray
+
+    meter, target = SyncMeter(), getattr(torch, dtype)
+    cast = ((name, tensor.to(target)) for name, tensor in named)  # packing copies to the host
+    return [ray.put(bucket) for bucket in packed(cast, bucket_bytes, meter)], meter
 
 
 def _units(
@@ -187,9 +201,7 @@ def _units(
 
 
 def _sent(bucket: Bucket, filled: int, meter: SyncMeter) -> Bucket:
-    meter.buckets += 1
-    meter.tensors += len(bucket)
-    meter.sent_bytes += filled
+    meter.sent(len(bucket), filled)
     return bucket
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from dapo.cluster import ClusterError, connect, dead_actors, get_all, import_ray, in_bundle, release, reserve_bundles
 from dapo.models.loading import save_pretrained_pair
 from dapo.rollout.base import RolloutEngine, engine_logprobs_are_sampling_logprobs
-from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, PackedBucket, SyncMeter, packed
+from dapo.rollout.weight_sync import DEFAULT_BUCKET_MB, PackedBucket, SyncMeter, put_buckets
 from dapo.workers.base import CriticSettings, PolicyLossParams, PolicySettings, PolicyUpdate
 from dapo.workers.batch import TrainBatch
 
@@ -119,11 +119,7 @@ class TrainRank:
             for _ in named:  # take part in every all-gather, in the same order
                 pass
             return None
-        import ray
-
-        meter = SyncMeter()
-        cast = ((name, tensor.to(getattr(torch, dtype))) for name, tensor in named)  # packing copies to the host
-        return [ray.put(bucket) for bucket in packed(cast, bucket_bytes, meter)], meter
+        return put_buckets(named, bucket_bytes, dtype)
 
     def call(self, role: str, method: str, *args, reply: bool = True, **kwargs):
         """Run a worker method on this rank; with reply=False only rank 0 sends its result back (the others
